@@ -1,0 +1,10 @@
+//! `datadog-delegated-auth`: a sidecar daemon that proves the workload's AWS identity to Datadog,
+//! exchanges the proof for a managed API key, keeps it fresh, and serves it to local consumers
+//! over a Unix socket.
+//!
+//! # Layout
+//!
+//! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
+#![forbid(unsafe_code)]
+
+pub mod secret;
