@@ -4,7 +4,11 @@
 //!
 //! # Layout
 //!
+//! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
+//! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod keystore;
+pub mod metrics;
 pub mod secret;

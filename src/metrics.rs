@@ -1,0 +1,304 @@
+//! Prometheus/OpenMetrics text for `GET /metrics` (product §7).
+//!
+//! Counters and the exchange-latency histogram are recorded here as events happen. Everything
+//! that describes the current state of an instance (key age, consecutive failures, next refresh,
+//! fallback active) is derived from the key store at scrape time, so there is one source of truth
+//! and nothing to keep in sync.
+//!
+//! Why not the `prometheus-client` crate: our label sets are a handful of fixed, low-cardinality
+//! tuples and the state gauges are computed from the store on each scrape; a registry plus a
+//! custom collector would be more code than these few maps, and one more dependency.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::keystore::{KeySource, KeyState, KeyStore};
+
+/// Upper bounds (seconds) of the exchange latency histogram buckets: loopback exchanges take
+/// milliseconds, real ones tens to hundreds of ms, and the client timeout is 30 s.
+const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Event counters shared by the server, the refresh manager and the reload loop.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    *map.entry(key).or_insert(0) += 1;
+}
+
+impl Metrics {
+    /// A fresh set of counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One request answered on the socket. `route` is a fixed route name, never the raw path,
+    /// so hostile clients cannot grow the label set.
+    pub fn request(&self, route: &'static str, status: u16) {
+        bump(&self.requests, (route, status));
+    }
+
+    /// One exchange finished with `outcome` (`success` or an error kind) after `elapsed`.
+    pub fn exchange(&self, instance: &str, outcome: &'static str, elapsed: Duration) {
+        bump(&self.exchanges, (instance.to_owned(), outcome));
+        let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let h = latency.entry(instance.to_owned()).or_default();
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// A consumer's rejection report and what was done about it.
+    pub fn rejection(&self, instance: &str, outcome: &'static str) {
+        bump(&self.rejections, (instance.to_owned(), outcome));
+    }
+
+    /// A configuration reload attempt (`success` or `failure`).
+    pub fn reload(&self, result: &'static str) {
+        bump(&self.reloads, result);
+    }
+
+    /// Renders everything in OpenMetrics text format.
+    pub fn render(&self, store: &KeyStore) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# TYPE delegated_auth_requests counter\n");
+        out.push_str("# HELP delegated_auth_requests Requests answered on the socket, by route and status.\n");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "delegated_auth_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+
+        out.push_str("# TYPE delegated_auth_exchanges counter\n");
+        out.push_str("# HELP delegated_auth_exchanges Key exchanges with Datadog, by instance and outcome.\n");
+        for ((instance, outcome), n) in self
+            .exchanges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "delegated_auth_exchanges_total{{instance=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(instance)
+            );
+        }
+
+        out.push_str("# TYPE delegated_auth_exchange_duration_seconds histogram\n");
+        out.push_str("# HELP delegated_auth_exchange_duration_seconds Time from credential resolution to the exchange's answer.\n");
+        for (instance, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let instance = escape(instance);
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "delegated_auth_exchange_duration_seconds_bucket{{instance=\"{instance}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "delegated_auth_exchange_duration_seconds_bucket{{instance=\"{instance}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "delegated_auth_exchange_duration_seconds_count{{instance=\"{instance}\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "delegated_auth_exchange_duration_seconds_sum{{instance=\"{instance}\"}} {}",
+                h.sum
+            );
+        }
+
+        out.push_str("# TYPE delegated_auth_rejection_reports counter\n");
+        out.push_str("# HELP delegated_auth_rejection_reports Consumer reports of a rejected key, by outcome.\n");
+        for ((instance, outcome), n) in self
+            .rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "delegated_auth_rejection_reports_total{{instance=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(instance)
+            );
+        }
+
+        out.push_str("# TYPE delegated_auth_config_reloads counter\n");
+        out.push_str("# HELP delegated_auth_config_reloads Configuration reloads, by result.\n");
+        for (result, n) in self
+            .reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "delegated_auth_config_reloads_total{{result=\"{result}\"}} {n}"
+            );
+        }
+
+        render_state(&mut out, store);
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+fn render_state(out: &mut String, store: &KeyStore) {
+    let now = SystemTime::now();
+    let slots = store.slots();
+    let snaps: Vec<_> = slots.iter().map(|s| s.current()).collect();
+
+    out.push_str("# TYPE delegated_auth_instance_state gauge\n");
+    out.push_str("# HELP delegated_auth_instance_state 1 for the state each instance is in.\n");
+    for s in &snaps {
+        for state in [
+            KeyState::Pending,
+            KeyState::Active,
+            KeyState::Fallback,
+            KeyState::Unavailable,
+        ] {
+            let v = u8::from(s.state == state);
+            let _ = writeln!(
+                out,
+                "delegated_auth_instance_state{{instance=\"{}\",state=\"{}\"}} {v}",
+                escape(&s.name),
+                state.as_str()
+            );
+        }
+    }
+
+    out.push_str("# TYPE delegated_auth_fallback_active gauge\n");
+    out.push_str(
+        "# HELP delegated_auth_fallback_active 1 while the static fallback key is served.\n",
+    );
+    for s in &snaps {
+        let v = u8::from(
+            s.served
+                .as_ref()
+                .is_some_and(|k| k.source == KeySource::Fallback),
+        );
+        let _ = writeln!(
+            out,
+            "delegated_auth_fallback_active{{instance=\"{}\"}} {v}",
+            escape(&s.name)
+        );
+    }
+
+    out.push_str("# TYPE delegated_auth_key_age_seconds gauge\n");
+    out.push_str(
+        "# HELP delegated_auth_key_age_seconds Seconds since the served key was obtained.\n",
+    );
+    for s in &snaps {
+        if let Some(k) = &s.served {
+            let age = now
+                .duration_since(k.obtained_at)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let _ = writeln!(
+                out,
+                "delegated_auth_key_age_seconds{{instance=\"{}\"}} {age:.3}",
+                escape(&s.name)
+            );
+        }
+    }
+
+    out.push_str("# TYPE delegated_auth_consecutive_failures gauge\n");
+    out.push_str(
+        "# HELP delegated_auth_consecutive_failures Failed exchanges since the last success.\n",
+    );
+    for s in &snaps {
+        let _ = writeln!(
+            out,
+            "delegated_auth_consecutive_failures{{instance=\"{}\"}} {}",
+            escape(&s.name),
+            s.status.consecutive_failures
+        );
+    }
+
+    out.push_str("# TYPE delegated_auth_next_refresh_timestamp_seconds gauge\n");
+    out.push_str("# HELP delegated_auth_next_refresh_timestamp_seconds Unix time of the next scheduled exchange.\n");
+    for s in &snaps {
+        if let Some(next) = s.status.next_refresh {
+            let t = next
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let _ = writeln!(
+                out,
+                "delegated_auth_next_refresh_timestamp_seconds{{instance=\"{}\"}} {t}",
+                escape(&s.name)
+            );
+        }
+    }
+}
+
+/// Escapes a label value (instance names come from config and may hold quotes or brackets).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_state() {
+        let store = KeyStore::new();
+        store.set_instances(&["additional_endpoints[\"x\"][0]".to_string()]);
+        let m = Metrics::new();
+        m.request("key", 200);
+        m.request("key", 200);
+        m.exchange("api_key", "success", Duration::from_millis(20));
+        m.reload("failure");
+        let text = m.render(&store);
+        assert!(text.contains("delegated_auth_requests_total{route=\"key\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "delegated_auth_exchanges_total{instance=\"api_key\",outcome=\"success\"} 1"
+        ));
+        assert!(text.contains("le=\"0.01\"} 0"));
+        assert!(text.contains("le=\"0.025\"} 1"));
+        assert!(text.contains("delegated_auth_config_reloads_total{result=\"failure\"} 1"));
+        assert!(
+            text.contains("instance=\"additional_endpoints[\\\"x\\\"][0]\",state=\"pending\"} 1")
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
