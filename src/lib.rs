@@ -4,11 +4,21 @@
 //!
 //! # Layout
 //!
+//! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
+//! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`server`]: the HTTP/1.1 API on the Unix socket (routes, access rules, limits).
+//! - [`sink`]: keys written atomically to files.
+//! - [`status`]: the status document and its Agent-like text rendering.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod keystore;
+pub mod logging;
 pub mod metrics;
 pub mod secret;
+pub mod server;
+pub mod sink;
+pub mod status;

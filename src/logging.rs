@@ -1,0 +1,49 @@
+//! Log setup: `tracing` to stderr, text or JSON, level changeable on reload.
+//!
+//! Secrets never reach this layer whole: they live in [`crate::secret::Secret`], whose
+//! formatting shows at most the last five characters.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log pipelines).
+    Json,
+}
+
+/// Changes the level filter after start-up (config reload).
+pub struct LogHandle(reload::Handle<EnvFilter, Registry>);
+
+impl LogHandle {
+    /// Applies a new level (`info`, `debug`, or a full `EnvFilter` directive).
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter = parse_filter(level)?;
+        self.0.modify(|f| *f = filter).map_err(|e| e.to_string())
+    }
+}
+
+fn parse_filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(level).map_err(|e| {
+        format!("invalid log level {level:?}: {e}; use error, warn, info, debug or trace")
+    })
+}
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(level: &str, format: Format) -> Result<LogHandle, String> {
+    let (filter, handle) = reload::Layer::new(parse_filter(level)?);
+    let registry = tracing_subscriber::registry().with(filter);
+    let base = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match format {
+        Format::Text => registry.with(base).try_init(),
+        Format::Json => registry.with(base.json().flatten_event(true)).try_init(),
+    };
+    result.map_err(|e| e.to_string())?;
+    Ok(LogHandle(handle))
+}

@@ -1,0 +1,292 @@
+//! The local API: HTTP/1.1 on a Unix socket (product §7).
+//!
+//! Endpoints (all JSON, `Cache-Control: no-store`):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/v1/keys` | instances without secrets |
+//! | GET | `/v1/keys/{instance}` | the key; `?wait=30s` + `If-None-Match` long-polls |
+//! | POST | `/v1/keys/{instance}/rejected` | a consumer got 403 with this key |
+//! | GET | `/v1/status` | the whole status |
+//! | GET | `/v1/health/live`, `/v1/health/ready` | liveness, readiness |
+//! | GET | `/metrics` | OpenMetrics text |
+//!
+//! Hostile or slow clients are bounded: header bytes (431), body bytes (413), connection count,
+//! and idle time (a connection that sends no complete request head within the idle timeout is
+//! closed, which also ends slowloris attempts).
+
+pub mod access;
+mod routes;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+pub use self::access::{AccessPolicy, Peer, Rule};
+use crate::keystore::KeyStore;
+use crate::metrics::Metrics;
+use crate::status::DaemonInfo;
+
+/// Bounds on what one client may cost us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection with no complete request head for this long is closed (idle keep-alive and
+    /// slowloris alike).
+    pub idle_timeout: Duration,
+    /// Request line plus headers (hyper's read buffer; at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Request body (only `rejected` has one, and it is tiny).
+    pub max_body_bytes: usize,
+    /// Upper bound of `?wait=` (product §7: 300 s).
+    pub max_wait: Duration,
+    /// How long a key read waits for a pending instance's first outcome. The manager ends
+    /// `pending` when the startup grace ends, so this is only a safety net.
+    pub pending_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // Well above the 1,000 consumers a busy node might have, well below fd limits.
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 4 * 1024,
+            max_wait: Duration::from_secs(300),
+            pending_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a rejection report led to (product §7: `202 {"refresh": …}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReply {
+    /// A refresh was triggered.
+    Scheduled,
+    /// A refresh was triggered less than 30 s ago.
+    Throttled,
+    /// The report does not name the key currently served.
+    Ignored,
+    /// No such instance.
+    UnknownInstance,
+}
+
+/// Receives consumers' rejection reports (the refresh manager).
+pub trait Rejections: Send + Sync + 'static {
+    /// Handles `POST /v1/keys/{instance}/rejected`.
+    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectReply;
+}
+
+/// Everything request handlers read. Swappable parts are `ArcSwap`s so a reload replaces them
+/// without stopping the server.
+pub struct ServerState {
+    /// The keys.
+    pub store: Arc<KeyStore>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Access rules in force.
+    pub access: ArcSwap<AccessPolicy>,
+    /// Daemon-wide status facts.
+    pub info: ArcSwap<DaemonInfo>,
+    /// Where rejection reports go.
+    pub rejections: Arc<dyn Rejections>,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Cancelled when the daemon stops: long polls answer at once.
+    pub shutdown: CancellationToken,
+}
+
+/// Errors binding the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another daemon answers on the socket.
+    #[error(
+        "another datadog-delegated-auth is already serving {path}: stop it first, or give this one another socket path (--socket or socket.path)"
+    )]
+    AlreadyRunning {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket sits at the path.
+    #[error(
+        "{path} exists and is not a socket; refusing to replace it: remove it or choose another socket.path"
+    )]
+    NotASocket {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// A system call failed.
+    #[error(
+        "cannot {op} socket {path}: {source}; check the directory exists and is writable by this user"
+    )]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> BindError + 'a {
+    move |e| BindError::Io {
+        op,
+        path: path.to_owned(),
+        source: io::Error::from(e),
+    }
+}
+
+/// Binds the socket with its mode and group applied before `listen()`, so no client can connect
+/// through a window with the wrong permissions. A stale socket (nobody answering) is replaced;
+/// a live one is not.
+pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, BindError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(BindError::AlreadyRunning {
+                    path: path.to_owned(),
+                });
+            }
+            Err(_) => {
+                info!(path = %path.display(), "Replacing a stale socket file left by a previous run.");
+                std::fs::remove_file(path).map_err(|source| BindError::Io {
+                    op: "remove stale",
+                    path: path.to_owned(),
+                    source,
+                })?;
+            }
+        }
+    }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| BindError::Io {
+            op: "create the directory of",
+            path: path.to_owned(),
+            source,
+        })?;
+        info!(dir = %dir.display(), "Created the socket directory.");
+    }
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(io_err("create", path))?;
+    let addr = UnixAddr::new(path).map_err(io_err("address", path))?;
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(io_err("bind", path))?;
+    let secure = || -> Result<(), BindError> {
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(io_err("set the group of", path))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| BindError::Io {
+                op: "set the mode of",
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+        // 1024 pending connections: a burst of consumers at boot should queue, not fail.
+        socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
+            .map_err(io_err("listen on", path))
+    };
+    if let Err(e) = secure() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    UnixListener::from_std(std_listener).map_err(|source| BindError::Io {
+        op: "register",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves connections until `state.shutdown` is cancelled, then lets in-flight requests finish
+/// for up to `grace`. Long polls answer as soon as shutdown starts.
+pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Duration) {
+    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.idle_timeout)
+        .max_buf_size(state.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+
+    loop {
+        let permit = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            },
+            Err(e) => {
+                warn!(error = %e, "Cannot read the peer credentials of a connection; closing it.");
+                continue;
+            }
+        };
+        let st = state.clone();
+        let service = service_fn(move |req| routes::handle(st.clone(), peer, req));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, pid = ?peer.pid, uid = peer.uid, "Connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            warn!(grace = ?grace, "Grace period ended with requests still in flight; closing them.");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Request routing: one `match` on (method, path), one place that turns errors into statuses.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{Peer, RejectReply, ServerState};
+use crate::keystore::{KeyState, Snapshot};
+use crate::status;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Errors a request can end in. Every variant maps to exactly one status and stable code.
+#[derive(Debug)]
+enum ApiError {
+    NotFound,
+    UnknownInstance(String),
+    MethodNotAllowed(&'static str),
+    Forbidden(String),
+    BadRequest(String),
+    PayloadTooLarge(usize),
+    Unavailable { reason: String, retry_after: u64 },
+    NotReady,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see docs/local-api.md".into(),
+            ),
+            ApiError::UnknownInstance(name) => (
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("no instance named {name:?}; GET /v1/keys lists them"),
+            ),
+            ApiError::MethodNotAllowed(allowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this route accepts {allowed}"),
+            ),
+            ApiError::Forbidden(name) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this process's uid/gid is not allowed to read {name:?}; add it to an access rule in the settings file"
+                ),
+            ),
+            ApiError::BadRequest(msg) => (StatusCode::BAD_REQUEST, "bad_request", msg.clone()),
+            ApiError::PayloadTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body over {max} bytes"),
+            ),
+            ApiError::Unavailable { reason, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                reason.clone(),
+            ),
+            ApiError::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "not every instance can serve a key yet; see GET /v1/status".into(),
+            ),
+        }
+    }
+
+    fn into_response(self) -> Resp {
+        let (status, code, message) = self.parts();
+        let mut resp = json_response(
+            status,
+            &json!({"error": {"code": code, "message": message}}),
+        );
+        match self {
+            ApiError::MethodNotAllowed(allowed) => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allowed));
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Fixed route names for metrics (never the raw path).
+#[derive(Clone, Copy)]
+enum Route {
+    Keys,
+    Key,
+    Rejected,
+    Status,
+    Live,
+    Ready,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Keys => "keys",
+            Route::Key => "key",
+            Route::Rejected => "rejected",
+            Route::Status => "status",
+            Route::Live => "live",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// The service function of every connection.
+pub(super) async fn handle(
+    state: Arc<ServerState>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let (route, result) = route(&state, peer, req, &path).await;
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    state.metrics.request(route.name(), resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn route(
+    state: &Arc<ServerState>,
+    peer: Peer,
+    req: Request<Incoming>,
+    path: &str,
+) -> (Route, Result<Resp, ApiError>) {
+    let method = req.method().clone();
+    let get_only = |route: Route, f: &dyn Fn() -> Resp| -> (Route, Result<Resp, ApiError>) {
+        if method == Method::GET || method == Method::HEAD {
+            (route, Ok(f()))
+        } else {
+            (route, Err(ApiError::MethodNotAllowed("GET")))
+        }
+    };
+    match path {
+        "/v1/keys" => get_only(Route::Keys, &|| {
+            json_response(StatusCode::OK, &status::instances(&state.store))
+        }),
+        "/v1/status" => get_only(Route::Status, &|| {
+            json_response(
+                StatusCode::OK,
+                &status::build(&state.info.load(), &state.store),
+            )
+        }),
+        "/v1/health/live" => get_only(Route::Live, &|| {
+            json_response(StatusCode::OK, &json!({"status": "live"}))
+        }),
+        "/v1/health/ready" => {
+            if method != Method::GET && method != Method::HEAD {
+                return (Route::Ready, Err(ApiError::MethodNotAllowed("GET")));
+            }
+            if state.store.is_ready() {
+                (
+                    Route::Ready,
+                    Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
+                )
+            } else {
+                (Route::Ready, Err(ApiError::NotReady))
+            }
+        }
+        "/metrics" => get_only(Route::Metrics, &|| {
+            let mut resp =
+                Response::new(Full::new(Bytes::from(state.metrics.render(&state.store))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }),
+        _ => {
+            let Some(rest) = path.strip_prefix("/v1/keys/") else {
+                return (Route::Other, Err(ApiError::NotFound));
+            };
+            if let Some(encoded) = rest.strip_suffix("/rejected") {
+                if method != Method::POST {
+                    return (Route::Rejected, Err(ApiError::MethodNotAllowed("POST")));
+                }
+                let instance = decode(encoded);
+                (Route::Rejected, rejected(state, peer, &instance, req).await)
+            } else {
+                if method != Method::GET && method != Method::HEAD {
+                    return (Route::Key, Err(ApiError::MethodNotAllowed("GET")));
+                }
+                let instance = decode(rest);
+                (Route::Key, get_key(state, peer, &instance, &req).await)
+            }
+        }
+    }
+}
+
+fn decode(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// `?wait=30s` (humantime) or `?wait=30` (seconds).
+fn parse_wait(query: Option<&str>, max: Duration) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "wait" {
+            continue;
+        }
+        let v = decode(v);
+        let d = match v.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => humantime::parse_duration(&v).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "wait={v:?} is not a duration; use e.g. wait=30s (at most {}s)",
+                    max.as_secs()
+                ))
+            })?,
+        };
+        if d > max {
+            return Err(ApiError::BadRequest(format!(
+                "wait={v} is longer than the maximum of {}s",
+                max.as_secs()
+            )));
+        }
+        return Ok(Some(d));
+    }
+    Ok(None)
+}
+
+/// The generation in `If-None-Match: "<n>"` (weak or strong, quotes optional).
+fn if_none_match(req: &Request<Incoming>) -> Option<u64> {
+    let v = req.headers().get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+async fn get_key(
+    state: &Arc<ServerState>,
+    peer: Peer,
+    instance: &str,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let slot = state
+        .store
+        .get(instance)
+        .ok_or_else(|| ApiError::UnknownInstance(instance.to_owned()))?;
+    if !state.access.load().allows(&peer, instance) {
+        debug!(pid = ?peer.pid, uid = peer.uid, gid = peer.gid, instance, "Key read refused by the access rules.");
+        return Err(ApiError::Forbidden(instance.to_owned()));
+    }
+    let wait = parse_wait(req.uri().query(), state.limits.max_wait)?;
+    let known = if_none_match(req);
+
+    let mut snap = slot.current();
+    if snap.is_pending() {
+        let deadline = Instant::now() + state.limits.pending_wait;
+        snap = tokio::select! {
+            s = slot.wait_while_pending(deadline) => s,
+            _ = state.shutdown.cancelled() => slot.current(),
+        };
+    }
+    if let Some(known) = known.filter(|k| *k == snap.generation && !snap.removed) {
+        let Some(wait) = wait else {
+            return Ok(not_modified(known));
+        };
+        let deadline = Instant::now() + wait;
+        let changed = tokio::select! {
+            s = slot.wait_for_change(known, deadline) => s,
+            _ = state.shutdown.cancelled() => None,
+        };
+        match changed {
+            Some(s) => snap = s,
+            None => return Ok(not_modified(known)),
+        }
+    }
+    if snap.removed {
+        return Err(ApiError::UnknownInstance(instance.to_owned()));
+    }
+    debug!(pid = ?peer.pid, uid = peer.uid, instance, generation = snap.generation, "Key read.");
+    key_response(&snap)
+}
+
+fn not_modified(generation: u64) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    resp.headers_mut().insert(header::ETAG, etag(generation));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn etag(generation: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{generation}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn key_response(snap: &Snapshot) -> Result<Resp, ApiError> {
+    let Some(key) = &snap.served else {
+        let reason = match (snap.state, &snap.status.reason, &snap.status.last_error) {
+            (KeyState::Pending, _, _) => "the first exchange has not finished yet".to_owned(),
+            (_, Some(r), _) => r.clone(),
+            (_, None, Some(e)) => format!("no key to serve: {e}"),
+            _ => "no key to serve and no fallback configured".to_owned(),
+        };
+        let retry_after = snap
+            .status
+            .next_refresh
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .map_or(5, |d| d.as_secs().clamp(1, 300));
+        return Err(ApiError::Unavailable {
+            reason,
+            retry_after,
+        });
+    };
+    let body = json!({
+        "instance": &*snap.name,
+        "api_key": key.value.expose(),
+        "source": key.source.as_str(),
+        "generation": snap.generation,
+        "org_uuid": snap.status.org_uuid,
+        "obtained_at": status::rfc3339(key.obtained_at),
+        "next_refresh_at": snap.status.next_refresh.map(status::rfc3339),
+    });
+    let mut resp = json_response(StatusCode::OK, &body);
+    resp.headers_mut()
+        .insert(header::ETAG, etag(snap.generation));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    api_key_suffix: String,
+}
+
+async fn rejected(
+    state: &Arc<ServerState>,
+    peer: Peer,
+    instance: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    if state.store.get(instance).is_none() {
+        return Err(ApiError::UnknownInstance(instance.to_owned()));
+    }
+    if !state.access.load().allows(&peer, instance) {
+        return Err(ApiError::Forbidden(instance.to_owned()));
+    }
+    let max = state.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(max))?
+        .to_bytes();
+    let parsed: RejectBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"api_key_suffix\":\"<last 5 characters of the rejected key>\"}}: {e}"
+        ))
+    })?;
+    let reply = state
+        .rejections
+        .report_rejected(instance, &parsed.api_key_suffix);
+    let outcome = match reply {
+        RejectReply::Scheduled => "scheduled",
+        RejectReply::Throttled => "throttled",
+        RejectReply::Ignored => "ignored",
+        RejectReply::UnknownInstance => return Err(ApiError::UnknownInstance(instance.to_owned())),
+    };
+    state.metrics.rejection(instance, outcome);
+    debug!(pid = ?peer.pid, uid = peer.uid, instance, outcome, "Rejection report.");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"refresh": outcome}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parsing() {
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            parse_wait(Some("wait=30s"), max).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_wait(Some("x=1&wait=45"), max).unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(
+            parse_wait(Some("wait=1m"), max).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_wait(None, max).unwrap(), None);
+        assert!(parse_wait(Some("wait=301s"), max).is_err());
+        assert!(parse_wait(Some("wait=soon"), max).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        let codes: Vec<_> = [
+            ApiError::NotFound,
+            ApiError::UnknownInstance("x".into()),
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::Forbidden("x".into()),
+            ApiError::BadRequest("x".into()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::Unavailable {
+                reason: "x".into(),
+                retry_after: 1,
+            },
+            ApiError::NotReady,
+        ]
+        .iter()
+        .map(|e| (e.parts().0.as_u16(), e.parts().1))
+        .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (404, "not_found"),
+                (404, "unknown_instance"),
+                (405, "method_not_allowed"),
+                (403, "forbidden"),
+                (400, "bad_request"),
+                (413, "payload_too_large"),
+                (503, "unavailable"),
+                (503, "not_ready"),
+            ]
+        );
+    }
+}

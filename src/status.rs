@@ -1,0 +1,404 @@
+//! The status document: what `GET /v1/status`, `GET /v1/keys` and the `status` command show.
+//!
+//! The daemon builds a [`StatusDoc`] from its [`DaemonInfo`] and the key store; the CLI fetches
+//! the JSON over the socket and renders it with [`render_text`], which mirrors the Agent's
+//! "Delegated Authentication" status section (wire spec §6.2) so operators see familiar lines.
+//! Nothing here ever holds a key: only its redacted suffix.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::keystore::{KeyStore, Snapshot};
+
+/// Daemon-wide facts the refresh manager and the reload loop publish for status.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonInfo {
+    /// `datadog.yaml` path.
+    pub config_path: String,
+    /// Settings file path.
+    pub settings_path: String,
+    /// Socket path.
+    pub socket_path: String,
+    /// When the daemon started.
+    pub started_at: Option<SystemTime>,
+    /// When the configuration in force was loaded.
+    pub config_loaded_at: Option<SystemTime>,
+    /// The last reload error, cleared by the next successful reload.
+    pub last_reload_error: Option<String>,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+    /// Validation warnings of the configuration in force.
+    pub config_warnings: Vec<String>,
+    /// Environment detection.
+    pub environment: EnvironmentStatus,
+}
+
+/// What the AWS environment detection found.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    /// `ec2`, `ecs`, `eks-irsa`, `eks-pod-identity`, `static-env` or `none` (product §3).
+    pub kind: String,
+    /// Why the kind is `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Credential source in the Agent's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_source: Option<String>,
+    /// Signing region (`None` = global STS endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// STS host the proofs are signed for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sts_host: Option<String>,
+    /// `aws` when delegated auth is enabled anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Warnings from detection (half-set variable pairs, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The whole status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// Daemon version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// RFC 3339 start time.
+    pub started_at: Option<String>,
+    /// Whether every instance can serve a key.
+    pub ready: bool,
+    /// Whether any instance uses delegated authentication.
+    pub enabled: bool,
+    /// Files and reload state.
+    pub config: ConfigStatus,
+    /// AWS environment.
+    pub environment: EnvironmentStatus,
+    /// Every instance.
+    pub instances: Vec<InstanceDoc>,
+}
+
+/// Configuration files and reload state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// `datadog.yaml` path.
+    pub path: String,
+    /// Settings path.
+    pub settings_path: String,
+    /// Socket path.
+    pub socket_path: String,
+    /// When the configuration in force was loaded.
+    pub loaded_at: Option<String>,
+    /// The last reload error, if the last reload failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<String>,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+    /// Warnings of the configuration in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One instance, without secrets (`GET /v1/keys` lists these).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDoc {
+    /// Instance name.
+    pub name: String,
+    /// `pending`, `active`, `fallback` or `unavailable`.
+    pub state: String,
+    /// `delegated` or `fallback` when a key is served.
+    pub source: Option<String>,
+    /// Generation (ETag) of the served value.
+    pub generation: u64,
+    /// Redacted key (`***` + last 5 characters) when a key is served.
+    pub key: Option<String>,
+    /// Org the instance exchanges for.
+    pub org_uuid: Option<String>,
+    /// Intake-key URL.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    pub region: Option<String>,
+    /// Refresh interval, Go duration format as the Agent prints it (`1h0m0s`).
+    pub refresh_interval: Option<String>,
+    /// Credential source used.
+    pub credential_source: Option<String>,
+    /// RFC 3339 time the served key was obtained.
+    pub obtained_at: Option<String>,
+    /// RFC 3339 time of the last successful exchange.
+    pub last_refresh: Option<String>,
+    /// RFC 3339 time of the next attempt.
+    pub next_refresh: Option<String>,
+    /// Whether the next attempt is a retry.
+    pub next_is_retry: bool,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Last failure message.
+    pub last_error: Option<String>,
+    /// Last failure kind.
+    pub last_error_kind: Option<String>,
+    /// The Agent's `Error:` line: `N consecutive failures[, last error: …]`.
+    pub error: Option<String>,
+    /// Where the fallback key comes from.
+    pub fallback_origin: Option<String>,
+    /// Why the instance is in fallback or unavailable.
+    pub reason: Option<String>,
+    /// Instances sharing this one's exchange.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
+}
+
+/// RFC 3339 with second precision, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Go's `time.Duration.String()` for whole seconds, as the Agent prints refresh intervals.
+pub fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+impl InstanceDoc {
+    /// Describes one snapshot.
+    pub fn from_snapshot(s: &Snapshot) -> Self {
+        let st = &s.status;
+        let error = (st.consecutive_failures > 0).then(|| match &st.last_error {
+            Some(e) => format!(
+                "{} consecutive failures, last error: {e}",
+                st.consecutive_failures
+            ),
+            None => format!("{} consecutive failures", st.consecutive_failures),
+        });
+        InstanceDoc {
+            name: s.name.to_string(),
+            state: s.state.as_str().to_owned(),
+            source: s.served.as_ref().map(|k| k.source.as_str().to_owned()),
+            generation: s.generation,
+            key: s.served.as_ref().map(|k| k.value.redacted()),
+            org_uuid: st.org_uuid.clone(),
+            endpoint: st.endpoint.clone(),
+            region: st.region.clone(),
+            refresh_interval: st.refresh_interval.map(go_duration),
+            credential_source: st.credential_source.clone(),
+            obtained_at: s.served.as_ref().map(|k| rfc3339(k.obtained_at)),
+            last_refresh: st.last_refresh.map(rfc3339),
+            next_refresh: st.next_refresh.map(rfc3339),
+            next_is_retry: st.next_is_retry,
+            consecutive_failures: st.consecutive_failures,
+            last_error: st.last_error.clone(),
+            last_error_kind: st.last_error_kind.map(str::to_owned),
+            error,
+            fallback_origin: st.fallback_origin.clone(),
+            reason: st.reason.clone(),
+            shared_with: st.shared_with.clone(),
+        }
+    }
+}
+
+/// Every instance of the store, sorted by name.
+pub fn instances(store: &KeyStore) -> Vec<InstanceDoc> {
+    store
+        .slots()
+        .iter()
+        .map(|slot| InstanceDoc::from_snapshot(&slot.current()))
+        .collect()
+}
+
+/// Builds the whole status.
+pub fn build(info: &DaemonInfo, store: &KeyStore) -> StatusDoc {
+    let instances = instances(store);
+    StatusDoc {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started_at: info.started_at.map(rfc3339),
+        ready: store.is_ready(),
+        enabled: instances.iter().any(|i| i.org_uuid.is_some()),
+        config: ConfigStatus {
+            path: info.config_path.clone(),
+            settings_path: info.settings_path.clone(),
+            socket_path: info.socket_path.clone(),
+            loaded_at: info.config_loaded_at.map(rfc3339),
+            last_reload_error: info.last_reload_error.clone(),
+            reload_failures: info.reload_failures,
+            warnings: info.config_warnings.clone(),
+        },
+        environment: info.environment.clone(),
+        instances,
+    }
+}
+
+/// Text for `status`, shaped like the Agent's status section (wire spec §6.2) with our extras
+/// (state, source, key suffix, fallback) under each instance.
+pub fn render_text(doc: &StatusDoc) -> String {
+    let mut out = String::new();
+    let env = &doc.environment;
+    if doc.enabled {
+        out.push_str("=== Delegated Authentication ===\n");
+        let _ = writeln!(
+            out,
+            "Cloud Provider: {}",
+            env.provider.as_deref().unwrap_or("aws")
+        );
+        let _ = writeln!(
+            out,
+            "AWS Region: {}",
+            env.region
+                .as_deref()
+                .unwrap_or("(none: global STS endpoint)")
+        );
+    } else {
+        out.push_str("Delegated Authentication is not enabled\n");
+        out.push_str("  Reason: no section of datadog.yaml sets delegated_auth.org_uuid; static keys are served\n");
+    }
+    let _ = writeln!(out, "Environment: {}", env.kind);
+    if let Some(reason) = &env.reason {
+        let _ = writeln!(out, "  Reason: {reason}");
+    }
+    if let Some(src) = &env.credential_source {
+        let _ = writeln!(out, "Credential Source: {src}");
+    }
+    if let Some(host) = &env.sts_host {
+        let _ = writeln!(out, "STS Host: {host}");
+    }
+    for w in &env.warnings {
+        let _ = writeln!(out, "Warning: {w}");
+    }
+    let _ = writeln!(out, "Ready: {}", if doc.ready { "yes" } else { "no" });
+    out.push_str("\nConfigured Delegated Auth Instances:\n");
+    for i in &doc.instances {
+        let _ = writeln!(out, "- {}", i.name);
+        let agent_status = if i.state == "active" {
+            "Active"
+        } else {
+            "Pending"
+        };
+        let _ = writeln!(out, "    Status: {agent_status} ({})", i.state);
+        if let Some(src) = &i.source {
+            let _ = writeln!(
+                out,
+                "    Serving: {src} key {}",
+                i.key.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(org) = &i.org_uuid {
+            let _ = writeln!(out, "    Org UUID: {org}");
+        }
+        if let Some(ep) = &i.endpoint {
+            let _ = writeln!(out, "    Endpoint: {ep}");
+        }
+        if let Some(src) = &i.credential_source {
+            let _ = writeln!(out, "    Credential Source: {src}");
+        }
+        if let Some(ri) = &i.refresh_interval {
+            let _ = writeln!(out, "    Refresh Interval: {ri}");
+        }
+        if let Some(t) = &i.last_refresh {
+            let _ = writeln!(out, "    Last Refresh: {t}");
+        }
+        if let Some(t) = &i.next_refresh {
+            let label = if i.next_is_retry {
+                "Next Retry"
+            } else {
+                "Next Refresh"
+            };
+            let _ = writeln!(out, "    {label}: {t}");
+        }
+        if let Some(f) = &i.fallback_origin {
+            let _ = writeln!(out, "    Fallback: {f}");
+        }
+        if let Some(r) = &i.reason {
+            let _ = writeln!(out, "    Reason: {r}");
+        }
+        if let Some(e) = &i.error {
+            let _ = writeln!(out, "    Error: {e}");
+        }
+        if !i.shared_with.is_empty() {
+            let _ = writeln!(
+                out,
+                "    Shares Exchange With: {}",
+                i.shared_with.join(", ")
+            );
+        }
+    }
+    let c = &doc.config;
+    out.push_str("\nConfiguration:\n");
+    let _ = writeln!(out, "  datadog.yaml: {}", c.path);
+    let _ = writeln!(out, "  Settings: {}", c.settings_path);
+    let _ = writeln!(out, "  Socket: {}", c.socket_path);
+    if let Some(t) = &c.loaded_at {
+        let _ = writeln!(out, "  Loaded At: {t}");
+    }
+    if let Some(e) = &c.last_reload_error {
+        let _ = writeln!(out, "  Last Reload Failed: {e}");
+    }
+    for w in &c.warnings {
+        let _ = writeln!(out, "  Warning: {w}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keystore::{KeySource, KeyState, ServedKey};
+    use crate::secret::Secret;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(5)), "5s");
+    }
+
+    #[test]
+    fn text_mirrors_the_agent_and_hides_the_key() {
+        let store = KeyStore::new();
+        let slot = store.set_instances(&["api_key".to_owned()]).remove(0);
+        slot.update(|s| {
+            s.state = KeyState::Fallback;
+            s.served = Some(ServedKey {
+                value: Secret::from("0123456789abcdef0123456789abcdef"),
+                source: KeySource::Fallback,
+                obtained_at: SystemTime::UNIX_EPOCH,
+            });
+            s.status.org_uuid = Some("11111111-2222-3333-4444-555555555555".into());
+            s.status.consecutive_failures = 2;
+            s.status.last_error = Some("failed to get API key: 503 Service Unavailable".into());
+            s.status.refresh_interval = Some(Duration::from_secs(3600));
+        });
+        let info = DaemonInfo {
+            environment: EnvironmentStatus {
+                kind: "ec2".into(),
+                provider: Some("aws".into()),
+                region: Some("us-east-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let doc = build(&info, &store);
+        let text = render_text(&doc);
+        assert!(text.contains("=== Delegated Authentication ==="));
+        assert!(text.contains("AWS Region: us-east-1"));
+        assert!(text.contains("- api_key\n    Status: Pending (fallback)"));
+        assert!(text.contains("Refresh Interval: 1h0m0s"));
+        assert!(
+            text.contains("Error: 2 consecutive failures, last error: failed to get API key: 503")
+        );
+        assert!(text.contains("***bcdef"));
+        assert!(!text.contains("0123456789abcdef0123"));
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(!json.contains("0123456789abcdef0123"));
+        let back: StatusDoc = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, doc);
+    }
+}
