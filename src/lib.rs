@@ -4,7 +4,9 @@
 //!
 //! # Layout
 //!
+//! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod secret;

@@ -189,3 +189,62 @@ pub async fn send(
         .await
         .map_err(|_| fail(format!("no answer within {CLIENT_TIMEOUT:?}")))?
 }
+
+/// One request as an emulator saw it (for assertions on what a client sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers, names lower case, in arrival order. Secrets in them are test values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    /// Records `request`.
+    pub fn of(request: &Request<Bytes>) -> RecordedRequest {
+        RecordedRequest {
+            method: request.method().to_string(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().path().to_owned(), |p| p.to_string()),
+            headers: request
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The credential document AWS's container endpoints and IMDS serve (the JSON aws-config parses).
+pub fn credentials_json(
+    creds: &crate::moto::StaticCreds,
+    expiration: std::time::SystemTime,
+) -> serde_json::Value {
+    serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "Token": creds.session_token.clone().unwrap_or_default(),
+        "AccountId": crate::moto::ACCOUNT_ID,
+        "Expiration": humantime::format_rfc3339_seconds(expiration).to_string(),
+    })
+}
