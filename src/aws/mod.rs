@@ -253,3 +253,51 @@ fn none(error: CredentialError) -> Detection {
         reason: Some(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Identity>();
+    }
+
+    #[tokio::test]
+    async fn configured_region_wins_and_needs_no_network() {
+        let identity = Identity::new(
+            AwsOptions {
+                configured_region: Some("eu-west-3".into()),
+                imds_allowed: false,
+                ..AwsOptions::default()
+            },
+            AwsEnv::from_pairs([("AWS_REGION", "us-east-2")]),
+        );
+        assert_eq!(identity.region(None).await.as_deref(), Some("eu-west-3"));
+        assert_eq!(
+            identity.region(Some("ap-northeast-1")).await.as_deref(),
+            Some("ap-northeast-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_region_when_nothing_is_known_and_imds_is_off() {
+        let identity = Identity::new(
+            AwsOptions {
+                imds_allowed: false,
+                ..AwsOptions::default()
+            },
+            AwsEnv::default(),
+        );
+        assert_eq!(identity.region(None).await, None);
+        let detection = identity.detect().await;
+        assert_eq!(detection.kind, EnvironmentKind::None);
+        assert!(
+            detection
+                .reason
+                .unwrap()
+                .contains("cloud_provider_metadata")
+        );
+    }
+}

@@ -28,7 +28,7 @@ const CHILD_TIMEOUT_MS: &str = "DDA_IDENTITY_CHILD_TIMEOUT_MS";
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What a child (or an in-process resolution) produced.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub kind: String,
     pub source: Option<String>,
@@ -38,6 +38,22 @@ pub struct Outcome {
     pub proof: Option<String>,
     pub error: Option<String>,
     pub elapsed_ms: u128,
+}
+
+impl std::fmt::Debug for Outcome {
+    // The proof is a bearer credential (even a test one): keep it out of assertion messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("reason", &self.reason)
+            .field("region", &self.region)
+            .field("warnings", &self.warnings)
+            .field("proof", &self.proof.as_ref().map(|_| "<present>"))
+            .field("error", &self.error)
+            .field("elapsed_ms", &self.elapsed_ms)
+            .finish()
+    }
 }
 
 impl Outcome {

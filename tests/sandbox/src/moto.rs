@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::SandboxError;
 use crate::http::send;
@@ -61,7 +61,7 @@ impl std::fmt::Debug for StaticCreds {
 /// A running moto_server, bootstrapped with a user, its access key and [`DEFAULT_ROLE`].
 /// The process is killed when this value is dropped.
 pub struct Moto {
-    child: Child,
+    child: Reaped,
     port: u16,
     log: PathBuf,
     user: StaticCreds,
@@ -161,7 +161,7 @@ impl Moto {
         Err(last_error.unwrap_or(SandboxError::MotoMissing))
     }
 
-    async fn launch() -> Result<(Child, u16, PathBuf), LaunchError> {
+    async fn launch() -> Result<(Reaped, u16, PathBuf), LaunchError> {
         let port = free_port().map_err(LaunchError::Fatal)?;
         let log =
             std::env::temp_dir().join(format!("sandbox-moto-{}-{port}.log", uuid::Uuid::new_v4()));
@@ -171,17 +171,16 @@ impl Moto {
         let err = out
             .try_clone()
             .map_err(|e| LaunchError::Fatal(SandboxError::io("duplicating the log handle", e)))?;
-        let mut command = Command::new("moto_server");
-        scrub_aws_env(&mut command);
+        let mut command = std::process::Command::new("moto_server");
+        scrub_aws_env_std(&mut command);
         command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true);
+            .stderr(Stdio::from(err));
         let mut child = match command.spawn() {
-            Ok(child) => child,
+            Ok(child) => Reaped(child),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let _ = std::fs::remove_file(&log);
                 return Err(LaunchError::Fatal(SandboxError::MotoMissing));
@@ -196,7 +195,7 @@ impl Moto {
         let url = format!("http://127.0.0.1:{port}/moto-api/");
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 let tail = tail(&log);
                 let error = SandboxError::MotoNotReady {
                     reason: format!("moto_server exited with {status}"),
@@ -228,6 +227,11 @@ impl Moto {
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// moto_server's process id (tests that simulate STS going away can signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
     }
 
     /// The account every ARN is in.
@@ -375,9 +379,21 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        // kill_on_drop also kills; doing it here first makes the port free before the log goes.
-        let _ = self.child.start_kill();
+        // The process itself goes with the `child` field.
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A std (not tokio) child killed *and reaped* on drop, synchronously: no moto_server, and no
+/// zombie, outlives the test that started it, even when that test's future is cancelled while
+/// waiting for readiness.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // After SIGKILL the wait returns at once.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -389,6 +405,10 @@ enum LaunchError {
 /// The process environment may carry real AWS settings (a developer's shell, a CI runner on EC2);
 /// none of them may leak into moto or boto3.
 fn scrub_aws_env(command: &mut Command) {
+    scrub_aws_env_std(command.as_std_mut());
+}
+
+fn scrub_aws_env_std(command: &mut std::process::Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AWS_") {
             command.env_remove(key);
