@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`env`]: [`AwsEnv`], the environment snapshot every step reads (tests inject one).
+//! - [`env`](mod@env): [`AwsEnv`], the environment snapshot every step reads (tests inject one).
 //! - `credentials`: source selection (Agent order, first match) and resolution through
 //!   aws-config's providers, each call under a named timeout; errors name the source and its fix.
 //! - `imds`: aws-config's IMDSv2 client with `ec2_metadata_timeout`, and the IMDSv1 fallback.
