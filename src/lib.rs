@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
@@ -14,6 +15,7 @@
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod client;
 pub mod keystore;
 pub mod logging;
