@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //!
+//! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
+//!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod secret;
