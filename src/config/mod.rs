@@ -330,12 +330,16 @@ fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
         Ok(text) => match node::parse(&text) {
             Ok(root) => Some(root),
             Err(err) => {
+                let fix = err.fix.unwrap_or_else(|| {
+                    "correct the YAML at this line (the Agent cannot read this file either)"
+                        .to_owned()
+                });
                 problems.error(
                     Problem::new(
                         &paths.config,
                         "",
                         format!("invalid YAML: {}", err.message),
-                        "correct the YAML at this line (the Agent cannot read this file either)",
+                        fix,
                     )
                     .at(err.line),
                 );
@@ -384,6 +388,7 @@ fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
     });
 
     let Some(agent_read) = agent_read else {
+        sort_problems(&mut problems, paths);
         return Report {
             config: None,
             errors: problems.errors,
@@ -435,6 +440,7 @@ fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
         }
     }
 
+    sort_problems(&mut problems, paths);
     Report {
         config: Some(Config {
             agent,
@@ -447,6 +453,14 @@ fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
         errors: problems.errors,
         warnings: problems.warnings,
     }
+}
+
+/// Orders problems for reading: the Agent's file first, then the settings file; within a file,
+/// whole-file and environment problems first, then by line.
+fn sort_problems(problems: &mut Problems, paths: &Paths) {
+    let rank = |p: &Problem| (p.file != paths.config, p.line.unwrap_or(0));
+    problems.errors.sort_by_key(rank);
+    problems.warnings.sort_by_key(rank);
 }
 
 /// Checks that need both files: sinks and access rules name existing instances.
@@ -696,7 +710,7 @@ pub fn describe(cfg: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "Log:                 {} ({:?})",
+        "Log:                 {} ({})",
         s.log.level, s.log.format
     );
     let _ = writeln!(out, "Instances ({}):", cfg.instances.len());

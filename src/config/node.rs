@@ -168,6 +168,8 @@ impl Node {
 pub(crate) struct YamlError {
     pub(crate) line: Option<usize>,
     pub(crate) message: String,
+    /// A specific fix, when the cause is known.
+    pub(crate) fix: Option<String>,
 }
 
 /// Parses a whole YAML document into a tree. An empty (or comment-only) document is `Null`.
@@ -192,25 +194,37 @@ pub(crate) fn yaml_error(err: serde_saphyr::Error) -> YamlError {
     {
         inner = error;
     }
+    let mut fix = None;
     let message = match inner {
-        serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => format!(
-            "duplicate key `{k}` (YAML keys must be unique; the Agent would silently use one of them)"
-        ),
-        serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => {
-            "duplicate key (YAML keys must be unique)".to_owned()
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
+            let key = key.as_deref().unwrap_or("");
+            fix = Some(format!(
+                "keep a single `{key}` key in this mapping (remove or merge the other one)"
+            ));
+            format!("duplicate key `{key}` (YAML keys must be unique within a mapping)")
         }
         serde_saphyr::Error::MultipleDocuments { .. }
         | serde_saphyr::Error::Budget {
             breach: serde_saphyr::budget::BudgetBreach::Documents { .. },
             ..
-        } => "the file holds more than one YAML document (`---`)".to_owned(),
-        serde_saphyr::Error::Budget { breach, .. } => format!(
-            "the document is too large or too deeply nested to be a configuration file \
-             (limit reached: {breach:?})"
-        ),
+        } => {
+            fix = Some("keep a single document: remove the `---` separators".to_owned());
+            "the file holds more than one YAML document (`---`)".to_owned()
+        }
+        serde_saphyr::Error::Budget { breach, .. } => {
+            fix = Some(
+                "point the daemon at the real configuration file; anchors and aliases that \
+                 expand to huge documents are refused"
+                    .to_owned(),
+            );
+            format!(
+                "the document is too large or too deeply nested to be a configuration file \
+                 (limit reached: {breach:?})"
+            )
+        }
         other => strip_location(&other.to_string()),
     };
-    YamlError { line, message }
+    YamlError { line, message, fix }
 }
 
 /// Removes the trailing " at line N, column M" (and any alias notes after it) that
@@ -266,10 +280,16 @@ fn convert(source: &str, raw: Spanned<RawNode>) -> Node {
                         Value::Null => String::new(),
                         Value::Seq(_) | Value::Map(_) => "<complex key>".to_owned(),
                     };
+                    let mut value = convert(source, v);
+                    // A block mapping or list starts on the line after its key; operators look
+                    // for the key, so a container value is located at its key's line.
+                    if matches!(value.value, Value::Map(_) | Value::Seq(_)) && key_line.is_some() {
+                        value.line = key_line;
+                    }
                     Entry {
                         key,
                         key_line,
-                        value: convert(source, v),
+                        value,
                     }
                 })
                 .collect(),
@@ -419,6 +439,8 @@ mod tests {
         let Value::Seq(items) = &b.value else {
             panic!("seq")
         };
+        // A block list is located at its key's line; its items at their own lines.
+        assert_eq!(b.line, Some(3));
         assert_eq!(items[0].line, Some(4));
         assert_eq!(items[1].line, Some(5));
         let Value::Map(entries) = &root.value else {

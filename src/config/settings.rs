@@ -179,6 +179,15 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw serde structs (the file as written).
 
@@ -243,10 +252,13 @@ pub(crate) fn parse(text: &str, file: &Path, problems: &mut Problems) -> Option<
         Ok(raw) => Some(raw),
         Err(err) => {
             let err = node::yaml_error(err);
-            let fix = if err.message.starts_with("unknown field") {
-                "remove the key or correct its spelling (see docs/configuration.md)"
-            } else {
-                "correct the YAML at this line (see docs/configuration.md for the format)"
+            let fix = match err.fix {
+                Some(fix) => fix,
+                None if err.message.starts_with("unknown field") => {
+                    "remove the key or correct its spelling (see docs/configuration.md)".to_owned()
+                }
+                None => "correct the YAML at this line (see docs/configuration.md for the format)"
+                    .to_owned(),
             };
             problems.error(Problem::new(file, "", err.message, fix).at(err.line));
             None

@@ -182,12 +182,12 @@ fn provider_settings_in_product_sections_warn() {
     assert_eq!(
         warning_keys(&cfg),
         vec![
-            "logs_config.delegated_auth.enabled",
             "logs_config.delegated_auth.provider",
             "logs_config.delegated_auth.aws",
+            "logs_config.delegated_auth.enabled",
         ]
     );
-    assert_eq!(cfg.warnings[1].line, Some(9));
+    assert_eq!(cfg.warnings[0].line, Some(9));
     // The product instance uses the global region, not the ignored per-product one.
     let logs = cfg.instance("logs_config.api_key").unwrap();
     assert_eq!(
@@ -690,14 +690,14 @@ fn bad_provider_region_and_numbers() {
     assert_eq!(
         got,
         vec![
-            "site",
-            "proxy.https",
-            "skip_ssl_validation",
-            "ec2_metadata_timeout",
-            "ec2_metadata_token_lifetime",
             "delegated_auth.provider",
             "delegated_auth.aws.region",
             "delegated_auth.refresh_interval_mins",
+            "ec2_metadata_timeout",
+            "ec2_metadata_token_lifetime",
+            "skip_ssl_validation",
+            "site",
+            "proxy.https",
         ]
     );
     assert!(errs.iter().all(|p| !p.fix.is_empty() && p.line.is_some()));
@@ -713,22 +713,22 @@ fn wrong_types_on_our_keys() {
     assert_eq!(
         got,
         vec![
-            ("site", Some(2)),
-            ("proxy", Some(6)),
-            ("cloud_provider_metadata", Some(5)),
-            ("delegated_auth", Some(3)),
             ("api_key", Some(1)),
+            ("site", Some(2)),
+            ("delegated_auth", Some(3)),
             ("logs_config", Some(4)),
+            ("cloud_provider_metadata", Some(5)),
+            ("proxy", Some(6)),
             ("additional_endpoints", Some(7)),
         ]
     );
     assert!(
-        errs[0]
+        errs[1]
             .message
             .contains("expected a string, found a mapping")
     );
     // The api_key's value is never shown.
-    assert!(errs[4].value.is_none());
+    assert!(errs[0].value.is_none());
     assert!(!ConfigErrors(errs).to_string().contains(KEY));
 }
 
@@ -843,8 +843,8 @@ fn both_files_report_together() {
     assert_eq!(
         got,
         vec![
-            (f.paths.settings.as_path(), "socket.mode"),
             (f.paths.config.as_path(), "delegated_auth.org_uuid"),
+            (f.paths.settings.as_path(), "socket.mode"),
             (f.paths.settings.as_path(), "sinks[0].instance"),
         ]
     );
