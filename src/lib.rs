@@ -6,6 +6,8 @@
 //!
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`client`]: the CLI's HTTP client for the socket.
+//! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
+//!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
@@ -17,6 +19,7 @@
 
 pub mod aws;
 pub mod client;
+pub mod config;
 pub mod keystore;
 pub mod logging;
 pub mod metrics;

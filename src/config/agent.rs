@@ -1,0 +1,1071 @@
+//! Reading the Agent's keys out of `datadog.yaml` (product §2.1) and naming instances (§6).
+//!
+//! Input is the loose tree of `node.rs` with environment overrides already grafted in. Only the
+//! keys listed in the product definition are read; everything else in the file is ignored,
+//! whatever its type. A wrong type on one of our keys is an error naming the key, its line (or
+//! variable) and the fix. Keys match case-insensitively, as the Agent's do; the same key spelled
+//! twice with different capitalisation is an error, because the Agent would pick one silently.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::dela;
+use super::env::PRODUCT_SECTIONS;
+use super::node::{Entry, Node, Value};
+use super::problem::{Problem, Problems};
+use super::{AgentConfig, DelegatedSpec, InstanceSpec, Provider, ProxyConfig};
+use crate::secret::Secret;
+
+/// Default `site` (the Agent's).
+pub const DEFAULT_SITE: &str = "datadoghq.com";
+/// Default `refresh_interval_mins` (wire spec §3.1).
+pub const DEFAULT_REFRESH_MINS: i64 = 60;
+/// Largest refresh interval accepted from `datadog.yaml`; larger values are clamped with a
+/// warning. A week is far beyond any sensible key lifetime, and the bound keeps timer
+/// arithmetic far from overflow.
+pub const MAX_REFRESH_MINS: i64 = 7 * 24 * 60;
+/// Default `ec2_metadata_timeout` in milliseconds (the Agent's).
+pub const DEFAULT_EC2_METADATA_TIMEOUT_MS: i64 = 300;
+/// Default `ec2_metadata_token_lifetime` in seconds (the Agent's; also IMDS's maximum).
+pub const DEFAULT_EC2_TOKEN_LIFETIME_SECS: i64 = 21_600;
+/// The Agent's default `cloud_provider_metadata`.
+pub const DEFAULT_CLOUD_PROVIDERS: [&str; 6] = ["aws", "gcp", "azure", "alibaba", "oracle", "ibm"];
+
+/// Keys of the global `delegated_auth` block. `startup_timeout_secs` is an Agent key (wire spec
+/// §3.5) we do not use; it is listed so it draws no "unknown key" warning.
+const GLOBAL_DA_KEYS: [&str; 5] = [
+    "org_uuid",
+    "provider",
+    "aws",
+    "refresh_interval_mins",
+    "startup_timeout_secs",
+];
+/// Keys the Agent defines in a product section's `delegated_auth` block. `provider` and `aws`
+/// are bound there too but are global-only (the user doc says so): they get their own warning
+/// instead of the "unknown key" one.
+const PRODUCT_DA_KEYS: [&str; 4] = ["org_uuid", "refresh_interval_mins", "provider", "aws"];
+
+/// The contents of `fallback_api_key_file`, read by the loader.
+#[derive(Debug, Clone)]
+pub(crate) struct FallbackFile {
+    pub(crate) key: Secret,
+}
+
+/// Reads typed values out of the tree, reporting problems instead of stopping.
+pub(crate) struct Reader<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) problems: &'a mut Problems,
+}
+
+/// What a key slot (`api_key`, `<section>.api_key`) holds.
+enum Slot {
+    Absent,
+    /// `ENC[...]`: a secret-backend handle. Never used as a key.
+    Handle,
+    /// `DELA(...)` outside `additional_endpoints`: the Agent does not read directives there.
+    Directive,
+    Key(Secret),
+}
+
+impl Reader<'_> {
+    /// A problem located at `node` (its line, or the variable it came from).
+    pub(crate) fn problem_at(
+        &self,
+        node: &Node,
+        key: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Problem {
+        Problem::new(self.file, key, message, fix)
+            .at(node.line)
+            .from_env(node.env.as_deref())
+    }
+
+    /// The value of `key` in mapping `parent` (case-insensitive). `None` when absent, or when
+    /// the parent is not a mapping (already reported by [`Reader::section`]).
+    fn child<'n>(
+        &mut self,
+        parent: Option<&'n Node>,
+        parent_path: &str,
+        key: &str,
+    ) -> Option<&'n Node> {
+        let Value::Map(entries) = &parent?.value else {
+            return None;
+        };
+        let matches: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.key.eq_ignore_ascii_case(key))
+            .collect();
+        let path = join(parent_path, key);
+        match matches.as_slice() {
+            [] => None,
+            [one] => Some(&one.value),
+            [first, .., last] => {
+                let lines: Vec<String> = matches
+                    .iter()
+                    .map(|e| e.key_line.map_or_else(|| "?".to_owned(), |l| l.to_string()))
+                    .collect();
+                self.problems.error(
+                    Problem::new(
+                        self.file,
+                        path,
+                        format!(
+                            "the key appears more than once with different capitalisation \
+                             (`{}` and `{}`, lines {}); Agent keys are case-insensitive",
+                            first.key,
+                            last.key,
+                            lines.join(", ")
+                        ),
+                        "keep a single spelling of the key",
+                    )
+                    .at(last.key_line),
+                );
+                None
+            }
+        }
+    }
+
+    /// A node that must be a mapping (or absent/null).
+    fn section<'n>(&mut self, node: Option<&'n Node>, path: &str) -> Option<&'n Node> {
+        let node = node?;
+        match &node.value {
+            Value::Map(_) => Some(node),
+            Value::Null => None,
+            _ => {
+                let p = self.problem_at(
+                    node,
+                    path,
+                    format!("expected a mapping, found {}", node.type_name()),
+                    format!("write `{path}` as a block of `key: value` lines, or remove it"),
+                );
+                self.problems.error(p);
+                None
+            }
+        }
+    }
+
+    /// A string value, trimmed; empty and null are `None`. `secret` keeps the value out of the
+    /// problem report.
+    fn string(&mut self, node: Option<&Node>, path: &str, secret: bool) -> Option<String> {
+        let node = node?;
+        match &node.value {
+            Value::Null => None,
+            Value::Scalar { text, .. } => {
+                let t = text.trim();
+                (!t.is_empty()).then(|| t.to_owned())
+            }
+            _ => {
+                let mut p = self.problem_at(
+                    node,
+                    path,
+                    format!("expected a string, found {}", node.type_name()),
+                    format!("set `{path}` to a single value, or remove it"),
+                );
+                if secret {
+                    p.value = None;
+                }
+                self.problems.error(p);
+                None
+            }
+        }
+    }
+
+    /// A boolean the way the Agent parses env values: `true`/`false`/`1`/`0`, any case.
+    fn boolean(&mut self, node: Option<&Node>, path: &str) -> Option<bool> {
+        let node = node?;
+        let text = self.string(Some(node), path, false)?;
+        match parse_bool(&text) {
+            Some(b) => Some(b),
+            None => {
+                let p = self
+                    .problem_at(
+                        node,
+                        path,
+                        "expected a boolean",
+                        format!("set `{path}` to true or false"),
+                    )
+                    .value(text);
+                self.problems.error(p);
+                None
+            }
+        }
+    }
+
+    /// An integer.
+    fn integer(&mut self, node: Option<&Node>, path: &str) -> Option<i64> {
+        let node = node?;
+        let text = self.string(Some(node), path, false)?;
+        match text.parse::<i64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let p = self
+                    .problem_at(
+                        node,
+                        path,
+                        "expected a whole number",
+                        format!("set `{path}` to an integer such as 60"),
+                    )
+                    .value(text);
+                self.problems.error(p);
+                None
+            }
+        }
+    }
+
+    /// A list of strings: a YAML list of scalars, or (as the Agent casts it) one string of
+    /// space-separated words.
+    fn words(&mut self, node: Option<&Node>, path: &str) -> Option<Vec<String>> {
+        let node = node?;
+        match &node.value {
+            Value::Null => None,
+            Value::Scalar { text, .. } => {
+                Some(text.split_whitespace().map(str::to_owned).collect())
+            }
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(s) = self.string(Some(item), &format!("{path}[{i}]"), false) {
+                        out.push(s);
+                    }
+                }
+                Some(out)
+            }
+            Value::Map(_) => {
+                let p = self.problem_at(
+                    node,
+                    path,
+                    "expected a list, found a mapping",
+                    format!("write `{path}` as a list, e.g. [a, b]"),
+                );
+                self.problems.error(p);
+                None
+            }
+        }
+    }
+
+    /// Warns about keys of a `delegated_auth` block the Agent does not define there.
+    fn warn_unknown_keys(&mut self, section: Option<&Node>, path: &str, known: &[&str]) {
+        let Some(Value::Map(entries)) = section.map(|n| &n.value) else {
+            return;
+        };
+        for entry in entries {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(&entry.key)) {
+                let p = Problem::new(
+                    self.file,
+                    join(path, &entry.key),
+                    "unknown key in a delegated_auth block; it is ignored",
+                    format!(
+                        "remove it or correct its spelling (valid keys: {})",
+                        known.join(", ")
+                    ),
+                )
+                .at(entry.key_line)
+                .from_env(entry.value.env.as_deref());
+                self.problems.warn(p);
+            }
+        }
+    }
+
+    fn key_slot(&mut self, node: Option<&Node>, path: &str) -> Slot {
+        let Some(text) = self.string(node, path, true) else {
+            return Slot::Absent;
+        };
+        if is_secret_handle(&text) {
+            Slot::Handle
+        } else if dela::is_directive(&text) {
+            if let Some(node) = node {
+                let p = self.problem_at(
+                    node,
+                    path,
+                    "holds a DELA(...) directive, which is only read in additional_endpoints; \
+                     it is not used as a key",
+                    "enable delegated auth for this key with the section's delegated_auth.org_uuid, \
+                     or move the directive to additional_endpoints",
+                );
+                self.problems.warn(p);
+            }
+            Slot::Directive
+        } else {
+            Slot::Key(Secret::new(text))
+        }
+    }
+
+    /// A validated org UUID (hyphenated form, as the Agent and Datadog show it).
+    fn org_uuid(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
+        let text = self.string(node, path, false)?;
+        if is_uuid(&text) {
+            return Some(text);
+        }
+        if let Some(node) = node {
+            let p = self
+                .problem_at(
+                    node,
+                    path,
+                    "is not a UUID",
+                    "set it to your org's UUID (8-4-4-4-12 hex digits), as shown by \
+                     /api/v2/current_user",
+                )
+                .value(text);
+            self.problems.error(p);
+        }
+        None
+    }
+
+    /// A region, checked against `^[a-z0-9-]+$`.
+    fn region(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
+        let text = self.string(node, path, false)?;
+        if is_region(&text) {
+            return Some(text);
+        }
+        if let Some(node) = node {
+            let p = self
+                .problem_at(
+                    node,
+                    path,
+                    "is not an AWS region name (lowercase letters, digits and `-`)",
+                    "set it to a region such as us-east-1, or remove it to auto-detect",
+                )
+                .value(text);
+            self.problems.error(p);
+        }
+        None
+    }
+
+    /// A refresh interval in minutes: `<= 0` becomes the default, too large is clamped; both warn.
+    fn refresh_mins(&mut self, node: Option<&Node>, path: &str, default: i64) -> i64 {
+        let Some(mins) = self.integer(node, path) else {
+            return default;
+        };
+        let Some(node) = node else { return default };
+        if mins <= 0 {
+            let p = self
+                .problem_at(
+                    node,
+                    path,
+                    format!("refresh interval was set to {mins}, defaulting to {DEFAULT_REFRESH_MINS} minutes"),
+                    "set a positive number of minutes, or remove the key",
+                )
+                .value(mins.to_string());
+            self.problems.warn(p);
+            DEFAULT_REFRESH_MINS
+        } else if mins > MAX_REFRESH_MINS {
+            let p = self
+                .problem_at(
+                    node,
+                    path,
+                    format!(
+                        "refresh interval is longer than a week; using {MAX_REFRESH_MINS} minutes"
+                    ),
+                    "set at most 10080 minutes",
+                )
+                .value(mins.to_string());
+            self.problems.warn(p);
+            MAX_REFRESH_MINS
+        } else {
+            mins
+        }
+    }
+}
+
+/// `true`/`false`/`1`/`0`, case-insensitive.
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A secret-backend handle `ENC[...]`.
+pub(crate) fn is_secret_handle(text: &str) -> bool {
+    let t = text.trim();
+    t.starts_with("ENC[") && t.ends_with(']')
+}
+
+/// The hyphenated 8-4-4-4-12 form (the `uuid` crate alone would also take braces, `urn:uuid:`
+/// and the 32-digit form, which the Agent's DELA parser and Datadog's header do not).
+pub(crate) fn is_uuid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
+
+/// `^[a-z0-9-]+$`
+pub(crate) fn is_region(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// How a fallback was found, for `fallback_origin`.
+fn origin(path: &str, node: Option<&Node>) -> String {
+    match node.and_then(|n| n.env.as_deref()) {
+        Some(var) => format!("{path} (env {var})"),
+        None => path.to_owned(),
+    }
+}
+
+/// Removes `user:password@` from a URL so a proxy can be shown.
+pub fn redact_url_credentials(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Everything read from `datadog.yaml`.
+pub(crate) struct AgentRead {
+    pub(crate) agent: AgentConfig,
+    pub(crate) instances: Vec<InstanceSpec>,
+}
+
+/// Reads the Agent's keys and builds the instances.
+pub(crate) fn read(
+    root: &Node,
+    file: &Path,
+    fallback_file: Option<&FallbackFile>,
+    problems: &mut Problems,
+) -> AgentRead {
+    let mut r = Reader { file, problems };
+    let root = Some(root);
+
+    // --- endpoint, proxy, TLS, IMDS ---
+    let site_node = r.child(root, "", "site");
+    let site = match r.string(site_node, "site", false) {
+        Some(site)
+            if site.contains("://") || site.contains('/') || site.contains(char::is_whitespace) =>
+        {
+            if let Some(node) = site_node {
+                let p = r
+                    .problem_at(
+                        node,
+                        "site",
+                        "must be a bare domain such as datadoghq.eu",
+                        "set `site` to the domain only; to send to a URL, set `dd_url` instead",
+                    )
+                    .value(site);
+                r.problems.error(p);
+            }
+            DEFAULT_SITE.to_owned()
+        }
+        Some(site) => site,
+        None => DEFAULT_SITE.to_owned(),
+    };
+    let dd_url_node = r.child(root, "", "dd_url");
+    let dd_url = r.string(dd_url_node, "dd_url", false);
+    let infra_endpoint = dd_url
+        .clone()
+        .unwrap_or_else(|| format!("https://app.{site}"));
+
+    let proxy_node = r.child(root, "", "proxy");
+    let proxy_section = r.section(proxy_node, "proxy");
+    let mut proxy = ProxyConfig::default();
+    for (field, target) in [("http", &mut proxy.http), ("https", &mut proxy.https)] {
+        let path = format!("proxy.{field}");
+        let node = r.child(proxy_section, "proxy", field);
+        // Proxy URLs may carry credentials: read as secret, show redacted.
+        if let Some(url) = r.string(node, &path, true) {
+            let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
+                .iter()
+                .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+            if !scheme_ok {
+                if let Some(node) = node {
+                    let p = r
+                        .problem_at(
+                            node,
+                            &path,
+                            "is not a proxy URL (http://, https:// or socks5://)",
+                            "set it to a URL such as http://proxy.internal:3128",
+                        )
+                        .value(redact_url_credentials(&url));
+                    r.problems.error(p);
+                }
+            } else {
+                *target = Some(url);
+            }
+        }
+    }
+    let no_proxy_node = r.child(proxy_section, "proxy", "no_proxy");
+    proxy.no_proxy = r.words(no_proxy_node, "proxy.no_proxy").unwrap_or_default();
+
+    let ssl_node = r.child(root, "", "skip_ssl_validation");
+    let skip_ssl_validation = r.boolean(ssl_node, "skip_ssl_validation").unwrap_or(false);
+    if skip_ssl_validation && let Some(node) = ssl_node {
+        let p = r.problem_at(
+            node,
+            "skip_ssl_validation",
+            "TLS certificates will NOT be verified: anyone on the network path can read the \
+             proofs and the keys",
+            "remove skip_ssl_validation; to trust a private CA, add it to the system trust store",
+        );
+        r.problems.warn(p);
+    }
+
+    let cpm_node = r.child(root, "", "cloud_provider_metadata");
+    let cloud_provider_metadata = r
+        .words(cpm_node, "cloud_provider_metadata")
+        .map(|v| v.into_iter().map(|s| s.to_ascii_lowercase()).collect())
+        .unwrap_or_else(|| {
+            DEFAULT_CLOUD_PROVIDERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+
+    let timeout_node = r.child(root, "", "ec2_metadata_timeout");
+    let timeout_ms = positive(
+        &mut r,
+        timeout_node,
+        "ec2_metadata_timeout",
+        DEFAULT_EC2_METADATA_TIMEOUT_MS,
+        i64::from(u32::MAX),
+        "milliseconds, e.g. 300",
+    );
+    let prefer_node = r.child(root, "", "ec2_prefer_imdsv2");
+    let ec2_prefer_imdsv2 = r.boolean(prefer_node, "ec2_prefer_imdsv2").unwrap_or(false);
+    let lifetime_node = r.child(root, "", "ec2_metadata_token_lifetime");
+    let lifetime_secs = positive(
+        &mut r,
+        lifetime_node,
+        "ec2_metadata_token_lifetime",
+        DEFAULT_EC2_TOKEN_LIFETIME_SECS,
+        DEFAULT_EC2_TOKEN_LIFETIME_SECS,
+        "seconds, between 1 and 21600 (IMDS refuses longer tokens)",
+    );
+
+    // --- global delegated_auth ---
+    let da_node = r.child(root, "", "delegated_auth");
+    let da = r.section(da_node, "delegated_auth");
+    r.warn_unknown_keys(da, "delegated_auth", &GLOBAL_DA_KEYS);
+    let org_node = r.child(da, "delegated_auth", "org_uuid");
+    let global_org = r.org_uuid(org_node, "delegated_auth.org_uuid");
+    let provider_node = r.child(da, "delegated_auth", "provider");
+    let provider = match r.string(provider_node, "delegated_auth.provider", false) {
+        None => Provider::Auto,
+        Some(p) if p.eq_ignore_ascii_case("aws") => Provider::Aws,
+        Some(p) => {
+            if let Some(node) = provider_node {
+                let prob = r
+                    .problem_at(
+                        node,
+                        "delegated_auth.provider",
+                        "unsupported delegated auth provider (only `aws` exists)",
+                        "set `provider: aws`, or remove it to auto-detect",
+                    )
+                    .value(p);
+                r.problems.error(prob);
+            }
+            Provider::Auto
+        }
+    };
+    let aws_node = r.child(da, "delegated_auth", "aws");
+    let aws = r.section(aws_node, "delegated_auth.aws");
+    r.warn_unknown_keys(aws, "delegated_auth.aws", &["region"]);
+    let region_node = r.child(aws, "delegated_auth.aws", "region");
+    let aws_region = r.region(region_node, "delegated_auth.aws.region");
+    let refresh_node = r.child(da, "delegated_auth", "refresh_interval_mins");
+    let global_refresh = r.refresh_mins(
+        refresh_node,
+        "delegated_auth.refresh_interval_mins",
+        DEFAULT_REFRESH_MINS,
+    );
+
+    let agent = AgentConfig {
+        site,
+        dd_url,
+        infra_endpoint: infra_endpoint.clone(),
+        proxy,
+        skip_ssl_validation,
+        cloud_provider_metadata,
+        ec2_metadata_timeout: Duration::from_millis(timeout_ms.unsigned_abs()),
+        ec2_prefer_imdsv2,
+        ec2_metadata_token_lifetime: Duration::from_secs(lifetime_secs.unsigned_abs()),
+        provider,
+        aws_region: aws_region.clone(),
+    };
+
+    let section_target = |org: String, mins: i64| DelegatedSpec {
+        org_uuid: org,
+        exchange_target: infra_endpoint.clone(),
+        explicit_target: false,
+        region: aws_region.clone(),
+        refresh_interval: minutes(mins),
+    };
+
+    // --- instances ---
+    let mut instances = Vec::new();
+    let global_key_node = r.child(root, "", "api_key");
+    let global_slot = r.key_slot(global_key_node, "api_key");
+
+    // `api_key` always exists: with delegated auth off it still serves the static key, so
+    // consumers using `secret-helper` or the socket work the same everywhere.
+    {
+        let mut spec = InstanceSpec {
+            name: "api_key".to_owned(),
+            delegated: global_org.map(|org| section_target(org, global_refresh)),
+            fallback: None,
+            fallback_origin: None,
+            notes: Vec::new(),
+        };
+        resolve_fallback(
+            &mut spec,
+            &[("api_key", global_key_node, &global_slot)],
+            fallback_file,
+        );
+        instances.push(spec);
+    }
+
+    for section in PRODUCT_SECTIONS {
+        let section_node = r.child(root, "", section);
+        let sec = r.section(section_node, section);
+        let da_path = format!("{section}.delegated_auth");
+        let sda_node = r.child(sec, section, "delegated_auth");
+        let sda = r.section(sda_node, &da_path);
+        r.warn_unknown_keys(sda, &da_path, &PRODUCT_DA_KEYS);
+        for global_only in ["provider", "aws"] {
+            if let Some(node) = r.child(sda, &da_path, global_only) {
+                if matches!(node.value, Value::Null) {
+                    continue;
+                }
+                let path = format!("{da_path}.{global_only}");
+                let p = r.problem_at(
+                    node,
+                    &path,
+                    "provider settings are global only (per-product sections support only \
+                     org_uuid and refresh_interval_mins); this value is ignored",
+                    format!("move it to delegated_auth.{global_only}, or remove it"),
+                );
+                r.problems.warn(p);
+            }
+        }
+        let org_path = format!("{da_path}.org_uuid");
+        let org_node = r.child(sda, &da_path, "org_uuid");
+        let org_text = r.string(org_node, &org_path, false);
+        let refresh_path = format!("{da_path}.refresh_interval_mins");
+        let refresh_node = r.child(sda, &da_path, "refresh_interval_mins");
+        let mins = r.refresh_mins(refresh_node, &refresh_path, global_refresh);
+        let key_path = format!("{section}.api_key");
+        let key_node = r.child(sec, section, "api_key");
+        let slot = r.key_slot(key_node, &key_path);
+        if org_text.is_none() {
+            // Section not enabled: no instance (the Agent uses its static key directly).
+            continue;
+        }
+        let Some(org) = r.org_uuid(org_node, &org_path) else {
+            continue;
+        };
+        let mut spec = InstanceSpec {
+            name: key_path.clone(),
+            delegated: Some(section_target(org, mins)),
+            fallback: None,
+            fallback_origin: None,
+            notes: Vec::new(),
+        };
+        resolve_fallback(
+            &mut spec,
+            &[
+                (key_path.as_str(), key_node, &slot),
+                ("api_key", global_key_node, &global_slot),
+            ],
+            fallback_file,
+        );
+        instances.push(spec);
+    }
+
+    let dela_ctx = DelaCtx {
+        global_region: aws_region,
+        refresh: minutes(global_refresh),
+    };
+    read_map_shape(&mut r, root, &dela_ctx, &mut instances);
+    read_list_shape(&mut r, root, &dela_ctx, &mut instances);
+
+    AgentRead { agent, instances }
+}
+
+/// A positive integer with an upper bound (errors otherwise).
+fn positive(
+    r: &mut Reader<'_>,
+    node: Option<&Node>,
+    path: &str,
+    default: i64,
+    max: i64,
+    unit_hint: &str,
+) -> i64 {
+    let Some(n) = r.integer(node, path) else {
+        return default;
+    };
+    if (1..=max).contains(&n) {
+        return n;
+    }
+    if let Some(node) = node {
+        let p = r
+            .problem_at(
+                node,
+                path,
+                format!("must be between 1 and {max}"),
+                format!("set it in {unit_hint}, or remove it for the default ({default})"),
+            )
+            .value(n.to_string());
+        r.problems.error(p);
+    }
+    default
+}
+
+fn minutes(mins: i64) -> Duration {
+    Duration::from_secs(mins.unsigned_abs() * 60)
+}
+
+/// Walks the fallback chain: the first slot holding a real key wins, then the fallback file.
+/// Handles and directives are skipped with a note.
+fn resolve_fallback(
+    spec: &mut InstanceSpec,
+    chain: &[(&str, Option<&Node>, &Slot)],
+    fallback_file: Option<&FallbackFile>,
+) {
+    for (path, node, slot) in chain {
+        match slot {
+            Slot::Absent => {}
+            Slot::Handle => spec.notes.push(format!(
+                "{path} is a secret handle (ENC[...]); it is never used as a key"
+            )),
+            Slot::Directive => spec.notes.push(format!(
+                "{path} holds a DELA(...) directive; it is never used as a key"
+            )),
+            Slot::Key(key) => {
+                spec.fallback = Some(key.clone());
+                spec.fallback_origin = Some(origin(path, *node));
+                return;
+            }
+        }
+    }
+    if let Some(file) = fallback_file {
+        spec.fallback = Some(file.key.clone());
+        spec.fallback_origin = Some("fallback_api_key_file".to_owned());
+    }
+}
+
+/// Inputs shared by every DELA instance.
+struct DelaCtx {
+    global_region: Option<String>,
+    refresh: Duration,
+}
+
+/// Turns one directive into an instance, or reports why it cannot be one.
+fn dela_instance(
+    r: &mut Reader<'_>,
+    node: &Node,
+    name: String,
+    text: &str,
+    target: String,
+    ctx: &DelaCtx,
+) -> Option<InstanceSpec> {
+    let directive = match dela::parse(text) {
+        Ok(d) => d,
+        Err(err) => {
+            let p = r
+                .problem_at(
+                    node,
+                    &name,
+                    format!("malformed DELA(...) directive: {err}"),
+                    "write it as DELA(<org_uuid>, aws[, region=<region>][, fallback=<key>]) \
+                     on one line",
+                )
+                .value(dela::redacted(text));
+            r.problems.error(p);
+            return None;
+        }
+    };
+    let mut ok = true;
+    if !is_uuid(&directive.org) {
+        let p = r
+            .problem_at(
+                node,
+                &name,
+                format!("the directive's org `{}` is not a UUID", directive.org),
+                "put the endpoint org's UUID (8-4-4-4-12 hex digits) first in DELA(...)",
+            )
+            .value(dela::redacted(text));
+        r.problems.error(p);
+        ok = false;
+    }
+    if directive.provider != "aws" {
+        let p = r
+            .problem_at(
+                node,
+                &name,
+                format!(
+                    "unsupported provider `{}` in DELA(...) directive (only `aws` exists)",
+                    directive.provider
+                ),
+                "use DELA(<org_uuid>, aws)",
+            )
+            .value(dela::redacted(text));
+        r.problems.error(p);
+        ok = false;
+    }
+    if let Some(region) = &directive.region
+        && !is_region(region)
+    {
+        let p = r
+            .problem_at(
+                node,
+                &name,
+                format!("region `{region}` is not an AWS region name (lowercase letters, digits and `-`)"),
+                "write the region in lowercase, e.g. region=eu-west-1",
+            )
+            .value(dela::redacted(text));
+        r.problems.error(p);
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    let has_fallback = directive.fallback.is_some();
+    Some(InstanceSpec {
+        name,
+        delegated: Some(DelegatedSpec {
+            org_uuid: directive.org,
+            exchange_target: target,
+            explicit_target: true,
+            region: directive.region.or_else(|| ctx.global_region.clone()),
+            refresh_interval: ctx.refresh,
+        }),
+        fallback: directive.fallback,
+        fallback_origin: has_fallback.then(|| "DELA fallback=".to_owned()),
+        notes: Vec::new(),
+    })
+}
+
+/// `additional_endpoints: {"<domain>": ["key", "DELA(...)"]}`.
+fn read_map_shape(
+    r: &mut Reader<'_>,
+    root: Option<&Node>,
+    ctx: &DelaCtx,
+    out: &mut Vec<InstanceSpec>,
+) {
+    let node = r.child(root, "", "additional_endpoints");
+    let Some(map) = r.section(node, "additional_endpoints") else {
+        return;
+    };
+    let Value::Map(entries) = &map.value else {
+        return;
+    };
+    for entry in entries {
+        let domain = entry.key.trim();
+        let base = format!("additional_endpoints[{domain}]");
+        let items: Vec<&Node> = match &entry.value.value {
+            Value::Null => continue,
+            Value::Seq(items) => items.iter().collect(),
+            Value::Scalar { text, .. } => {
+                if dela::is_directive(text) {
+                    let p = r.problem_at(
+                        &entry.value,
+                        &base,
+                        "a DELA(...) directive must be an item of the endpoint's list of keys \
+                         (the Agent splits a bare string on spaces and would not see it)",
+                        format!("write it as a list: \"{domain}\": [\"DELA(...)\"]"),
+                    );
+                    r.problems.error(p);
+                }
+                continue;
+            }
+            Value::Map(_) => {
+                let p = r.problem_at(
+                    &entry.value,
+                    &base,
+                    "expected a list of API keys, found a mapping",
+                    format!("write it as \"{domain}\": [\"<api_key>\", \"DELA(<org_uuid>, aws)\"]"),
+                );
+                r.problems.error(p);
+                continue;
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let name = format!("{base}[{i}]");
+            let text = match &item.value {
+                Value::Scalar { text, .. } => text,
+                Value::Null => continue,
+                _ => {
+                    let p = r.problem_at(
+                        item,
+                        &name,
+                        format!("expected an API key string, found {}", item.type_name()),
+                        "list API keys (or DELA(...) directives) as plain strings",
+                    );
+                    r.problems.error(p);
+                    continue;
+                }
+            };
+            if !dela::is_directive(text) {
+                continue;
+            }
+            if domain.is_empty() {
+                let p = r.problem_at(
+                    item,
+                    &name,
+                    "the endpoint has no domain, so the directive has nothing to exchange against",
+                    "use the endpoint's URL as the key, e.g. \"https://app.datadoghq.eu\"",
+                );
+                r.problems.error(p);
+                continue;
+            }
+            if let Some(spec) = dela_instance(r, item, name, text, domain.to_owned(), ctx) {
+                out.push(spec);
+            }
+        }
+    }
+}
+
+/// `logs_config.additional_endpoints: [{host: ..., api_key: "DELA(...)", port: ..., is_reliable: ...}]`.
+fn read_list_shape(
+    r: &mut Reader<'_>,
+    root: Option<&Node>,
+    ctx: &DelaCtx,
+    out: &mut Vec<InstanceSpec>,
+) {
+    let logs_node = r.child(root, "", "logs_config");
+    let logs = match logs_node.map(|n| &n.value) {
+        Some(Value::Map(_)) => logs_node,
+        // A non-mapping logs_config was already reported while reading the product sections.
+        _ => None,
+    };
+    let path = "logs_config.additional_endpoints";
+    let Some(list_node) = r.child(logs, "logs_config", "additional_endpoints") else {
+        return;
+    };
+    let items = match &list_node.value {
+        Value::Null => return,
+        Value::Seq(items) => items,
+        _ => {
+            let p = r.problem_at(
+                list_node,
+                path,
+                format!(
+                    "expected a list of endpoints, found {}",
+                    list_node.type_name()
+                ),
+                "write it as a list of {host, port, api_key} entries",
+            );
+            r.problems.error(p);
+            return;
+        }
+    };
+    let mut http_checked = false;
+    for (i, item) in items.iter().enumerate() {
+        // Non-mapping entries (a bare string, an empty item) cannot hold a directive; the Agent
+        // keeps them as they are, and so do we.
+        if !matches!(item.value, Value::Map(_)) {
+            continue;
+        }
+        let name = format!("{path}[{i}]");
+        let key_node = r.child(Some(item), &name, "api_key");
+        let Some(text) = r.string(key_node, &format!("{name}.api_key"), true) else {
+            continue;
+        };
+        if !dela::is_directive(&text) {
+            continue;
+        }
+        let key_node = key_node.unwrap_or(item);
+        let host_node = r.child(Some(item), &name, "host");
+        let Some(host) = r.string(host_node, &format!("{name}.host"), false) else {
+            let p = r.problem_at(
+                item,
+                &name,
+                "the entry has a DELA(...) directive but no host, so it has nothing to \
+                 exchange against",
+                "add `host:` with the endpoint's intake host to this entry",
+            );
+            r.problems.error(p);
+            continue;
+        };
+        if !http_checked {
+            http_checked = true;
+            let use_http_node = r.child(logs, "logs_config", "use_http");
+            let force_node = r.child(logs, "logs_config", "force_use_http");
+            let use_http = r
+                .boolean(use_http_node, "logs_config.use_http")
+                .unwrap_or(false);
+            let force = r
+                .boolean(force_node, "logs_config.force_use_http")
+                .unwrap_or(false);
+            if !use_http && !force {
+                let p = r.problem_at(
+                    key_node,
+                    &name,
+                    "uses delegated auth, which requires the HTTP logs transport; the Agent \
+                     ignores this directive until HTTP is enabled",
+                    "set logs_config.force_use_http: true",
+                );
+                r.problems.warn(p);
+            }
+        }
+        if let Some(spec) = dela_instance(r, key_node, name, &text, host, ctx) {
+            out.push(spec);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bools_parse_like_the_agent_env() {
+        for t in ["true", "TRUE", "True", "1", " true "] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for t in ["false", "FALSE", "0"] {
+            assert_eq!(parse_bool(t), Some(false), "{t}");
+        }
+        for t in ["yes", "no", "2", "", "t"] {
+            assert_eq!(parse_bool(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn uuid_needs_the_hyphenated_form() {
+        assert!(is_uuid("3fa85f64-5717-4562-b3fc-2c963f66afa6"));
+        assert!(is_uuid("3FA85F64-5717-4562-B3FC-2C963F66AFA6"));
+        assert!(!is_uuid("3fa85f6457174562b3fc2c963f66afa6"));
+        assert!(!is_uuid("{3fa85f64-5717-4562-b3fc-2c963f66afa6}"));
+        assert!(!is_uuid("3fa85f64-5717-4562-b3fc-2c963f66afaz"));
+        assert!(!is_uuid("<YOUR_ORG_UUID>"));
+    }
+
+    #[test]
+    fn regions_and_handles() {
+        assert!(is_region("us-east-1"));
+        assert!(!is_region("US-EAST-1"));
+        assert!(!is_region("us_east_1"));
+        assert!(!is_region(""));
+        assert!(is_secret_handle("ENC[api_key]"));
+        assert!(is_secret_handle(" ENC[x] "));
+        assert!(!is_secret_handle("ENC[x"));
+        assert!(!is_secret_handle("enc[x]"));
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url_credentials("http://user:pass@proxy:3128/x@y"),
+            "http://***@proxy:3128/x@y"
+        );
+        assert_eq!(
+            redact_url_credentials("http://proxy:3128"),
+            "http://proxy:3128"
+        );
+        assert_eq!(redact_url_credentials("user:pw@proxy"), "***@proxy");
+    }
+}

@@ -1,0 +1,803 @@
+//! Configuration: the Agent's `datadog.yaml` (read, never written) and the daemon's own
+//! `delegated-auth.yaml`, merged with the environment and validated into a [`Config`].
+//!
+//! [`load`] reads the two files (and `fallback_api_key_file`), applies environment overrides,
+//! and validates everything, returning every problem at once. It does no other I/O: no name
+//! resolution, no network, no credential lookup. `docs/configuration.md` is the reference for
+//! every key, default and rule implemented here.
+//!
+//! Module layout:
+//! - `node`: a position-aware YAML tree for the Agent's file (which may hold anything);
+//! - `env`: the Agent's `DD_*` environment overrides, grafted into that tree;
+//! - `agent`: reads our keys from the tree and names the instances (product §6);
+//! - [`dela`]: the `DELA(...)` directive parser (wire spec §4.4);
+//! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
+//! - `problem`: [`Problem`] and [`ConfigErrors`].
+
+mod agent;
+pub mod dela;
+mod env;
+mod node;
+mod problem;
+mod settings;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use agent::{
+    DEFAULT_CLOUD_PROVIDERS, DEFAULT_EC2_METADATA_TIMEOUT_MS, DEFAULT_EC2_TOKEN_LIFETIME_SECS,
+    DEFAULT_REFRESH_MINS, DEFAULT_SITE, MAX_REFRESH_MINS, redact_url_credentials,
+};
+pub use problem::{ConfigErrors, Problem};
+pub use settings::{
+    AccessRule, DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, DEFAULT_SINK_MODE, DEFAULT_SOCKET_MODE,
+    DEFAULT_STARTUP_GRACE, ENV_LOG_LEVEL, ENV_SOCKET, IdRef, LogFormat, LogSettings,
+    RefreshSettings, Settings, SinkSettings, SocketSettings,
+};
+
+use crate::secret::Secret;
+use problem::Problems;
+
+/// Default path of the Agent's configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/datadog-agent/datadog.yaml";
+/// Default path of the daemon's settings.
+pub const DEFAULT_SETTINGS_PATH: &str = "/etc/datadog-agent/delegated-auth.yaml";
+/// Default socket path.
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/datadog/delegated-auth.sock";
+/// Exit code of `check-config` (and of startup) for a bad configuration (`EX_CONFIG`).
+pub const EXIT_BAD_CONFIG: u8 = 78;
+/// Largest `fallback_api_key_file` we read: it holds one key.
+const MAX_FALLBACK_FILE_BYTES: u64 = 4096;
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The Agent's `datadog.yaml` (must exist).
+    pub config: PathBuf,
+    /// The daemon's `delegated-auth.yaml`.
+    pub settings: PathBuf,
+    /// Whether a missing settings file is an error (set when `--settings` was given
+    /// explicitly); otherwise a missing file means "all defaults".
+    pub settings_required: bool,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            config: PathBuf::from(DEFAULT_CONFIG_PATH),
+            settings: PathBuf::from(DEFAULT_SETTINGS_PATH),
+            settings_required: false,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// What was read from `datadog.yaml` (and its environment overrides).
+    pub agent: AgentConfig,
+    /// The daemon's settings.
+    pub settings: Settings,
+    /// Every key the daemon serves, in a stable order: `api_key`, then product sections, then
+    /// DELA directives in file order.
+    pub instances: Vec<InstanceSpec>,
+    /// Problems that do not stop the daemon.
+    pub warnings: Vec<Problem>,
+    /// The files this configuration was read from.
+    pub paths: Paths,
+    /// Whether the settings file existed (`false`: defaults were used).
+    pub settings_file_present: bool,
+}
+
+impl Config {
+    /// The instance named `name`.
+    pub fn instance(&self, name: &str) -> Option<&InstanceSpec> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+}
+
+/// How the cloud provider is chosen (`delegated_auth.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// Not set: detect the environment.
+    Auto,
+    /// `aws`: skip detection, resolve AWS credentials directly.
+    Aws,
+}
+
+/// The Agent keys the daemon uses (product §2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `site`, trimmed (default `datadoghq.com`).
+    pub site: String,
+    /// `dd_url`, when set and non-empty.
+    pub dd_url: Option<String>,
+    /// `dd_url` if set, else `https://app.<site>`: the exchange target of non-DELA instances.
+    pub infra_endpoint: String,
+    /// `proxy.*`.
+    pub proxy: ProxyConfig,
+    /// `skip_ssl_validation` (honoured, with a warning).
+    pub skip_ssl_validation: bool,
+    /// `cloud_provider_metadata`, lowercased (default: the Agent's list, which includes `aws`).
+    pub cloud_provider_metadata: Vec<String>,
+    /// `ec2_metadata_timeout` (ms in the file; default 300 ms).
+    pub ec2_metadata_timeout: Duration,
+    /// `ec2_prefer_imdsv2` (default false).
+    pub ec2_prefer_imdsv2: bool,
+    /// `ec2_metadata_token_lifetime` (seconds in the file; default 21600 s).
+    pub ec2_metadata_token_lifetime: Duration,
+    /// `delegated_auth.provider`.
+    pub provider: Provider,
+    /// `delegated_auth.aws.region`.
+    pub aws_region: Option<String>,
+}
+
+impl AgentConfig {
+    /// Whether `cloud_provider_metadata` allows talking to AWS metadata endpoints.
+    pub fn aws_metadata_enabled(&self) -> bool {
+        self.cloud_provider_metadata.iter().any(|p| p == "aws")
+    }
+}
+
+/// `proxy.*`. URLs may hold credentials: `Debug` hides them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Proxy for `http://` requests.
+    pub http: Option<String>,
+    /// Proxy for `https://` requests.
+    pub https: Option<String>,
+    /// Hosts that bypass the proxy.
+    pub no_proxy: Vec<String>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("http", &self.http.as_deref().map(redact_url_credentials))
+            .field("https", &self.https.as_deref().map(redact_url_credentials))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+/// One served key (product §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// The Agent's config key for this key: `api_key`, `logs_config.api_key`, …,
+    /// `additional_endpoints[<domain>][<i>]`, `logs_config.additional_endpoints[<i>]`.
+    pub name: String,
+    /// How to get a managed key; `None` serves the static fallback only.
+    pub delegated: Option<DelegatedSpec>,
+    /// The static key served while no managed key can be had.
+    pub fallback: Option<Secret>,
+    /// Where the fallback came from: `logs_config.api_key`, `api_key`,
+    /// `fallback_api_key_file` or `DELA fallback=` (with ` (env DD_…)` when from the
+    /// environment).
+    pub fallback_origin: Option<String>,
+    /// Notes for `check-config`, e.g. that a key slot holds a secret handle.
+    pub notes: Vec<String>,
+}
+
+/// How to obtain an instance's managed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegatedSpec {
+    /// The org, as written (validated as a UUID).
+    pub org_uuid: String,
+    /// The DELA endpoint's domain or host, else `agent.infra_endpoint`.
+    pub exchange_target: String,
+    /// Whether `exchange_target` came from a DELA endpoint (for the exchange module's log level
+    /// on an unrecognised host, wire spec §2.1).
+    pub explicit_target: bool,
+    /// DELA `region=`, else `delegated_auth.aws.region`; `None` = auto-detect.
+    pub region: Option<String>,
+    /// Refresh interval (`refresh.interval` when set, else `refresh_interval_mins`).
+    pub refresh_interval: Duration,
+}
+
+/// The outcome of loading, with warnings kept even when there are errors.
+#[derive(Debug)]
+struct Report {
+    config: Option<Config>,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// Reads both files (and `fallback_api_key_file`), applies environment overrides, and validates.
+///
+/// # Errors
+/// Every problem found, at once. Warnings are in [`Config::warnings`] on success.
+pub fn load(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let report = load_report(paths, env);
+    match report.config {
+        Some(config) if report.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(report.errors)),
+    }
+}
+
+/// Why a file could not be read.
+enum ReadError {
+    NotFound,
+    Other { message: String, fix: String },
+}
+
+/// Reads a UTF-8 file of at most `limit` bytes.
+fn read_text(path: &Path, limit: u64, what: &str) -> Result<String, ReadError> {
+    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => ReadError::NotFound,
+        std::io::ErrorKind::PermissionDenied => ReadError::Other {
+            message: format!("cannot read the {what}: permission denied"),
+            fix: "run the daemon as a user that can read this file (e.g. in the dd-agent group), \
+                  or fix the file's permissions"
+                .to_owned(),
+        },
+        _ => ReadError::Other {
+            message: format!("cannot read the {what}: {err}"),
+            fix: "check that the path names a readable file".to_owned(),
+        },
+    })?;
+    let meta = file.metadata().map_err(|err| ReadError::Other {
+        message: format!("cannot read the {what}: {err}"),
+        fix: "check that the path names a readable file".to_owned(),
+    })?;
+    if !meta.is_file() {
+        return Err(ReadError::Other {
+            message: format!("the {what} path is not a regular file"),
+            fix: "point it at a file, not a directory or device".to_owned(),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| ReadError::Other {
+            message: format!("cannot read the {what}: {err}"),
+            fix: "check that the path names a readable file".to_owned(),
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::Other {
+            message: format!("the {what} is larger than {limit} bytes"),
+            fix: "point the daemon at the right file; a configuration file is far smaller"
+                .to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|err| ReadError::Other {
+        message: format!(
+            "the {what} is not valid UTF-8 (at byte {})",
+            err.utf8_error().valid_up_to()
+        ),
+        fix: "save the file as UTF-8".to_owned(),
+    })
+}
+
+fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
+    let mut problems = Problems::default();
+
+    // --- delegated-auth.yaml ---
+    let mut settings_ok = true;
+    let mut settings_file_present = false;
+    let raw_settings = match read_text(
+        &paths.settings,
+        settings::MAX_SETTINGS_FILE_BYTES,
+        "settings file",
+    ) {
+        Ok(text) => {
+            settings_file_present = true;
+            let raw = settings::parse(&text, &paths.settings, &mut problems);
+            settings_ok = raw.is_some();
+            raw.unwrap_or_default()
+        }
+        Err(ReadError::NotFound) if !paths.settings_required => settings::RawSettings::default(),
+        Err(ReadError::NotFound) => {
+            problems.error(Problem::new(
+                &paths.settings,
+                "",
+                "the settings file does not exist",
+                "create it, or drop --settings to use the defaults",
+            ));
+            settings_ok = false;
+            settings::RawSettings::default()
+        }
+        Err(ReadError::Other { message, fix }) => {
+            problems.error(Problem::new(&paths.settings, "", message, fix));
+            settings_ok = false;
+            settings::RawSettings::default()
+        }
+    };
+    let settings_read = settings::validate(raw_settings, &paths.settings, env, &mut problems);
+
+    // --- fallback_api_key_file ---
+    let fallback_file = settings_read
+        .settings
+        .fallback_api_key_file
+        .as_deref()
+        .and_then(|path| {
+            read_fallback_file(
+                path,
+                &paths.settings,
+                settings_read.fallback_file_line,
+                &mut problems,
+            )
+        });
+
+    // --- datadog.yaml ---
+    let root = match read_text(
+        &paths.config,
+        node::MAX_AGENT_FILE_BYTES,
+        "Agent configuration",
+    ) {
+        Ok(text) => match node::parse(&text) {
+            Ok(root) => Some(root),
+            Err(err) => {
+                let fix = err.fix.unwrap_or_else(|| {
+                    "correct the YAML at this line (the Agent cannot read this file either)"
+                        .to_owned()
+                });
+                problems.error(
+                    Problem::new(
+                        &paths.config,
+                        "",
+                        format!("invalid YAML: {}", err.message),
+                        fix,
+                    )
+                    .at(err.line),
+                );
+                None
+            }
+        },
+        Err(ReadError::NotFound) => {
+            problems.error(Problem::new(
+                &paths.config,
+                "",
+                "the Agent configuration file does not exist",
+                "point --config at the Agent's datadog.yaml; when the Agent is configured \
+                 only through DD_* variables, create an empty file and set the same variables \
+                 for this daemon",
+            ));
+            None
+        }
+        Err(ReadError::Other { message, fix }) => {
+            problems.error(Problem::new(&paths.config, "", message, fix));
+            None
+        }
+    };
+
+    let agent_read = root.map(|mut root| {
+        match &root.value {
+            node::Value::Map(_) => {}
+            node::Value::Null => root = node::Node::empty_map(),
+            _ => {
+                problems.error(
+                    Problem::new(
+                        &paths.config,
+                        "",
+                        format!(
+                            "the document is {}, not a mapping of keys",
+                            root.type_name()
+                        ),
+                        "the Agent configuration must be a YAML mapping (`key: value` lines)",
+                    )
+                    .at(root.line),
+                );
+                root = node::Node::empty_map();
+            }
+        }
+        env::apply(&mut root, env, &paths.config, &mut problems);
+        agent::read(&root, &paths.config, fallback_file.as_ref(), &mut problems)
+    });
+
+    let Some(agent_read) = agent_read else {
+        sort_problems(&mut problems, paths);
+        return Report {
+            config: None,
+            errors: problems.errors,
+            warnings: problems.warnings,
+        };
+    };
+    let agent::AgentRead {
+        agent,
+        mut instances,
+    } = agent_read;
+    let settings = settings_read.settings;
+
+    if let Some(interval) = settings.refresh.interval {
+        for spec in &mut instances {
+            if let Some(d) = &mut spec.delegated {
+                d.refresh_interval = interval;
+            }
+        }
+    }
+
+    cross_check(
+        &instances,
+        &settings,
+        &settings_read.sink_lines,
+        &settings_read.access_lines,
+        settings_ok,
+        &paths.settings,
+        &mut problems,
+    );
+
+    if !instances.iter().any(|i| i.delegated.is_some()) {
+        problems.warn(Problem::new(
+            &paths.config,
+            "delegated_auth.org_uuid",
+            "no instance uses delegated auth, so the daemon only serves static keys",
+            "set delegated_auth.org_uuid (or a product section's delegated_auth.org_uuid, or a \
+             DELA(...) directive in additional_endpoints)",
+        ));
+    }
+    for spec in &instances {
+        if spec.delegated.is_none() && spec.fallback.is_none() {
+            problems.warn(Problem::new(
+                &paths.config,
+                spec.name.as_str(),
+                "this instance has neither delegated auth nor a static key, so it has nothing \
+                 to serve",
+                "set api_key, fallback_api_key_file, or delegated_auth.org_uuid",
+            ));
+        }
+    }
+
+    sort_problems(&mut problems, paths);
+    Report {
+        config: Some(Config {
+            agent,
+            settings,
+            instances,
+            warnings: problems.warnings.clone(),
+            paths: paths.clone(),
+            settings_file_present,
+        }),
+        errors: problems.errors,
+        warnings: problems.warnings,
+    }
+}
+
+/// Orders problems for reading: the Agent's file first, then the settings file; within a file,
+/// whole-file and environment problems first, then by line.
+fn sort_problems(problems: &mut Problems, paths: &Paths) {
+    let rank = |p: &Problem| (p.file != paths.config, p.line.unwrap_or(0));
+    problems.errors.sort_by_key(rank);
+    problems.warnings.sort_by_key(rank);
+}
+
+/// Checks that need both files: sinks and access rules name existing instances.
+fn cross_check(
+    instances: &[InstanceSpec],
+    settings: &Settings,
+    sink_lines: &[Option<usize>],
+    access_lines: &[Vec<Option<usize>>],
+    settings_ok: bool,
+    file: &Path,
+    problems: &mut Problems,
+) {
+    if !settings_ok {
+        return;
+    }
+    let names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+    let known = names.join(", ");
+    for (i, sink) in settings.sinks.iter().enumerate() {
+        if !sink.instance.is_empty() && !names.contains(&sink.instance.as_str()) {
+            problems.error(
+                Problem::new(
+                    file,
+                    format!("sinks[{i}].instance"),
+                    "names an instance that the Agent configuration does not define",
+                    format!(
+                        "use one of: {known} (a product section's instance exists only when its \
+                         delegated_auth.org_uuid is set)"
+                    ),
+                )
+                .at(sink_lines.get(i).copied().flatten())
+                .value(sink.instance.clone()),
+            );
+        }
+    }
+    for (i, rule) in settings.access.iter().flatten().enumerate() {
+        for (j, name) in rule.instances.iter().enumerate() {
+            if name != "*" && !names.contains(&name.as_str()) {
+                problems.warn(
+                    Problem::new(
+                        file,
+                        format!("access[{i}].instances"),
+                        "names an instance that the Agent configuration does not define (the \
+                         rule applies if it appears later)",
+                        format!("use \"*\" or one of: {known}"),
+                    )
+                    .at(access_lines
+                        .get(i)
+                        .and_then(|l| l.get(j))
+                        .copied()
+                        .flatten())
+                    .value(name.clone()),
+                );
+            }
+        }
+    }
+}
+
+/// Reads the fallback key file: one key, trimmed. Problems are reported against the settings
+/// file's `fallback_api_key_file` key.
+fn read_fallback_file(
+    path: &Path,
+    settings_file: &Path,
+    line: Option<usize>,
+    problems: &mut Problems,
+) -> Option<agent::FallbackFile> {
+    let key = "fallback_api_key_file";
+    let shown = path.display().to_string();
+    let text = match read_text(path, MAX_FALLBACK_FILE_BYTES, "fallback key file") {
+        Ok(text) => text,
+        Err(ReadError::NotFound) => {
+            problems.error(
+                Problem::new(
+                    settings_file,
+                    key,
+                    "the fallback key file does not exist",
+                    "create it with the static API key, or remove fallback_api_key_file",
+                )
+                .at(line)
+                .value(shown),
+            );
+            return None;
+        }
+        Err(ReadError::Other { message, fix }) => {
+            problems.error(
+                Problem::new(settings_file, key, message, fix)
+                    .at(line)
+                    .value(shown),
+            );
+            return None;
+        }
+    };
+    let mut text = text;
+    let secret = Secret::new(text.trim().to_owned());
+    // The untrimmed copy held the key too.
+    zeroize::Zeroize::zeroize(&mut text);
+    let bad = if secret.is_empty() {
+        Some("the fallback key file is empty")
+    } else if secret.expose().contains(char::is_whitespace) {
+        Some("the fallback key file must hold exactly one key (it contains whitespace)")
+    } else if agent::is_secret_handle(secret.expose()) || dela::is_directive(secret.expose()) {
+        Some("the fallback key file must hold a literal key, not ENC[...] or DELA(...)")
+    } else {
+        None
+    };
+    if let Some(message) = bad {
+        problems.error(
+            Problem::new(
+                settings_file,
+                key,
+                message,
+                "write the static API key alone in the file",
+            )
+            .at(line)
+            .value(shown),
+        );
+        return None;
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o044 != 0
+    {
+        problems.warn(
+            Problem::new(
+                settings_file,
+                key,
+                format!(
+                    "the fallback key file is readable by {} (mode {:04o})",
+                    if meta.permissions().mode() & 0o004 != 0 {
+                        "every user"
+                    } else {
+                        "its group"
+                    },
+                    meta.permissions().mode() & 0o777
+                ),
+                "restrict it: chmod 0600 (the daemon only needs to read it as its owner)",
+            )
+            .at(line)
+            .value(shown),
+        );
+    }
+    Some(agent::FallbackFile { key: secret })
+}
+
+/// Human-readable summary printed by `check-config`: file paths, site, provider and region,
+/// socket, and every instance with its org, target, region, refresh interval and fallback
+/// origin (never the key; at most its redacted suffix).
+pub fn describe(cfg: &Config) -> String {
+    let mut out = String::new();
+    let a = &cfg.agent;
+    let s = &cfg.settings;
+    let _ = writeln!(out, "Agent configuration: {}", cfg.paths.config.display());
+    let _ = writeln!(
+        out,
+        "Daemon settings:     {}{}",
+        cfg.paths.settings.display(),
+        if cfg.settings_file_present {
+            ""
+        } else {
+            " (not present: defaults)"
+        }
+    );
+    let _ = writeln!(out, "Site:                {}", a.site);
+    let _ = writeln!(out, "Default endpoint:    {}", a.infra_endpoint);
+    let _ = writeln!(
+        out,
+        "Cloud provider:      {}",
+        match a.provider {
+            Provider::Auto => "auto-detect",
+            Provider::Aws => "aws",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "AWS region:          {}",
+        a.aws_region.as_deref().unwrap_or("auto-detect")
+    );
+    let _ = writeln!(
+        out,
+        "EC2 metadata:        {} (timeout {} ms, token lifetime {} s, prefer IMDSv2: {})",
+        if a.aws_metadata_enabled() {
+            "enabled"
+        } else {
+            "disabled by cloud_provider_metadata"
+        },
+        a.ec2_metadata_timeout.as_millis(),
+        a.ec2_metadata_token_lifetime.as_secs(),
+        a.ec2_prefer_imdsv2
+    );
+    if a.proxy.http.is_some() || a.proxy.https.is_some() || !a.proxy.no_proxy.is_empty() {
+        let _ = writeln!(
+            out,
+            "Proxy:               http={} https={} no_proxy=[{}]",
+            a.proxy
+                .http
+                .as_deref()
+                .map_or("-".into(), redact_url_credentials),
+            a.proxy
+                .https
+                .as_deref()
+                .map_or("-".into(), redact_url_credentials),
+            a.proxy.no_proxy.join(" ")
+        );
+    }
+    if a.skip_ssl_validation {
+        let _ = writeln!(out, "TLS verification:    DISABLED (skip_ssl_validation)");
+    }
+    let _ = writeln!(
+        out,
+        "Socket:              {} (mode {:04o}{})",
+        s.socket.path.display(),
+        s.socket.mode,
+        s.socket
+            .group
+            .as_ref()
+            .map(|g| format!(", group {g}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "Access:              {}",
+        match &s.access {
+            None => "whoever can open the socket".to_owned(),
+            Some(rules) => format!("{} rule(s)", rules.len()),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Retry:               {} .. {}, startup grace {}",
+        humantime::format_duration(s.refresh.retry_min),
+        humantime::format_duration(s.refresh.retry_max),
+        humantime::format_duration(s.refresh.startup_grace)
+    );
+    if let Some(interval) = s.refresh.interval {
+        let _ = writeln!(
+            out,
+            "Refresh override:    every {} for all instances (refresh.interval)",
+            humantime::format_duration(interval)
+        );
+    }
+    for sink in &s.sinks {
+        let _ = writeln!(
+            out,
+            "Sink:                {} -> {} (mode {:04o})",
+            sink.instance,
+            sink.path.display(),
+            sink.mode
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Log:                 {} ({})",
+        s.log.level, s.log.format
+    );
+    let _ = writeln!(out, "Instances ({}):", cfg.instances.len());
+    for spec in &cfg.instances {
+        let _ = writeln!(out, "  - {}", spec.name);
+        match &spec.delegated {
+            Some(d) => {
+                let _ = writeln!(out, "      org_uuid:  {}", d.org_uuid);
+                let _ = writeln!(
+                    out,
+                    "      target:    {}{}",
+                    d.exchange_target,
+                    if d.explicit_target { " (endpoint)" } else { "" }
+                );
+                let _ = writeln!(
+                    out,
+                    "      region:    {}",
+                    d.region.as_deref().unwrap_or("auto-detect")
+                );
+                let _ = writeln!(
+                    out,
+                    "      refresh:   every {}",
+                    humantime::format_duration(d.refresh_interval)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "      delegated: no (static key only)");
+            }
+        }
+        match (&spec.fallback, &spec.fallback_origin) {
+            (Some(key), origin) => {
+                let _ = writeln!(
+                    out,
+                    "      fallback:  {} ({})",
+                    origin.as_deref().unwrap_or("configured"),
+                    key.redacted()
+                );
+            }
+            (None, _) => {
+                let _ = writeln!(out, "      fallback:  none");
+            }
+        }
+        for note in &spec.notes {
+            let _ = writeln!(out, "      note:      {note}");
+        }
+    }
+    if !cfg.warnings.is_empty() {
+        let _ = writeln!(out, "Warnings ({}):", cfg.warnings.len());
+        for w in &cfg.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+    }
+    out
+}
+
+/// The `check-config` command: prints [`describe`] to `out` and returns 0, or prints every
+/// problem (then the warnings) to `err` and returns [`EXIT_BAD_CONFIG`] (78).
+pub fn check_config_main(
+    paths: &Paths,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let report = load_report(paths, env);
+    match report.config {
+        Some(config) if report.errors.is_empty() => {
+            let _ = out.write_all(describe(&config).as_bytes());
+            let _ = writeln!(out, "Configuration OK.");
+            0
+        }
+        _ => {
+            for problem in &report.errors {
+                let _ = writeln!(err, "error: {problem}");
+            }
+            for problem in &report.warnings {
+                let _ = writeln!(err, "warning: {problem}");
+            }
+            let _ = writeln!(
+                err,
+                "Configuration invalid: {} error(s), {} warning(s).",
+                report.errors.len(),
+                report.warnings.len()
+            );
+            EXIT_BAD_CONFIG
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,989 @@
+//! The daemon's own settings file, `delegated-auth.yaml` (product §2.2).
+//!
+//! This file is ours, so it is strict: unknown keys are errors (serde names the key and lists the
+//! valid ones). The raw structs mirror the YAML; values that need checking (durations, modes,
+//! ids, paths) are read as strings with their position and validated afterwards, so every such
+//! problem is reported at once. A YAML syntax error, an unknown key or a wrong type stops the
+//! reading of this file at the first one (serde cannot continue past it); the Agent's file is
+//! still checked and its problems reported alongside.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::DEFAULT_SOCKET_PATH;
+use super::node::{self, yaml_options};
+use super::problem::{Problem, Problems};
+
+/// Largest settings file we read (it is a few lines in practice).
+pub(crate) const MAX_SETTINGS_FILE_BYTES: u64 = 1024 * 1024;
+/// Default socket mode: owner and group may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default sink file mode: owner writes, group reads.
+pub const DEFAULT_SINK_MODE: u32 = 0o640;
+/// Default `refresh.retry_min`.
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Default `refresh.retry_max`.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
+/// Default `refresh.startup_grace` (product §6).
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
+/// Shortest `refresh.interval` (product §2.2).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `refresh.interval`: a week, as for `refresh_interval_mins`.
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest retry wait: a day. Longer would leave a node on its fallback key for days.
+pub const MAX_RETRY: Duration = Duration::from_secs(24 * 3600);
+/// Longest startup grace: consumers block on key reads for this long at startup.
+pub const MAX_STARTUP_GRACE: Duration = Duration::from_secs(10 * 60);
+/// `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+/// Environment variable overriding `socket.path`.
+pub const ENV_SOCKET: &str = "DD_DELEGATED_AUTH_SOCKET";
+/// Environment variable overriding `log.level` (shared with the Agent, so Agent spellings such
+/// as `WARNING` and `critical` are accepted).
+pub const ENV_LOG_LEVEL: &str = "DD_LOG_LEVEL";
+
+// ---------------------------------------------------------------------------------------------
+// Validated settings (the public API).
+
+/// The daemon's settings, validated, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where and how the local API listens.
+    pub socket: SocketSettings,
+    /// Who may read which key; `None` means whoever can open the socket.
+    pub access: Option<Vec<AccessRule>>,
+    /// A file holding the static fallback key, for when `datadog.yaml`'s `api_key` is a secret
+    /// handle (`ENC[...]`) or absent. Its contents are read by [`super::load`].
+    pub fallback_api_key_file: Option<PathBuf>,
+    /// Refresh schedule and retry policy.
+    pub refresh: RefreshSettings,
+    /// Files the daemon keeps up to date with a key.
+    pub sinks: Vec<SinkSettings>,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket: SocketSettings {
+                path: PathBuf::from(DEFAULT_SOCKET_PATH),
+                mode: DEFAULT_SOCKET_MODE,
+                group: None,
+            },
+            access: None,
+            fallback_api_key_file: None,
+            refresh: RefreshSettings {
+                interval: None,
+                retry_min: DEFAULT_RETRY_MIN,
+                retry_max: DEFAULT_RETRY_MAX,
+                startup_grace: DEFAULT_STARTUP_GRACE,
+            },
+            sinks: Vec::new(),
+            log: LogSettings {
+                level: "info".to_owned(),
+                format: LogFormat::Text,
+            },
+        }
+    }
+}
+
+/// The Unix socket of the local API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// Socket path (env `DD_DELEGATED_AUTH_SOCKET` wins over the file).
+    pub path: PathBuf,
+    /// Permission bits applied before listening (default 0660).
+    pub mode: u32,
+    /// Group owning the socket; `None` keeps the process's group.
+    pub group: Option<IdRef>,
+}
+
+/// A user or group, by number or by name. Names are resolved by the daemon (not here: loading
+/// the configuration reads files and nothing else).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IdRef {
+    /// A numeric uid/gid.
+    Id(u32),
+    /// A user or group name.
+    Name(String),
+}
+
+impl std::fmt::Display for IdRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdRef::Id(id) => write!(f, "{id}"),
+            IdRef::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One access rule: the listed peers may read the listed instances. A peer matches when its
+/// uid is in `uids` or its gid is in `gids`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRule {
+    /// Instance names, or `*` for all.
+    pub instances: Vec<String>,
+    /// Allowed users.
+    pub uids: Vec<IdRef>,
+    /// Allowed groups.
+    pub gids: Vec<IdRef>,
+}
+
+/// Refresh schedule and retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSettings {
+    /// When set, replaces every instance's refresh interval (tests, special cases).
+    pub interval: Option<Duration>,
+    /// First retry wait after a failure (default 1 s).
+    pub retry_min: Duration,
+    /// Cap of the retry wait (default 5 min).
+    pub retry_max: Duration,
+    /// How long key reads wait for the first exchange at startup before the fallback is served
+    /// (default 10 s).
+    pub startup_grace: Duration,
+}
+
+/// A file kept up to date with an instance's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSettings {
+    /// Instance name.
+    pub instance: String,
+    /// Absolute file path.
+    pub path: PathBuf,
+    /// File mode (default 0640; never more open than 0660).
+    pub mode: u32,
+    /// Group owning the file; `None` keeps the process's group.
+    pub group: Option<IdRef>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// One of `trace`, `debug`, `info`, `warn`, `error`, `off` (normalised from the Agent's
+    /// spellings; env `DD_LOG_LEVEL` wins over the file).
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw serde structs (the file as written).
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSettings {
+    socket: Option<RawSocket>,
+    access: Option<Spanned<Vec<Spanned<RawAccessRule>>>>,
+    fallback_api_key_file: Option<Spanned<String>>,
+    refresh: Option<RawRefresh>,
+    sinks: Option<Vec<Spanned<RawSink>>>,
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocket {
+    path: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessRule {
+    instances: Vec<Spanned<String>>,
+    #[serde(default)]
+    uids: Vec<Spanned<String>>,
+    #[serde(default)]
+    gids: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefresh {
+    interval: Option<Spanned<String>>,
+    retry_min: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    startup_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    instance: Spanned<String>,
+    path: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+}
+
+/// Parses the file's text. `None` after a problem was reported.
+pub(crate) fn parse(text: &str, file: &Path, problems: &mut Problems) -> Option<RawSettings> {
+    match serde_saphyr::from_str_with_options::<RawSettings>(text, yaml_options()) {
+        Ok(raw) => Some(raw),
+        Err(err) => {
+            let err = node::yaml_error(err);
+            let fix = match err.fix {
+                Some(fix) => fix,
+                None if err.message.starts_with("unknown field") => {
+                    "remove the key or correct its spelling (see docs/configuration.md)".to_owned()
+                }
+                None => "correct the YAML at this line (see docs/configuration.md for the format)"
+                    .to_owned(),
+            };
+            problems.error(Problem::new(file, "", err.message, fix).at(err.line));
+            None
+        }
+    }
+}
+
+/// Validated settings plus the lines needed for checks that need the instance list.
+#[derive(Debug, Default)]
+pub(crate) struct SettingsRead {
+    pub(crate) settings: Settings,
+    /// Line of each sink's `instance`.
+    pub(crate) sink_lines: Vec<Option<usize>>,
+    /// Line of each access rule's instance names.
+    pub(crate) access_lines: Vec<Vec<Option<usize>>>,
+    /// Line of `fallback_api_key_file`.
+    pub(crate) fallback_file_line: Option<usize>,
+}
+
+fn line<T>(s: &Spanned<T>) -> Option<usize> {
+    usize::try_from(s.referenced.line()).ok().filter(|l| *l > 0)
+}
+
+struct Check<'a> {
+    file: &'a Path,
+    problems: &'a mut Problems,
+}
+
+impl Check<'_> {
+    fn error(&mut self, key: &str, at: Option<usize>, value: &str, message: String, fix: &str) {
+        self.problems.error(
+            Problem::new(self.file, key, message, fix)
+                .at(at)
+                .value(value),
+        );
+    }
+
+    fn warn(&mut self, key: &str, at: Option<usize>, message: &str, fix: &str) {
+        self.problems
+            .warn(Problem::new(self.file, key, message, fix).at(at));
+    }
+
+    fn duration(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Option<(Duration, Option<usize>)> {
+        let raw = raw.as_ref()?;
+        let text = raw.value.trim();
+        match humantime::parse_duration(text) {
+            Ok(d) => Some((d, line(raw))),
+            Err(err) => {
+                self.error(
+                    key,
+                    line(raw),
+                    text,
+                    format!("is not a duration ({err})"),
+                    "write a number with a unit, e.g. 500ms, 30s, 5m, 1h",
+                );
+                None
+            }
+        }
+    }
+
+    fn mode(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        key: &str,
+        default: u32,
+    ) -> (u32, Option<usize>) {
+        let Some(raw) = raw.as_ref() else {
+            return (default, None);
+        };
+        match parse_mode(&raw.value) {
+            Some(mode) => (mode, line(raw)),
+            None => {
+                self.error(
+                    key,
+                    line(raw),
+                    raw.value.trim(),
+                    "is not an octal permission mode".to_owned(),
+                    "write it as a quoted octal string such as \"0660\"",
+                );
+                (default, line(raw))
+            }
+        }
+    }
+
+    fn id(&mut self, raw: &Spanned<String>, key: &str) -> Option<IdRef> {
+        match parse_id(&raw.value) {
+            Some(id) => Some(id),
+            None => {
+                self.error(
+                    key,
+                    line(raw),
+                    raw.value.trim(),
+                    "is neither a numeric id nor a valid user/group name".to_owned(),
+                    "use a number such as 0 or a name such as dd-agent",
+                );
+                None
+            }
+        }
+    }
+
+    fn absolute_path(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
+        let text = raw.value.trim();
+        let path = PathBuf::from(text);
+        if text.is_empty() || !path.is_absolute() || text.contains('\0') {
+            self.error(
+                key,
+                line(raw),
+                text,
+                "must be an absolute path".to_owned(),
+                "write the full path, starting with /",
+            );
+            return None;
+        }
+        Some(path)
+    }
+}
+
+/// Octal mode such as `0660`, `660` or `0o660`; at most 0777 (no setuid, setgid or sticky
+/// bits: they mean nothing for a socket or a key file).
+pub(crate) fn parse_mode(text: &str) -> Option<u32> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return None;
+    }
+    let mode = u32::from_str_radix(digits, 8).ok()?;
+    (mode <= 0o777).then_some(mode)
+}
+
+/// A uid/gid number, or a user/group name (letters, digits, `_`, `.`, `-`, a trailing `$`; not
+/// starting with `-`).
+pub(crate) fn parse_id(text: &str) -> Option<IdRef> {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<u32>().ok().map(IdRef::Id);
+    }
+    let body = t.strip_suffix('$').unwrap_or(t);
+    let valid = !body.is_empty()
+        && !body.starts_with('-')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    valid.then(|| IdRef::Name(t.to_owned()))
+}
+
+/// Normalises a log level, accepting the Agent's spellings.
+pub(crate) fn parse_level(text: &str) -> Option<&'static str> {
+    Some(match text.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "err" | "critical" => "error",
+        "off" => "off",
+        _ => return None,
+    })
+}
+
+/// Validates the raw settings (defaults for what is absent) and applies the environment.
+pub(crate) fn validate(
+    raw: RawSettings,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> SettingsRead {
+    let mut c = Check { file, problems };
+    let mut out = SettingsRead::default();
+    let s = &mut out.settings;
+
+    // socket
+    let socket = raw.socket.unwrap_or_default();
+    if let Some(var) = env(ENV_SOCKET).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(&var);
+        if !p.is_absolute() {
+            c.problems.error(
+                Problem::new(
+                    file,
+                    "socket.path",
+                    "must be an absolute path",
+                    format!("set {ENV_SOCKET} to a full path starting with /"),
+                )
+                .from_env(Some(ENV_SOCKET))
+                .value(var.clone()),
+            );
+        } else {
+            s.socket.path = p;
+        }
+        check_socket_len(&mut c, &var, None, Some(ENV_SOCKET));
+    } else if let Some(raw_path) = &socket.path
+        && let Some(p) = c.absolute_path(raw_path, "socket.path")
+    {
+        check_socket_len(&mut c, raw_path.value.trim(), line(raw_path), None);
+        s.socket.path = p;
+    }
+    let (mode, mode_line) = c.mode(&socket.mode, "socket.mode", DEFAULT_SOCKET_MODE);
+    s.socket.mode = mode;
+    s.socket.group = socket.group.as_ref().and_then(|g| c.id(g, "socket.group"));
+
+    // access
+    if let Some(rules) = &raw.access {
+        let mut list = Vec::new();
+        if rules.value.is_empty() {
+            c.warn(
+                "access",
+                line(rules),
+                "the access list is empty, so every key read will be refused",
+                "add rules, or remove `access` to let whoever can open the socket read keys",
+            );
+        }
+        for (i, rule) in rules.value.iter().enumerate() {
+            let key = format!("access[{i}]");
+            let r = &rule.value;
+            if r.instances.is_empty() {
+                c.error(
+                    &format!("{key}.instances"),
+                    line(rule),
+                    "[]",
+                    "lists no instance".to_owned(),
+                    "list instance names such as api_key, or \"*\" for all",
+                );
+            }
+            let mut lines = Vec::new();
+            let mut instances = Vec::new();
+            for (j, name) in r.instances.iter().enumerate() {
+                let n = name.value.trim();
+                if n.is_empty() {
+                    c.error(
+                        &format!("{key}.instances[{j}]"),
+                        line(name),
+                        n,
+                        "is empty".to_owned(),
+                        "write an instance name such as api_key, or \"*\"",
+                    );
+                    continue;
+                }
+                instances.push(n.to_owned());
+                lines.push(line(name));
+            }
+            let uids: Vec<IdRef> = r
+                .uids
+                .iter()
+                .enumerate()
+                .filter_map(|(j, u)| c.id(u, &format!("{key}.uids[{j}]")))
+                .collect();
+            let gids: Vec<IdRef> = r
+                .gids
+                .iter()
+                .enumerate()
+                .filter_map(|(j, g)| c.id(g, &format!("{key}.gids[{j}]")))
+                .collect();
+            if r.uids.is_empty() && r.gids.is_empty() {
+                c.warn(
+                    &key,
+                    line(rule),
+                    "the rule lists no uids and no gids, so it matches nobody",
+                    "add the users (uids) or groups (gids) allowed to read these instances",
+                );
+            }
+            out.access_lines.push(lines);
+            list.push(AccessRule {
+                instances,
+                uids,
+                gids,
+            });
+        }
+        s.access = Some(list);
+    }
+    if s.access.is_none() && s.socket.mode & 0o007 != 0 {
+        c.warn(
+            "socket.mode",
+            mode_line,
+            "the socket is open to every local user and no access rules are set, so any local \
+             process can read the keys",
+            "use mode \"0660\" with a group, or add `access` rules",
+        );
+    }
+
+    // fallback key file (read by the loader)
+    if let Some(raw_path) = &raw.fallback_api_key_file {
+        s.fallback_api_key_file = c.absolute_path(raw_path, "fallback_api_key_file");
+        out.fallback_file_line = line(raw_path);
+    }
+
+    // refresh
+    let refresh = raw.refresh.unwrap_or_default();
+    if let Some((interval, at)) = c.duration(&refresh.interval, "refresh.interval") {
+        if !(MIN_REFRESH_INTERVAL..=MAX_REFRESH_INTERVAL).contains(&interval) {
+            c.error(
+                "refresh.interval",
+                at,
+                &humantime::format_duration(interval).to_string(),
+                "must be between 1s and 7 days".to_owned(),
+                "set a value such as 60m, or remove it to use refresh_interval_mins",
+            );
+        } else {
+            s.refresh.interval = Some(interval);
+        }
+    }
+    let mut retry_min_ok = true;
+    if let Some((d, at)) = c.duration(&refresh.retry_min, "refresh.retry_min") {
+        if d.is_zero() || d > MAX_RETRY {
+            retry_min_ok = false;
+            c.error(
+                "refresh.retry_min",
+                at,
+                &humantime::format_duration(d).to_string(),
+                "must be more than 0 and at most 24h".to_owned(),
+                "set a value such as 1s",
+            );
+        } else {
+            s.refresh.retry_min = d;
+        }
+    }
+    if let Some((d, at)) = c.duration(&refresh.retry_max, "refresh.retry_max") {
+        if d.is_zero() || d > MAX_RETRY {
+            c.error(
+                "refresh.retry_max",
+                at,
+                &humantime::format_duration(d).to_string(),
+                "must be more than 0 and at most 24h".to_owned(),
+                "set a value such as 5m",
+            );
+        } else {
+            s.refresh.retry_max = d;
+            if retry_min_ok && s.refresh.retry_min > d {
+                c.error(
+                    "refresh.retry_max",
+                    at,
+                    &humantime::format_duration(d).to_string(),
+                    format!(
+                        "is shorter than refresh.retry_min ({})",
+                        humantime::format_duration(s.refresh.retry_min)
+                    ),
+                    "make retry_max at least as long as retry_min",
+                );
+            }
+        }
+    } else if retry_min_ok && s.refresh.retry_min > s.refresh.retry_max {
+        let at = refresh.retry_min.as_ref().and_then(line);
+        c.error(
+            "refresh.retry_min",
+            at,
+            &humantime::format_duration(s.refresh.retry_min).to_string(),
+            format!(
+                "is longer than refresh.retry_max ({})",
+                humantime::format_duration(s.refresh.retry_max)
+            ),
+            "lower retry_min, or set retry_max at least as long",
+        );
+    }
+    if let Some((d, at)) = c.duration(&refresh.startup_grace, "refresh.startup_grace") {
+        if d > MAX_STARTUP_GRACE {
+            c.error(
+                "refresh.startup_grace",
+                at,
+                &humantime::format_duration(d).to_string(),
+                "must be at most 10m (key reads block for this long at startup)".to_owned(),
+                "set a value such as 10s, or 0s to serve the fallback at once",
+            );
+        } else {
+            s.refresh.startup_grace = d;
+        }
+    }
+
+    // sinks
+    for (i, sink) in raw.sinks.iter().flatten().enumerate() {
+        let key = format!("sinks[{i}]");
+        let r = &sink.value;
+        let instance = r.instance.value.trim().to_owned();
+        if instance.is_empty() {
+            c.error(
+                &format!("{key}.instance"),
+                line(&r.instance),
+                "",
+                "is empty".to_owned(),
+                "name the instance whose key this file receives, e.g. api_key",
+            );
+        }
+        let path = c.absolute_path(&r.path, &format!("{key}.path"));
+        let (mode, mode_at) = c.mode(&r.mode, &format!("{key}.mode"), DEFAULT_SINK_MODE);
+        if mode & !0o660 != 0 {
+            c.error(
+                &format!("{key}.mode"),
+                mode_at,
+                &format!("{mode:04o}"),
+                "gives other users or execute permission on a file that holds a key".to_owned(),
+                "use \"0600\" or \"0640\" (at most \"0660\")",
+            );
+        }
+        let group = r
+            .group
+            .as_ref()
+            .and_then(|g| c.id(g, &format!("{key}.group")));
+        if let Some(path) = path {
+            if path == s.socket.path {
+                c.error(
+                    &format!("{key}.path"),
+                    line(&r.path),
+                    &path.display().to_string(),
+                    "is the socket path".to_owned(),
+                    "write the key to a different file",
+                );
+            } else if s.sinks.iter().any(|other| other.path == path) {
+                c.error(
+                    &format!("{key}.path"),
+                    line(&r.path),
+                    &path.display().to_string(),
+                    "is already used by another sink".to_owned(),
+                    "give every sink its own file",
+                );
+            } else {
+                s.sinks.push(SinkSettings {
+                    instance,
+                    path,
+                    mode,
+                    group,
+                });
+                out.sink_lines.push(line(&r.instance));
+            }
+        }
+    }
+
+    // log
+    let log = raw.log.unwrap_or_default();
+    if let Some(level) = env(ENV_LOG_LEVEL).filter(|v| !v.is_empty()) {
+        match parse_level(&level) {
+            Some(l) => s.log.level = l.to_owned(),
+            None => c.problems.error(
+                Problem::new(
+                    file,
+                    "log.level",
+                    "is not a log level",
+                    format!("set {ENV_LOG_LEVEL} to trace, debug, info, warn, error or off"),
+                )
+                .from_env(Some(ENV_LOG_LEVEL))
+                .value(level),
+            ),
+        }
+    } else if let Some(level) = &log.level {
+        match parse_level(&level.value) {
+            Some(l) => s.log.level = l.to_owned(),
+            None => c.error(
+                "log.level",
+                line(level),
+                level.value.trim(),
+                "is not a log level".to_owned(),
+                "use trace, debug, info, warn, error or off",
+            ),
+        }
+    }
+    if let Some(format) = &log.format {
+        match format.value.trim().to_ascii_lowercase().as_str() {
+            "text" => s.log.format = LogFormat::Text,
+            "json" => s.log.format = LogFormat::Json,
+            _ => c.error(
+                "log.format",
+                line(format),
+                format.value.trim(),
+                "is not a log format".to_owned(),
+                "use text or json",
+            ),
+        }
+    }
+
+    out
+}
+
+fn check_socket_len(c: &mut Check<'_>, path: &str, at: Option<usize>, env: Option<&str>) {
+    if path.len() > MAX_SOCKET_PATH_BYTES {
+        c.problems.error(
+            Problem::new(
+                c.file,
+                "socket.path",
+                format!(
+                    "is {} bytes long; a Unix socket path can hold at most {MAX_SOCKET_PATH_BYTES}",
+                    path.len()
+                ),
+                "choose a shorter path, e.g. /run/datadog/delegated-auth.sock",
+            )
+            .at(at)
+            .from_env(env)
+            .value(path),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn run(yaml: &str, env: &[(&str, &str)]) -> (Option<SettingsRead>, Problems) {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |k: &str| map.get(k).cloned();
+        let mut problems = Problems::default();
+        let file = Path::new("/etc/datadog-agent/delegated-auth.yaml");
+        let read =
+            parse(yaml, file, &mut problems).map(|raw| validate(raw, file, &lookup, &mut problems));
+        (read, problems)
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let (read, problems) = run("", &[]);
+        assert!(problems.errors.is_empty() && problems.warnings.is_empty());
+        let s = read.unwrap().settings;
+        assert_eq!(s, Settings::default());
+        assert_eq!(
+            s.socket.path,
+            PathBuf::from("/var/run/datadog/delegated-auth.sock")
+        );
+        assert_eq!(s.socket.mode, 0o660);
+        assert_eq!(s.refresh.retry_min, Duration::from_secs(1));
+        assert_eq!(s.refresh.retry_max, Duration::from_secs(300));
+        assert_eq!(s.refresh.startup_grace, Duration::from_secs(10));
+        assert_eq!(s.log.level, "info");
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_product_example_parses() {
+        let yaml = r#"
+socket:
+  path: /var/run/datadog/delegated-auth.sock   # env DD_DELEGATED_AUTH_SOCKET
+  mode: "0660"
+  group: dd-agent                              # name or gid; absent = process gid
+access:                                        # optional; absent = whoever can open the socket
+  - instances: [api_key, logs_config.api_key]  # or ["*"]
+    uids: [0, dd-agent]                        # names or numbers
+    gids: []
+fallback_api_key_file: /etc/datadog-agent/fallback-api-key   # used when datadog.yaml api_key is ENC[] or absent
+refresh:
+  interval: 60m          # overrides refresh_interval_mins for every instance (tests, special cases; >= 1s)
+  retry_min: 1s
+  retry_max: 5m
+  startup_grace: 10s
+sinks:
+  - instance: api_key
+    path: /run/datadog/keys/api_key
+    mode: "0640"
+    group: dd-agent
+log: { level: info, format: text }   # or json; env DD_LOG_LEVEL
+"#;
+        let (read, problems) = run(yaml, &[]);
+        assert!(problems.errors.is_empty(), "{:?}", problems.errors);
+        let s = read.unwrap().settings;
+        assert_eq!(s.socket.group, Some(IdRef::Name("dd-agent".into())));
+        let access = s.access.unwrap();
+        assert_eq!(access[0].instances, vec!["api_key", "logs_config.api_key"]);
+        assert_eq!(
+            access[0].uids,
+            vec![IdRef::Id(0), IdRef::Name("dd-agent".into())]
+        );
+        assert!(access[0].gids.is_empty());
+        assert_eq!(s.refresh.interval, Some(Duration::from_secs(3600)));
+        assert_eq!(s.sinks[0].mode, 0o640);
+        assert_eq!(
+            s.fallback_api_key_file,
+            Some(PathBuf::from("/etc/datadog-agent/fallback-api-key"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_listing_the_valid_ones() {
+        let (read, problems) = run("socket:\n  path: /x.sock\n  owner: root\n", &[]);
+        assert!(read.is_none());
+        let p = &problems.errors[0];
+        assert_eq!(p.line, Some(3));
+        assert!(p.message.contains("unknown field `owner`"), "{}", p.message);
+        assert!(
+            p.message.contains("path") && p.message.contains("group"),
+            "{}",
+            p.message
+        );
+        let (_, problems) = run("refresh:\n  intervall: 5m\n", &[]);
+        assert!(problems.errors[0].message.contains("intervall"));
+        let (_, problems) = run("colour: blue\n", &[]);
+        assert!(problems.errors[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn every_value_problem_is_reported_at_once() {
+        let yaml = "socket:\n  path: relative.sock\n  mode: \"0999\"\n  group: \"bad name\"\n\
+                    refresh:\n  interval: 500ms\n  retry_min: 10m\n  retry_max: 1m\n  startup_grace: forever\n\
+                    log:\n  level: loud\n  format: xml\n";
+        let (_, problems) = run(yaml, &[]);
+        assert_eq!(
+            keys(&problems.errors),
+            vec![
+                "socket.path",
+                "socket.mode",
+                "socket.group",
+                "refresh.interval",
+                "refresh.retry_max",
+                "refresh.startup_grace",
+                "log.level",
+                "log.format"
+            ]
+        );
+        let lines: Vec<Option<usize>> = problems.errors.iter().map(|p| p.line).collect();
+        assert_eq!(
+            lines,
+            vec![
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(6),
+                Some(8),
+                Some(9),
+                Some(11),
+                Some(12)
+            ]
+        );
+    }
+
+    #[test]
+    fn retry_min_longer_than_default_max_is_an_error() {
+        let (_, problems) = run("refresh:\n  retry_min: 10m\n", &[]);
+        assert_eq!(keys(&problems.errors), vec!["refresh.retry_min"]);
+        let (_, problems) = run("refresh:\n  retry_min: 0s\n", &[]);
+        assert_eq!(keys(&problems.errors), vec!["refresh.retry_min"]);
+        let (_, problems) = run("refresh:\n  interval: 60\n", &[]);
+        assert!(problems.errors[0].fix.contains("unit"));
+    }
+
+    #[test]
+    fn env_overrides_socket_and_log_level() {
+        let (read, problems) = run(
+            "socket:\n  path: /file.sock\nlog:\n  level: debug\n",
+            &[
+                ("DD_DELEGATED_AUTH_SOCKET", "/env.sock"),
+                ("DD_LOG_LEVEL", "WARNING"),
+            ],
+        );
+        assert!(problems.errors.is_empty());
+        let s = read.unwrap().settings;
+        assert_eq!(s.socket.path, PathBuf::from("/env.sock"));
+        assert_eq!(s.log.level, "warn");
+        let (_, problems) = run(
+            "",
+            &[
+                ("DD_LOG_LEVEL", "chatty"),
+                ("DD_DELEGATED_AUTH_SOCKET", "x"),
+            ],
+        );
+        let envs: Vec<_> = problems.errors.iter().map(|p| p.env.as_deref()).collect();
+        assert_eq!(
+            envs,
+            vec![Some("DD_DELEGATED_AUTH_SOCKET"), Some("DD_LOG_LEVEL")]
+        );
+    }
+
+    #[test]
+    fn socket_path_length_is_bounded() {
+        let long = format!("/{}", "a".repeat(120));
+        let (_, problems) = run(&format!("socket:\n  path: {long}\n"), &[]);
+        assert_eq!(keys(&problems.errors), vec!["socket.path"]);
+        assert!(problems.errors[0].message.contains("107"));
+    }
+
+    #[test]
+    fn modes_ids_and_levels_parse() {
+        assert_eq!(parse_mode("0660"), Some(0o660));
+        assert_eq!(parse_mode("660"), Some(0o660));
+        assert_eq!(parse_mode("0o600"), Some(0o600));
+        assert_eq!(parse_mode("0777"), Some(0o777));
+        assert_eq!(parse_mode("1777"), None);
+        assert_eq!(parse_mode("0668"), None);
+        assert_eq!(parse_mode(""), None);
+        assert_eq!(parse_mode("rw-"), None);
+        assert_eq!(parse_id("0"), Some(IdRef::Id(0)));
+        assert_eq!(parse_id("dd-agent"), Some(IdRef::Name("dd-agent".into())));
+        assert_eq!(parse_id("machine$"), Some(IdRef::Name("machine$".into())));
+        assert_eq!(parse_id("99999999999"), None);
+        assert_eq!(parse_id("-x"), None);
+        assert_eq!(parse_id("a b"), None);
+        assert_eq!(parse_id(""), None);
+        assert_eq!(parse_level("CRITICAL"), Some("error"));
+        assert_eq!(parse_level("Info"), Some("info"));
+        assert_eq!(parse_level("verbose"), None);
+    }
+
+    #[test]
+    fn unquoted_octal_mode_is_read_as_written() {
+        let (read, problems) = run("socket:\n  mode: 0600\n", &[]);
+        assert!(problems.errors.is_empty());
+        assert_eq!(read.unwrap().settings.socket.mode, 0o600);
+    }
+
+    #[test]
+    fn sink_checks() {
+        let yaml = "sinks:\n  - instance: api_key\n    path: /run/k\n    mode: \"0644\"\n\
+                    \x20 - instance: api_key\n    path: /run/k\n\
+                    \x20 - instance: api_key\n    path: /var/run/datadog/delegated-auth.sock\n";
+        let (read, problems) = run(yaml, &[]);
+        assert_eq!(
+            keys(&problems.errors),
+            vec!["sinks[0].mode", "sinks[1].path", "sinks[2].path"]
+        );
+        assert!(problems.errors[0].message.contains("other users"));
+        assert_eq!(read.unwrap().settings.sinks.len(), 1);
+    }
+
+    #[test]
+    fn access_warnings() {
+        let (_, problems) = run("access: []\n", &[]);
+        assert_eq!(keys(&problems.warnings), vec!["access"]);
+        let (_, problems) = run("access:\n  - instances: []\n", &[]);
+        assert_eq!(keys(&problems.errors), vec!["access[0].instances"]);
+        assert_eq!(keys(&problems.warnings), vec!["access[0]"]);
+        let (_, problems) = run("socket:\n  mode: \"0666\"\n", &[]);
+        assert_eq!(keys(&problems.warnings), vec!["socket.mode"]);
+        let (_, problems) = run("access:\n  - instances: [\"*\"]\n    uids: [0]\n", &[]);
+        assert!(problems.errors.is_empty() && problems.warnings.is_empty());
+    }
+}

@@ -1,0 +1,937 @@
+//! Unit tests of `load()`: instance naming, per-section defaults, fallback rules, environment
+//! overrides, ENC[] handling, DELA instances and every validation error kind.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_LOGS: &str = "11111111-2222-3333-4444-555555555555";
+const ORG_EU: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+const LOGS_KEY: &str = "fedcba9876543210fedcba9876543210";
+const FILE_KEY: &str = "f11ef11ef11ef11ef11ef11ef11ef11e";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    paths: Paths,
+    dir: PathBuf,
+}
+
+fn fixture(agent: &str, settings: Option<&str>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let config = root.join("datadog.yaml");
+    std::fs::write(&config, agent).unwrap();
+    let settings_path = root.join("delegated-auth.yaml");
+    if let Some(s) = settings {
+        std::fs::write(&settings_path, s.replace("$DIR", root.to_str().unwrap())).unwrap();
+    }
+    Fixture {
+        _dir: dir,
+        paths: Paths {
+            config,
+            settings: settings_path,
+            settings_required: false,
+        },
+        dir: root,
+    }
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn ok(agent: &str) -> Config {
+    let f = fixture(agent, None);
+    load(&f.paths, &no_env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(agent: &str) -> Vec<Problem> {
+    let f = fixture(agent, None);
+    load(&f.paths, &no_env).expect_err("should fail").0
+}
+
+fn names(cfg: &Config) -> Vec<&str> {
+    cfg.instances.iter().map(|i| i.name.as_str()).collect()
+}
+
+fn warning_keys(cfg: &Config) -> Vec<&str> {
+    cfg.warnings.iter().map(|p| p.key.as_str()).collect()
+}
+
+fn fallback(spec: &InstanceSpec) -> Option<&str> {
+    spec.fallback.as_ref().map(Secret::expose)
+}
+
+// ------------------------------------------------------------------------------------------
+// Instances, defaults, fallback
+
+#[test]
+fn global_delegated_auth_with_fallback() {
+    let cfg = ok(&format!(
+        "api_key: {KEY}\ndelegated_auth:\n  org_uuid: {ORG}\n"
+    ));
+    assert_eq!(names(&cfg), vec!["api_key"]);
+    let spec = cfg.instance("api_key").unwrap();
+    let d = spec.delegated.as_ref().unwrap();
+    assert_eq!(d.org_uuid, ORG);
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert!(!d.explicit_target);
+    assert_eq!(d.region, None);
+    assert_eq!(d.refresh_interval, Duration::from_secs(3600));
+    assert_eq!(fallback(spec), Some(KEY));
+    assert_eq!(spec.fallback_origin.as_deref(), Some("api_key"));
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(cfg.agent.site, "datadoghq.com");
+    assert_eq!(cfg.agent.provider, Provider::Auto);
+    assert_eq!(cfg.agent.ec2_metadata_timeout, Duration::from_millis(300));
+    assert_eq!(
+        cfg.agent.ec2_metadata_token_lifetime,
+        Duration::from_secs(21600)
+    );
+    assert!(!cfg.agent.ec2_prefer_imdsv2);
+    assert_eq!(
+        cfg.agent.cloud_provider_metadata,
+        vec!["aws", "gcp", "azure", "alibaba", "oracle", "ibm"]
+    );
+    assert_eq!(cfg.settings, Settings::default());
+    assert!(!cfg.settings_file_present);
+}
+
+#[test]
+fn api_key_instance_always_exists() {
+    let cfg = ok(&format!("api_key: {KEY}\n"));
+    assert_eq!(names(&cfg), vec!["api_key"]);
+    let spec = &cfg.instances[0];
+    assert!(spec.delegated.is_none());
+    assert_eq!(fallback(spec), Some(KEY));
+    assert_eq!(warning_keys(&cfg), vec!["delegated_auth.org_uuid"]);
+
+    // Even an empty file yields it (with nothing to serve, which is a warning).
+    let cfg = ok("");
+    assert_eq!(names(&cfg), vec!["api_key"]);
+    assert_eq!(
+        warning_keys(&cfg),
+        vec!["delegated_auth.org_uuid", "api_key"]
+    );
+}
+
+#[test]
+fn product_sections_get_instances_only_when_enabled() {
+    let cfg = ok(&format!(
+        "api_key: {KEY}\n\
+         delegated_auth:\n  org_uuid: {ORG}\n  refresh_interval_mins: 30\n\
+         logs_config:\n  api_key: {LOGS_KEY}\n  delegated_auth:\n    org_uuid: {ORG_LOGS}\n\
+         remote_configuration:\n  delegated_auth:\n    org_uuid: {ORG}\n    refresh_interval_mins: 15\n\
+         evp_proxy_config:\n  api_key: {LOGS_KEY}\n\
+         ol_proxy_config:\n  delegated_auth:\n    org_uuid: \"\"\n"
+    ));
+    assert_eq!(
+        names(&cfg),
+        vec![
+            "api_key",
+            "logs_config.api_key",
+            "remote_configuration.api_key"
+        ]
+    );
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    let d = logs.delegated.as_ref().unwrap();
+    assert_eq!(d.org_uuid, ORG_LOGS);
+    // Inherits the global refresh interval.
+    assert_eq!(d.refresh_interval, Duration::from_secs(30 * 60));
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert_eq!(fallback(logs), Some(LOGS_KEY));
+    assert_eq!(logs.fallback_origin.as_deref(), Some("logs_config.api_key"));
+
+    let rc = cfg.instance("remote_configuration.api_key").unwrap();
+    assert_eq!(
+        rc.delegated.as_ref().unwrap().refresh_interval,
+        Duration::from_secs(15 * 60)
+    );
+    // No section key: falls back to the global api_key.
+    assert_eq!(fallback(rc), Some(KEY));
+    assert_eq!(rc.fallback_origin.as_deref(), Some("api_key"));
+}
+
+#[test]
+fn product_section_alone_still_has_the_static_api_key_instance() {
+    let cfg = ok(&format!(
+        "api_key: {KEY}\nlogs_config:\n  delegated_auth:\n    org_uuid: {ORG_LOGS}\n"
+    ));
+    assert_eq!(names(&cfg), vec!["api_key", "logs_config.api_key"]);
+    assert!(cfg.instances[0].delegated.is_none());
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}
+
+#[test]
+fn provider_settings_in_product_sections_warn() {
+    let cfg = ok(&format!(
+        "delegated_auth:\n  org_uuid: {ORG}\n  provider: aws\n  aws:\n    region: eu-west-1\n\
+         logs_config:\n  delegated_auth:\n    org_uuid: {ORG_LOGS}\n    provider: aws\n    aws:\n      region: us-east-1\n    enabled: true\n"
+    ));
+    assert_eq!(
+        warning_keys(&cfg),
+        vec![
+            "logs_config.delegated_auth.provider",
+            "logs_config.delegated_auth.aws",
+            "logs_config.delegated_auth.enabled",
+        ]
+    );
+    assert_eq!(cfg.warnings[0].line, Some(9));
+    // The product instance uses the global region, not the ignored per-product one.
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    assert_eq!(
+        logs.delegated.as_ref().unwrap().region.as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(cfg.agent.provider, Provider::Aws);
+}
+
+#[test]
+fn refresh_interval_zero_or_negative_becomes_sixty_with_a_warning() {
+    let cfg = ok(&format!(
+        "delegated_auth:\n  org_uuid: {ORG}\n  refresh_interval_mins: 0\n\
+         logs_config:\n  delegated_auth:\n    org_uuid: {ORG}\n    refresh_interval_mins: -5\n"
+    ));
+    for spec in &cfg.instances {
+        assert_eq!(
+            spec.delegated.as_ref().unwrap().refresh_interval,
+            Duration::from_secs(3600)
+        );
+    }
+    assert_eq!(
+        warning_keys(&cfg),
+        vec![
+            "delegated_auth.refresh_interval_mins",
+            "logs_config.delegated_auth.refresh_interval_mins"
+        ]
+    );
+    assert!(cfg.warnings[0].message.contains("defaulting to 60 minutes"));
+
+    let cfg = ok(&format!(
+        "delegated_auth:\n  org_uuid: {ORG}\n  refresh_interval_mins: 999999\n"
+    ));
+    assert_eq!(
+        cfg.instances[0]
+            .delegated
+            .as_ref()
+            .unwrap()
+            .refresh_interval,
+        Duration::from_secs(10080 * 60)
+    );
+}
+
+#[test]
+fn settings_refresh_interval_overrides_every_instance() {
+    let f = fixture(
+        &format!(
+            "delegated_auth:\n  org_uuid: {ORG}\n  refresh_interval_mins: 30\n\
+             logs_config:\n  delegated_auth:\n    org_uuid: {ORG}\n    refresh_interval_mins: 20\n\
+             additional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA({ORG_EU}, aws)\"]\n"
+        ),
+        Some("refresh:\n  interval: 2s\n"),
+    );
+    let cfg = load(&f.paths, &no_env).unwrap();
+    assert_eq!(cfg.instances.len(), 3);
+    for spec in &cfg.instances {
+        assert_eq!(
+            spec.delegated.as_ref().unwrap().refresh_interval,
+            Duration::from_secs(2)
+        );
+    }
+    assert!(cfg.settings_file_present);
+}
+
+#[test]
+fn enc_handles_are_never_keys_and_fall_through_to_the_file() {
+    let f = fixture(
+        &format!(
+            "api_key: ENC[api_key]\ndelegated_auth:\n  org_uuid: {ORG}\n\
+             logs_config:\n  api_key: ENC[logs]\n  delegated_auth:\n    org_uuid: {ORG}\n"
+        ),
+        Some("fallback_api_key_file: $DIR/key\n"),
+    );
+    let key_path = f.dir.join("key");
+    std::fs::write(&key_path, format!("  {FILE_KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = load(&f.paths, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let api = cfg.instance("api_key").unwrap();
+    assert_eq!(fallback(api), Some(FILE_KEY));
+    assert_eq!(
+        api.fallback_origin.as_deref(),
+        Some("fallback_api_key_file")
+    );
+    assert_eq!(
+        api.notes,
+        vec!["api_key is a secret handle (ENC[...]); it is never used as a key"]
+    );
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    assert_eq!(fallback(logs), Some(FILE_KEY));
+    assert_eq!(logs.notes.len(), 2);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert!(describe(&cfg).contains("secret handle"));
+
+    // Without the file, an ENC[] api_key leaves no fallback at all.
+    let cfg = ok(&format!(
+        "api_key: ENC[api_key]\ndelegated_auth:\n  org_uuid: {ORG}\n"
+    ));
+    assert!(cfg.instances[0].fallback.is_none());
+}
+
+#[test]
+fn empty_keys_are_absent() {
+    let cfg = ok(&format!(
+        "api_key: \"\"\nlogs_config:\n  api_key: \"  \"\n  delegated_auth:\n    org_uuid: {ORG}\n"
+    ));
+    assert!(cfg.instances.iter().all(|i| i.fallback.is_none()));
+}
+
+#[test]
+fn dela_in_a_key_slot_is_not_a_key() {
+    let cfg = ok(&format!(
+        "api_key: DELA({ORG}, aws)\ndelegated_auth:\n  org_uuid: {ORG}\n"
+    ));
+    assert!(cfg.instances[0].fallback.is_none());
+    assert_eq!(warning_keys(&cfg), vec!["api_key"]);
+    assert_eq!(cfg.warnings[0].line, Some(1));
+}
+
+#[test]
+fn numeric_looking_keys_keep_every_digit() {
+    let cfg = ok("api_key: 01234567890123456789012345678901\n");
+    assert_eq!(
+        fallback(&cfg.instances[0]),
+        Some("01234567890123456789012345678901")
+    );
+}
+
+#[test]
+fn fallback_file_rules() {
+    // Missing file: error naming the settings key and line.
+    let f = fixture(
+        &format!("api_key: {KEY}\n"),
+        Some("# comment\nfallback_api_key_file: $DIR/missing\n"),
+    );
+    let errs = load(&f.paths, &no_env).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].key, "fallback_api_key_file");
+    assert_eq!(errs[0].line, Some(2));
+    assert_eq!(errs[0].file, f.paths.settings);
+
+    // Group/world readable: warning; empty or two words: error.
+    let f = fixture("", Some("fallback_api_key_file: $DIR/key\n"));
+    let key_path = f.dir.join("key");
+    std::fs::write(&key_path, FILE_KEY).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = load(&f.paths, &no_env).unwrap();
+    let w: Vec<&Problem> = cfg
+        .warnings
+        .iter()
+        .filter(|p| p.key == "fallback_api_key_file")
+        .collect();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].message.contains("every user"));
+    assert_eq!(fallback(&cfg.instances[0]), Some(FILE_KEY));
+
+    for bad in ["", " \n", "a b", "ENC[x]"] {
+        std::fs::write(&key_path, bad).unwrap();
+        let errs = load(&f.paths, &no_env).unwrap_err().0;
+        assert_eq!(errs[0].key, "fallback_api_key_file", "{bad:?}");
+    }
+    // A file key is never echoed.
+    std::fs::write(&key_path, format!("{FILE_KEY} {FILE_KEY}")).unwrap();
+    let errs = load(&f.paths, &no_env).unwrap_err();
+    assert!(!errs.to_string().contains(FILE_KEY));
+}
+
+#[test]
+fn api_key_wins_over_the_fallback_file() {
+    let f = fixture(
+        &format!("api_key: {KEY}\n"),
+        Some("fallback_api_key_file: $DIR/key\n"),
+    );
+    let key_path = f.dir.join("key");
+    std::fs::write(&key_path, FILE_KEY).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = load(&f.paths, &no_env).unwrap();
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+}
+
+// ------------------------------------------------------------------------------------------
+// Environment
+
+#[test]
+fn env_overrides_win_over_the_file() {
+    let f = fixture(
+        &format!(
+            "api_key: {KEY}\nsite: datadoghq.com\ndelegated_auth:\n  org_uuid: {ORG}\n  refresh_interval_mins: 60\n"
+        ),
+        None,
+    );
+    let env = env_of(&[
+        ("DD_API_KEY", LOGS_KEY),
+        ("DD_SITE", "datadoghq.eu"),
+        ("DD_DELEGATED_AUTH_ORG_UUID", ORG_EU),
+        ("DD_DELEGATED_AUTH_PROVIDER", "AWS"),
+        ("DD_DELEGATED_AUTH_AWS_REGION", "eu-central-1"),
+        ("DD_DELEGATED_AUTH_REFRESH_INTERVAL_MINS", "15"),
+        ("DD_LOGS_CONFIG_DELEGATED_AUTH_ORG_UUID", ORG_LOGS),
+        ("DD_LOGS_CONFIG_API_KEY", FILE_KEY),
+        ("DD_LOGS_CONFIG_DELEGATED_AUTH_REFRESH_INTERVAL_MINS", "5"),
+        ("DD_REMOTE_CONFIGURATION_DELEGATED_AUTH_ORG_UUID", ORG),
+        ("DD_EVP_PROXY_CONFIG_DELEGATED_AUTH_ORG_UUID", ORG),
+        ("DD_OL_PROXY_CONFIG_DELEGATED_AUTH_ORG_UUID", ORG),
+        ("DD_OL_PROXY_CONFIG_API_KEY", "ENC[ol]"),
+        ("DD_PROXY_HTTP", "http://proxy:3128"),
+        ("DD_PROXY_HTTPS", "http://user:pw@proxy:3129"),
+        ("DD_PROXY_NO_PROXY", "localhost 169.254.169.254"),
+        ("DD_SKIP_SSL_VALIDATION", "TRUE"),
+        ("DD_EC2_METADATA_TIMEOUT", "1000"),
+        ("DD_EC2_PREFER_IMDSV2", "1"),
+        ("DD_EC2_METADATA_TOKEN_LIFETIME", "600"),
+        ("DD_CLOUD_PROVIDER_METADATA", "AWS gcp"),
+    ]);
+    let cfg = load(&f.paths, &env).unwrap_or_else(|e| panic!("{e}"));
+    let a = &cfg.agent;
+    assert_eq!(a.site, "datadoghq.eu");
+    assert_eq!(a.infra_endpoint, "https://app.datadoghq.eu");
+    assert_eq!(a.provider, Provider::Aws);
+    assert_eq!(a.aws_region.as_deref(), Some("eu-central-1"));
+    assert_eq!(a.proxy.http.as_deref(), Some("http://proxy:3128"));
+    assert_eq!(a.proxy.no_proxy, vec!["localhost", "169.254.169.254"]);
+    assert!(a.skip_ssl_validation);
+    assert_eq!(a.ec2_metadata_timeout, Duration::from_secs(1));
+    assert!(a.ec2_prefer_imdsv2);
+    assert_eq!(a.ec2_metadata_token_lifetime, Duration::from_secs(600));
+    assert_eq!(a.cloud_provider_metadata, vec!["aws", "gcp"]);
+    assert!(a.aws_metadata_enabled());
+    assert!(!format!("{a:?}").contains("pw@"));
+
+    assert_eq!(
+        names(&cfg),
+        vec![
+            "api_key",
+            "logs_config.api_key",
+            "remote_configuration.api_key",
+            "evp_proxy_config.api_key",
+            "ol_proxy_config.api_key"
+        ]
+    );
+    let api = &cfg.instances[0];
+    assert_eq!(api.delegated.as_ref().unwrap().org_uuid, ORG_EU);
+    assert_eq!(
+        api.delegated.as_ref().unwrap().refresh_interval,
+        Duration::from_secs(15 * 60)
+    );
+    assert_eq!(fallback(api), Some(LOGS_KEY));
+    assert_eq!(
+        api.fallback_origin.as_deref(),
+        Some("api_key (env DD_API_KEY)")
+    );
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    assert_eq!(logs.delegated.as_ref().unwrap().org_uuid, ORG_LOGS);
+    assert_eq!(
+        logs.delegated.as_ref().unwrap().refresh_interval,
+        Duration::from_secs(5 * 60)
+    );
+    assert_eq!(fallback(logs), Some(FILE_KEY));
+    let ol = cfg.instance("ol_proxy_config.api_key").unwrap();
+    assert_eq!(fallback(ol), Some(LOGS_KEY));
+    assert_eq!(ol.notes.len(), 1);
+    // skip_ssl_validation always warns.
+    assert!(warning_keys(&cfg).contains(&"skip_ssl_validation"));
+}
+
+#[test]
+fn dd_url_sets_the_default_target() {
+    let cfg = ok(&format!(
+        "site: datadoghq.eu\ndd_url: https://proxy.internal\ndelegated_auth:\n  org_uuid: {ORG}\n"
+    ));
+    assert_eq!(cfg.agent.dd_url.as_deref(), Some("https://proxy.internal"));
+    assert_eq!(
+        cfg.instances[0].delegated.as_ref().unwrap().exchange_target,
+        "https://proxy.internal"
+    );
+    let f = fixture(&format!("delegated_auth:\n  org_uuid: {ORG}\n"), None);
+    let cfg = load(&f.paths, &env_of(&[("DD_URL", "https://other.internal")])).unwrap();
+    assert_eq!(cfg.agent.infra_endpoint, "https://other.internal");
+    // An empty dd_url is unset.
+    let cfg = ok("dd_url: \"\"\nsite: \" us5.datadoghq.com \"\n");
+    assert_eq!(cfg.agent.infra_endpoint, "https://app.us5.datadoghq.com");
+}
+
+#[test]
+fn env_values_are_validated_and_named() {
+    let f = fixture("", None);
+    let env = env_of(&[
+        ("DD_EC2_METADATA_TIMEOUT", "fast"),
+        ("DD_SKIP_SSL_VALIDATION", "yes"),
+        ("DD_DELEGATED_AUTH_ORG_UUID", "not-a-uuid"),
+        ("DD_LOGS_CONFIG_ADDITIONAL_ENDPOINTS", "[{"),
+    ]);
+    let errs = load(&f.paths, &env).unwrap_err().0;
+    let envs: Vec<&str> = errs.iter().filter_map(|p| p.env.as_deref()).collect();
+    assert_eq!(
+        envs,
+        vec![
+            "DD_LOGS_CONFIG_ADDITIONAL_ENDPOINTS",
+            "DD_SKIP_SSL_VALIDATION",
+            "DD_EC2_METADATA_TIMEOUT",
+            "DD_DELEGATED_AUTH_ORG_UUID"
+        ]
+    );
+    assert!(errs.iter().all(|p| p.line.is_none()));
+}
+
+#[test]
+fn env_api_key_is_never_echoed() {
+    let f = fixture("", None);
+    // A list where a key belongs: the error must not include the value.
+    let errs = load(
+        &f.paths,
+        &env_of(&[(
+            "DD_ADDITIONAL_ENDPOINTS",
+            &format!("{{\"https://x\": {{\"k\": \"{KEY}\"}}}}"),
+        )]),
+    )
+    .unwrap_err();
+    assert!(!errs.to_string().contains(KEY));
+}
+
+// ------------------------------------------------------------------------------------------
+// DELA directives
+
+#[test]
+fn dela_map_shape_instances() {
+    let cfg = ok(&format!(
+        "api_key: {KEY}\ndelegated_auth:\n  aws:\n    region: us-east-1\n  refresh_interval_mins: 20\n\
+         additional_endpoints:\n\
+         \x20 \"https://app.datadoghq.eu\":\n\
+         \x20   - {LOGS_KEY}\n\
+         \x20   - \"DELA({ORG_EU}, aws, region=eu-west-1, fallback=abcDEF123_-=)\"\n\
+         \x20   - \"dela( {ORG_EU} , AWS )\"\n\
+         \x20 \"https://app.us5.datadoghq.com\": [\"ENC[x]\"]\n"
+    ));
+    assert_eq!(
+        names(&cfg),
+        vec![
+            "api_key",
+            "additional_endpoints[https://app.datadoghq.eu][1]",
+            "additional_endpoints[https://app.datadoghq.eu][2]"
+        ]
+    );
+    let one = &cfg.instances[1];
+    let d = one.delegated.as_ref().unwrap();
+    assert_eq!(d.org_uuid, ORG_EU);
+    assert_eq!(d.exchange_target, "https://app.datadoghq.eu");
+    assert!(d.explicit_target);
+    assert_eq!(d.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(d.refresh_interval, Duration::from_secs(20 * 60));
+    assert_eq!(fallback(one), Some("abcDEF123_-="));
+    assert_eq!(one.fallback_origin.as_deref(), Some("DELA fallback="));
+    let two = &cfg.instances[2];
+    // No region= : the global region; no fallback= : no fallback (never another org's key).
+    assert_eq!(
+        two.delegated.as_ref().unwrap().region.as_deref(),
+        Some("us-east-1")
+    );
+    assert!(two.fallback.is_none());
+    // Describing never shows the DELA fallback.
+    assert!(!describe(&cfg).contains("abcDEF123"));
+    assert!(!format!("{cfg:?}").contains("abcDEF123"));
+}
+
+#[test]
+fn dela_list_shape_instances() {
+    let cfg = ok(&format!(
+        "logs_config:\n  force_use_http: true\n  additional_endpoints:\n\
+         \x20 - api_key: {LOGS_KEY}\n    Host: agent-http-intake.logs.datadoghq.com\n    Port: 443\n\
+         \x20 - API_KEY: \"DELA({ORG_EU}, aws)\"\n    Host: agent-http-intake.logs.datadoghq.eu\n    Port: 443\n    is_reliable: true\n\
+         \x20 - just-a-string\n\
+         \x20 - api_key: \"DELA({ORG}, aws, fallback=k1)\"\n    host: http-intake.logs.us5.datadoghq.com\n"
+    ));
+    assert_eq!(
+        names(&cfg),
+        vec![
+            "api_key",
+            "logs_config.additional_endpoints[1]",
+            "logs_config.additional_endpoints[3]"
+        ]
+    );
+    let d = cfg.instances[1].delegated.as_ref().unwrap();
+    assert_eq!(d.exchange_target, "agent-http-intake.logs.datadoghq.eu");
+    assert!(d.explicit_target);
+    assert_eq!(fallback(&cfg.instances[2]), Some("k1"));
+    assert!(
+        !warning_keys(&cfg)
+            .iter()
+            .any(|k| k.starts_with("logs_config.additional"))
+    );
+}
+
+#[test]
+fn dela_list_shape_warns_without_http_transport() {
+    let cfg = ok(&format!(
+        "logs_config:\n  use_http: false\n  additional_endpoints:\n\
+         \x20 - api_key: \"DELA({ORG_EU}, aws)\"\n    host: intake.datadoghq.eu\n"
+    ));
+    assert_eq!(names(&cfg).len(), 2);
+    let w: Vec<&Problem> = cfg
+        .warnings
+        .iter()
+        .filter(|p| p.key == "logs_config.additional_endpoints[0]")
+        .collect();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].fix.contains("force_use_http"));
+    assert_eq!(w[0].line, Some(4));
+}
+
+#[test]
+fn dela_from_environment_json() {
+    let f = fixture("", None);
+    let env = env_of(&[
+        (
+            "DD_ADDITIONAL_ENDPOINTS",
+            &format!(r#"{{"https://app.datadoghq.eu": ["DELA({ORG_EU}, aws)"]}}"#),
+        ),
+        (
+            "DD_LOGS_CONFIG_ADDITIONAL_ENDPOINTS",
+            &format!(
+                r#"[{{"api_key": "DELA({ORG}, aws)", "Host": "intake.example", "Port": 443}}]"#
+            ),
+        ),
+        ("DD_LOGS_CONFIG_USE_HTTP", "true"),
+    ]);
+    let cfg = load(&f.paths, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        names(&cfg),
+        vec![
+            "api_key",
+            "additional_endpoints[https://app.datadoghq.eu][0]",
+            "logs_config.additional_endpoints[0]"
+        ]
+    );
+}
+
+#[test]
+fn bad_directives_are_errors_naming_the_key() {
+    let errs = errors(&format!(
+        "additional_endpoints:\n\
+         \x20 \"https://app.datadoghq.eu\":\n\
+         \x20   - \"DELA(org, aws, fallback=secretvalue99)\"\n\
+         \x20   - \"DELA({ORG}, gcp)\"\n\
+         \x20   - \"DELA({ORG}, aws, region=EU-WEST-1)\"\n\
+         \x20   - \"DELA({ORG}, aws, secretvalue99)\"\n\
+         \x20 \"\": [\"DELA({ORG}, aws)\"]\n\
+         \x20 \"https://x\": \"DELA({ORG}, aws)\"\n\
+         logs_config:\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws)\"\n      port: 443\n"
+    ));
+    let got: Vec<(&str, Option<usize>)> = errs.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("additional_endpoints[https://app.datadoghq.eu][0]", Some(3)),
+            ("additional_endpoints[https://app.datadoghq.eu][1]", Some(4)),
+            ("additional_endpoints[https://app.datadoghq.eu][2]", Some(5)),
+            ("additional_endpoints[https://app.datadoghq.eu][3]", Some(6)),
+            ("additional_endpoints[][0]", Some(7)),
+            ("additional_endpoints[https://x]", Some(8)),
+            ("logs_config.additional_endpoints[0]", Some(11)),
+        ]
+    );
+    assert!(errs[0].message.contains("not a UUID"));
+    assert!(errs[1].message.contains("unsupported provider `gcp`"));
+    assert!(errs[2].message.contains("lowercase"));
+    assert!(errs[3].message.contains("malformed"));
+    let text = ConfigErrors(errs).to_string();
+    assert!(!text.contains("secretvalue99"), "{text}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Validation errors
+
+#[test]
+fn bad_org_uuid_names_the_key_and_line() {
+    let errs = errors(&format!(
+        "delegated_auth:\n  org_uuid: <YOUR_ORG_UUID>\nlogs_config:\n  delegated_auth:\n    org_uuid: 1234\n\
+         remote_configuration:\n  delegated_auth:\n    org_uuid: {ORG}\n"
+    ));
+    let got: Vec<(&str, Option<usize>, Option<&str>)> = errs
+        .iter()
+        .map(|p| (p.key.as_str(), p.line, p.value.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("delegated_auth.org_uuid", Some(2), Some("<YOUR_ORG_UUID>")),
+            ("logs_config.delegated_auth.org_uuid", Some(5), Some("1234")),
+        ]
+    );
+}
+
+#[test]
+fn bad_provider_region_and_numbers() {
+    let errs = errors(
+        "delegated_auth:\n  provider: gcp\n  aws:\n    region: US-EAST-1\n  refresh_interval_mins: soon\n\
+         ec2_metadata_timeout: 0\nec2_metadata_token_lifetime: 99999\nskip_ssl_validation: maybe\n\
+         site: https://datadoghq.eu\nproxy:\n  https: proxy.internal:3128\n",
+    );
+    let got: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![
+            "delegated_auth.provider",
+            "delegated_auth.aws.region",
+            "delegated_auth.refresh_interval_mins",
+            "ec2_metadata_timeout",
+            "ec2_metadata_token_lifetime",
+            "skip_ssl_validation",
+            "site",
+            "proxy.https",
+        ]
+    );
+    assert!(errs.iter().all(|p| !p.fix.is_empty() && p.line.is_some()));
+}
+
+#[test]
+fn wrong_types_on_our_keys() {
+    let errs = errors(&format!(
+        "api_key: [{KEY}]\nsite: {{a: b}}\ndelegated_auth: yes\nlogs_config: [1]\n\
+         cloud_provider_metadata: {{aws: 1}}\nproxy: http://p\nadditional_endpoints: [a]\n"
+    ));
+    let got: Vec<(&str, Option<usize>)> = errs.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("api_key", Some(1)),
+            ("site", Some(2)),
+            ("delegated_auth", Some(3)),
+            ("logs_config", Some(4)),
+            ("cloud_provider_metadata", Some(5)),
+            ("proxy", Some(6)),
+            ("additional_endpoints", Some(7)),
+        ]
+    );
+    assert!(
+        errs[1]
+            .message
+            .contains("expected a string, found a mapping")
+    );
+    // The api_key's value is never shown.
+    assert!(errs[0].value.is_none());
+    assert!(!ConfigErrors(errs).to_string().contains(KEY));
+}
+
+#[test]
+fn unrelated_keys_of_any_type_are_ignored() {
+    let cfg = ok(&format!(
+        "api_key: {KEY}\ntags: [a, b]\napm_config:\n  enabled: yes\n  additional_endpoints: {{x: [DELA(bad)]}}\n\
+         1: one\n[a, b]: complex\nlogs_config:\n  container_collect_all: true\n  processing_rules: [{{type: x}}]\n"
+    ));
+    assert_eq!(names(&cfg), vec!["api_key"]);
+}
+
+#[test]
+fn keys_match_case_insensitively_and_conflicts_are_errors() {
+    let cfg = ok(&format!(
+        "API_KEY: {KEY}\nDelegated_Auth:\n  Org_UUID: {ORG}\n"
+    ));
+    assert_eq!(cfg.instances[0].delegated.as_ref().unwrap().org_uuid, ORG);
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+    let errs = errors(&format!("api_key: {KEY}\nAPI_KEY: {LOGS_KEY}\n"));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].key, "api_key");
+    assert_eq!(errs[0].line, Some(2));
+    assert!(errs[0].message.contains("capitalisation"));
+}
+
+#[test]
+fn syntax_errors_and_duplicates_have_lines() {
+    let errs = errors("api_key: x\ndelegated_auth:\n  org_uuid: a\n  org_uuid: b\n");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, Some(4));
+    assert!(errs[0].message.contains("duplicate key `org_uuid`"));
+    let errs = errors("a: [1, 2\nb: 3\n");
+    assert_eq!(errs[0].line, Some(2));
+    assert!(errs[0].message.starts_with("invalid YAML"));
+    let errs = errors("- just\n- a list\n");
+    assert!(errs[0].message.contains("not a mapping"));
+}
+
+#[test]
+fn file_level_errors() {
+    let f = fixture("", None);
+    let missing = Paths {
+        config: f.dir.join("nope.yaml"),
+        ..f.paths.clone()
+    };
+    let errs = load(&missing, &no_env).unwrap_err().0;
+    assert!(errs[0].message.contains("does not exist"));
+
+    let required = Paths {
+        settings_required: true,
+        ..f.paths.clone()
+    };
+    let errs = load(&required, &no_env).unwrap_err().0;
+    assert_eq!(errs[0].file, required.settings);
+
+    let big = f.dir.join("big.yaml");
+    let mut text = String::from("api_key: x\n");
+    while text.len() as u64 <= node::MAX_AGENT_FILE_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, text).unwrap();
+    let errs = load(
+        &Paths {
+            config: big,
+            ..f.paths.clone()
+        },
+        &no_env,
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errs[0].message.contains("larger than"),
+        "{}",
+        errs[0].message
+    );
+
+    let dir_as_file = Paths {
+        config: f.dir.clone(),
+        ..f.paths.clone()
+    };
+    let errs = load(&dir_as_file, &no_env).unwrap_err().0;
+    assert!(errs[0].message.contains("not a regular file"));
+
+    let binary = f.dir.join("bin.yaml");
+    std::fs::write(&binary, b"api_key: \xff\xfe\n").unwrap();
+    let errs = load(
+        &Paths {
+            config: binary,
+            ..f.paths.clone()
+        },
+        &no_env,
+    )
+    .unwrap_err()
+    .0;
+    assert!(errs[0].message.contains("UTF-8"));
+}
+
+#[test]
+fn both_files_report_together() {
+    let f = fixture(
+        "delegated_auth:\n  org_uuid: nope\n",
+        Some(
+            "socket:\n  mode: \"9\"\nsinks:\n  - instance: logs_config.api_key\n    path: /run/k\n",
+        ),
+    );
+    let errs = load(&f.paths, &no_env).unwrap_err().0;
+    let got: Vec<(&Path, &str)> = errs
+        .iter()
+        .map(|p| (p.file.as_path(), p.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (f.paths.config.as_path(), "delegated_auth.org_uuid"),
+            (f.paths.settings.as_path(), "socket.mode"),
+            (f.paths.settings.as_path(), "sinks[0].instance"),
+        ]
+    );
+    assert_eq!(errs[2].line, Some(4));
+}
+
+#[test]
+fn access_rules_naming_unknown_instances_warn() {
+    let f = fixture(
+        &format!("delegated_auth:\n  org_uuid: {ORG}\n"),
+        Some("access:\n  - instances: [api_key, \"*\", logs_config.api_key]\n    uids: [0]\n"),
+    );
+    let cfg = load(&f.paths, &no_env).unwrap();
+    assert_eq!(warning_keys(&cfg), vec!["access[0].instances"]);
+    assert_eq!(
+        cfg.warnings[0].value.as_deref(),
+        Some("logs_config.api_key")
+    );
+    assert_eq!(cfg.warnings[0].line, Some(2));
+}
+
+// ------------------------------------------------------------------------------------------
+// Secrets, reload diffing, check-config
+
+#[test]
+fn secrets_never_appear_in_debug_describe_or_errors() {
+    let f = fixture(
+        &format!(
+            "api_key: {KEY}\nproxy:\n  https: http://user:hunter2@proxy:3128\ndelegated_auth:\n  org_uuid: {ORG}\n\
+             logs_config:\n  api_key: {LOGS_KEY}\n  delegated_auth:\n    org_uuid: {ORG}\n"
+        ),
+        None,
+    );
+    let cfg = load(&f.paths, &no_env).unwrap();
+    let text = format!("{cfg:?}\n{}", describe(&cfg));
+    for secret in [KEY, LOGS_KEY, "hunter2"] {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+    assert!(describe(&cfg).contains("***bcdef"));
+}
+
+#[test]
+fn unchanged_instances_compare_equal_across_reloads() {
+    let base = format!(
+        "api_key: {KEY}\ndelegated_auth:\n  org_uuid: {ORG}\nlogs_config:\n  delegated_auth:\n    org_uuid: {ORG_LOGS}\n"
+    );
+    let a = ok(&base);
+    let b = ok(&format!("# a comment moves every line\n{base}"));
+    assert_eq!(a.instances, b.instances);
+    let c = ok(&base.replace(ORG_LOGS, ORG_EU));
+    assert_eq!(a.instances[0], c.instances[0]);
+    assert_ne!(a.instances[1], c.instances[1]);
+}
+
+#[test]
+fn check_config_prints_the_summary_or_every_problem() {
+    let f = fixture(
+        &format!(
+            "api_key: {KEY}\ndelegated_auth:\n  org_uuid: {ORG}\n  aws:\n    region: eu-west-1\n"
+        ),
+        None,
+    );
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(check_config_main(&f.paths, &no_env, &mut out, &mut err), 0);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("- api_key"));
+    assert!(out.contains(ORG));
+    assert!(out.contains("eu-west-1"));
+    assert!(out.contains("https://app.datadoghq.com"));
+    assert!(out.contains("every 1h"));
+    assert!(out.contains("fallback:  api_key (***bcdef)"));
+    assert!(!out.contains(KEY));
+    assert!(err.is_empty());
+
+    let f = fixture(
+        "delegated_auth:\n  org_uuid: x\n  refresh_interval_mins: 0\n",
+        None,
+    );
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(check_config_main(&f.paths, &no_env, &mut out, &mut err), 78);
+    let err = String::from_utf8(err).unwrap();
+    assert!(out.is_empty());
+    assert!(err.contains("error: "), "{err}");
+    assert!(
+        err.contains(":2: delegated_auth.org_uuid: is not a UUID"),
+        "{err}"
+    );
+    assert!(err.contains("warning: "), "{err}");
+    assert!(err.contains("1 error(s)"), "{err}");
+}
