@@ -5,6 +5,10 @@
 //! # Layout
 //!
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
+//! - [`exchange`]: the exchange client (proof in, managed API key out) and API base derivation.
+//! - [`arn_pattern`]: mapping ARN patterns: the seed's wildcard rules and matching.
 #![forbid(unsafe_code)]
 
+pub mod arn_pattern;
+pub mod exchange;
 pub mod secret;

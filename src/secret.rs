@@ -62,7 +62,10 @@ impl Secret {
         if mine.is_empty() || mine.len() != theirs.len() {
             return false;
         }
-        mine.iter().zip(theirs).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        mine.iter()
+            .zip(theirs)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
