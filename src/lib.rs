@@ -4,11 +4,13 @@
 //!
 //! # Layout
 //!
-//! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
+//! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`exchange`]: the exchange client (proof in, managed API key out) and API base derivation.
 //! - [`arn_pattern`]: mapping ARN patterns: the seed's wildcard rules and matching.
+//! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
 pub mod arn_pattern;
+pub mod aws;
 pub mod exchange;
 pub mod secret;

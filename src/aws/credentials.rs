@@ -1,0 +1,837 @@
+//! Credential source selection and resolution (product §3, wire spec §5).
+//!
+//! Selection reads only the [`AwsEnv`] snapshot, in the Agent's order, first match, no
+//! fall-through on failure: static env → IRSA web identity → container credentials → EC2 IMDS.
+//! A half-set pair is skipped with a warning naming the missing variable.
+//!
+//! Resolution uses aws-config's providers (web identity, ECS/EKS container, IMDS), each call
+//! wrapped in a named timeout below. Every error names the source tried and the fix for that
+//! source only, in the spirit of the Agent's `credentialRemediation`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use aws_config::ecs::EcsCredentialsProvider;
+use aws_config::imds::credentials::ImdsCredentialsProvider;
+use aws_config::provider_config::ProviderConfig;
+use aws_config::web_identity_token::{StaticConfiguration, WebIdentityTokenCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_types::region::Region;
+
+use super::AwsOptions;
+use super::env::{AwsEnv, vars};
+use super::imds::{
+    Imds, ImdsFailure, SECURITY_CREDENTIALS_PATH, chain, classify, is_token_failure,
+};
+use crate::secret::Secret;
+
+/// Bound on one AssumeRoleWithWebIdentity call (token file read + STS round trip). The Agent's
+/// IRSA client uses 10 s; pinned here so the documented value cannot drift with SDK defaults.
+pub const WEB_IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one container-credentials call (ECS agent or EKS Pod Identity agent). The Agent's
+/// container client uses 10 s; aws-config's own connect (2 s) and read (5 s) timeouts apply inside.
+pub const CONTAINER_TIMEOUT: Duration = Duration::from_secs(10);
+/// IMDS credentials take three calls (token, role name, role credentials), each bounded by
+/// `ec2_metadata_timeout`; the whole resolution is bounded by that many calls plus this margin.
+pub const IMDS_MARGIN: Duration = Duration::from_millis(250);
+/// IMDS calls per credentials resolution, IMDSv1 fallback included (token, then two GETs each
+/// way at most).
+const IMDS_CALLS_PER_RESOLUTION: u32 = 5;
+/// Credentials are re-resolved this long before they expire (the SDK's default buffer is 5 min
+/// too: refreshing earlier wastes calls, later risks signing with expiring keys).
+pub const EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
+/// The session name the Agent uses for IRSA when `AWS_ROLE_SESSION_NAME` is unset.
+pub const DEFAULT_WEB_IDENTITY_SESSION: &str = "datadog-agent-workload-identity-federation";
+/// The region the Agent signs IRSA's AssumeRoleWithWebIdentity for when none is configured.
+const WEB_IDENTITY_FALLBACK_REGION: &str = "us-east-1";
+
+/// Where the credentials come from. `Display` is the Agent's name for each source (status,
+/// errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialSource {
+    /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`).
+    StaticEnv,
+    /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA).
+    WebIdentity,
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI` (ECS task role, EKS Pod Identity).
+    Container,
+    /// The EC2 instance profile through IMDS.
+    Imds,
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialSource::StaticEnv => "static environment variables",
+            CredentialSource::WebIdentity => "IRSA web identity",
+            CredentialSource::Container => "ECS/EKS container credentials",
+            CredentialSource::Imds => "EC2 IMDS",
+        })
+    }
+}
+
+/// Resolved AWS credentials. The secret parts are [`Secret`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// `AKIA…` (permanent) or `ASIA…` (temporary).
+    pub access_key_id: String,
+    /// The secret key.
+    pub secret_access_key: Secret,
+    /// The session token of temporary credentials.
+    pub session_token: Option<Secret>,
+    /// The source that produced them.
+    pub source: CredentialSource,
+}
+
+/// The operator's fix for a failing source, and only that source.
+pub fn remediation(source: CredentialSource) -> &'static str {
+    match source {
+        CredentialSource::StaticEnv => {
+            "check that AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for \
+             temporary keys) are set together, valid and not expired"
+        }
+        CredentialSource::WebIdentity => {
+            "check that the service account is annotated with eks.amazonaws.com/role-arn, that \
+             AWS_WEB_IDENTITY_TOKEN_FILE is mounted and readable by the daemon, and that the role's \
+             trust policy allows sts:AssumeRoleWithWebIdentity for the cluster's OIDC provider"
+        }
+        CredentialSource::Container => {
+            "check the ECS task role (taskRoleArn) or the EKS Pod Identity association and agent \
+             add-on, and that AWS_CONTAINER_CREDENTIALS_RELATIVE_URI/_FULL_URI and the authorization \
+             token (file) reach this container unchanged"
+        }
+        CredentialSource::Imds => {
+            "check that the instance has an IAM instance profile with a role and that IMDS is \
+             enabled; raise ec2_metadata_timeout if IMDS is slow"
+        }
+    }
+}
+
+/// The fix for an unanswered IMDSv2 token request.
+pub const HOP_LIMIT_FIX: &str = "from a container the default IMDS hop limit of 1 drops the reply: run \
+     `aws ec2 modify-instance-metadata-options --instance-id <id> --http-put-response-hop-limit 2 \
+     --http-endpoint enabled`, or use host networking or a task role / Pod Identity instead";
+
+/// Why credentials could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialError {
+    /// Nothing in the environment and IMDS unavailable.
+    #[error(
+        "no AWS credential source found: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+         AWS_ROLE_ARN+AWS_WEB_IDENTITY_TOKEN_FILE (IRSA) and \
+         AWS_CONTAINER_CREDENTIALS_RELATIVE_URI/_FULL_URI (ECS/EKS Pod Identity) are all unset, and \
+         EC2 IMDS {imds}"
+    )]
+    NoSource {
+        /// Why IMDS is out (not permitted, disabled, or did not answer).
+        imds: String,
+    },
+    /// The source's call took longer than its named timeout.
+    #[error("{credential_source}: no answer within {after:?}; {}", remediation(*.credential_source))]
+    Timeout {
+        /// The source tried.
+        credential_source: CredentialSource,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The IMDSv2 token request got no answer (hop limit).
+    #[error(
+        "EC2 IMDS: the IMDSv2 token request got no answer within ec2_metadata_timeout={}ms \
+         (IMDS versions attempted={versions}); {HOP_LIMIT_FIX}",
+        timeout.as_millis()
+    )]
+    ImdsTokenUnanswered {
+        /// `ec2_metadata_timeout`.
+        timeout: Duration,
+        /// Versions tried.
+        versions: &'static str,
+    },
+    /// IMDS failed otherwise.
+    #[error(
+        "EC2 IMDS: {detail} (endpoint {endpoint}, ec2_metadata_timeout={}ms, IMDS versions \
+         attempted={versions}); {}",
+        timeout.as_millis(), remediation(CredentialSource::Imds)
+    )]
+    Imds {
+        /// What happened.
+        detail: String,
+        /// The endpoint used.
+        endpoint: String,
+        /// `ec2_metadata_timeout`.
+        timeout: Duration,
+        /// Versions tried.
+        versions: &'static str,
+    },
+    /// IRSA's token file is missing or unreadable.
+    #[error(
+        "IRSA web identity: cannot read the token file {path} ({detail}); {}",
+        remediation(CredentialSource::WebIdentity)
+    )]
+    TokenFile {
+        /// `AWS_WEB_IDENTITY_TOKEN_FILE`.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+    /// The provider failed.
+    #[error("{credential_source}: {detail}; {}", remediation(*.credential_source))]
+    Provider {
+        /// The source tried.
+        credential_source: CredentialSource,
+        /// The provider's error chain (it never contains secrets: aws-config redacts them).
+        detail: String,
+    },
+    /// The provider answered with a blank key.
+    #[error("{credential_source}: returned empty credentials; {}", remediation(*.credential_source))]
+    Empty {
+        /// The source tried.
+        credential_source: CredentialSource,
+    },
+    /// The snapshot and the process environment disagree on variables aws-config reads itself.
+    #[error(
+        "{credential_source}: the environment snapshot differs from the process environment for \
+         {}; aws-config reads these from the process, so the daemon must be started with them \
+         (restart it after changing its environment)",
+        vars.join(", ")
+    )]
+    ProcessEnvMismatch {
+        /// The source selected.
+        credential_source: CredentialSource,
+        /// The variables that differ.
+        vars: Vec<&'static str>,
+    },
+}
+
+impl CredentialError {
+    /// The source the error is about, when one was selected.
+    pub fn credential_source(&self) -> Option<CredentialSource> {
+        match self {
+            CredentialError::NoSource { .. } => None,
+            CredentialError::ImdsTokenUnanswered { .. } | CredentialError::Imds { .. } => {
+                Some(CredentialSource::Imds)
+            }
+            CredentialError::TokenFile { .. } => Some(CredentialSource::WebIdentity),
+            CredentialError::Timeout {
+                credential_source, ..
+            }
+            | CredentialError::Provider {
+                credential_source, ..
+            }
+            | CredentialError::Empty { credential_source }
+            | CredentialError::ProcessEnvMismatch {
+                credential_source, ..
+            } => Some(*credential_source),
+        }
+    }
+}
+
+/// The outcome of reading the environment: the source and the warnings about half-set pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Selection {
+    pub(crate) source: Option<CredentialSource>,
+    pub(crate) warnings: Vec<String>,
+    /// Why IMDS is out, when the chain ended without a source.
+    pub(crate) imds_unavailable: Option<String>,
+}
+
+fn incomplete(set: &str, missing: &str, source: CredentialSource) -> String {
+    format!(
+        "{set} is set but {missing} is not, so the {source} credential source is incomplete and was \
+         skipped; falling back to the next source in the AWS precedence order. Set {missing} or unset {set}."
+    )
+}
+
+/// Picks the source from the snapshot, in the Agent's order. No network.
+pub(crate) fn select(env: &AwsEnv, opts: &AwsOptions) -> Selection {
+    let mut warnings = Vec::new();
+    let mut pair = |a: &str, b: &str, source: CredentialSource| match (env.has(a), env.has(b)) {
+        (true, true) => true,
+        (true, false) => {
+            warnings.push(incomplete(a, b, source));
+            false
+        }
+        (false, true) => {
+            warnings.push(incomplete(b, a, source));
+            false
+        }
+        (false, false) => false,
+    };
+    let static_env = pair(
+        vars::ACCESS_KEY_ID,
+        vars::SECRET_ACCESS_KEY,
+        CredentialSource::StaticEnv,
+    );
+    let web_identity = pair(
+        vars::ROLE_ARN,
+        vars::WEB_IDENTITY_TOKEN_FILE,
+        CredentialSource::WebIdentity,
+    );
+    let container = env.has(vars::CONTAINER_RELATIVE_URI) || env.has(vars::CONTAINER_FULL_URI);
+    if !static_env
+        && env.has(vars::SESSION_TOKEN)
+        && !env.has(vars::ACCESS_KEY_ID)
+        && !env.has(vars::SECRET_ACCESS_KEY)
+    {
+        warnings.push(format!(
+            "{} is set without {} and {}, so it is ignored. Set all three or unset it.",
+            vars::SESSION_TOKEN,
+            vars::ACCESS_KEY_ID,
+            vars::SECRET_ACCESS_KEY
+        ));
+    }
+    if !container
+        && (env.has(vars::CONTAINER_AUTH_TOKEN) || env.has(vars::CONTAINER_AUTH_TOKEN_FILE))
+    {
+        warnings.push(format!(
+            "a container authorization token is set but neither {} nor {} is, so the {} credential \
+             source is incomplete and was skipped. Set the credentials URI or unset the token.",
+            vars::CONTAINER_RELATIVE_URI,
+            vars::CONTAINER_FULL_URI,
+            CredentialSource::Container
+        ));
+    }
+    let imds_unavailable = imds_unavailable(env, opts);
+    let source = if static_env {
+        Some(CredentialSource::StaticEnv)
+    } else if web_identity {
+        Some(CredentialSource::WebIdentity)
+    } else if container {
+        Some(CredentialSource::Container)
+    } else if imds_unavailable.is_none() {
+        Some(CredentialSource::Imds)
+    } else {
+        None
+    };
+    Selection {
+        source,
+        warnings,
+        imds_unavailable,
+    }
+}
+
+/// Why IMDS may not be used, if it may not.
+pub(crate) fn imds_unavailable(env: &AwsEnv, opts: &AwsOptions) -> Option<String> {
+    if !opts.imds_allowed {
+        Some("is not permitted (cloud_provider_metadata does not include \"aws\")".into())
+    } else if env
+        .get(vars::EC2_METADATA_DISABLED)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        Some(format!(
+            "is disabled ({}=true)",
+            vars::EC2_METADATA_DISABLED
+        ))
+    } else {
+        None
+    }
+}
+
+/// The aws-config provider for the selected source, built once so its state (IMDS token, the
+/// container provider's resolved endpoint) is reused across resolutions.
+#[derive(Debug)]
+pub(crate) enum Provider {
+    Static(AwsCredentials),
+    WebIdentity {
+        provider: WebIdentityTokenCredentialsProvider,
+        token_file: PathBuf,
+    },
+    Container(EcsCredentialsProvider),
+    Imds {
+        provider: ImdsCredentialsProvider,
+        imds: Imds,
+    },
+    /// The snapshot could not configure the source (bad IMDS endpoint URL, for instance).
+    Misconfigured(CredentialError),
+    None(String),
+}
+
+/// Variables aws-config's container provider reads from the process itself.
+const CONTAINER_PROCESS_VARS: [&str; 4] = [
+    vars::CONTAINER_RELATIVE_URI,
+    vars::CONTAINER_FULL_URI,
+    vars::CONTAINER_AUTH_TOKEN,
+    vars::CONTAINER_AUTH_TOKEN_FILE,
+];
+/// Variables aws-config's STS client (under the web identity provider) reads from the process.
+const WEB_IDENTITY_PROCESS_VARS: [&str; 2] = [vars::ENDPOINT_URL_STS, vars::ENDPOINT_URL];
+/// Variables aws-config's IMDS credentials provider reads from the process.
+const IMDS_PROCESS_VARS: [&str; 1] = [vars::EC2_METADATA_DISABLED];
+
+impl Provider {
+    pub(crate) fn build(selection: &Selection, env: &AwsEnv, opts: &AwsOptions) -> Provider {
+        let Some(source) = selection.source else {
+            return Provider::None(selection.imds_unavailable.clone().unwrap_or_default());
+        };
+        let mismatches = match source {
+            CredentialSource::StaticEnv => Vec::new(),
+            CredentialSource::WebIdentity => env.process_mismatches(&WEB_IDENTITY_PROCESS_VARS),
+            CredentialSource::Container => env.process_mismatches(&CONTAINER_PROCESS_VARS),
+            CredentialSource::Imds => env.process_mismatches(&IMDS_PROCESS_VARS),
+        };
+        if !mismatches.is_empty() {
+            return Provider::Misconfigured(CredentialError::ProcessEnvMismatch {
+                credential_source: source,
+                vars: mismatches,
+            });
+        }
+        match source {
+            CredentialSource::StaticEnv => Provider::Static(AwsCredentials {
+                access_key_id: env
+                    .get(vars::ACCESS_KEY_ID)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                secret_access_key: Secret::new(
+                    env.get(vars::SECRET_ACCESS_KEY)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                ),
+                session_token: env
+                    .get(vars::SESSION_TOKEN)
+                    .map(|t| Secret::new(t.trim().to_owned())),
+                source,
+            }),
+            CredentialSource::WebIdentity => {
+                let token_file =
+                    PathBuf::from(env.get(vars::WEB_IDENTITY_TOKEN_FILE).unwrap_or_default());
+                // Regional STS as the Agent: configured region, AWS_REGION, AWS_DEFAULT_REGION,
+                // then us-east-1. No network lookup: IRSA pods carry AWS_REGION.
+                let region = opts
+                    .configured_region
+                    .clone()
+                    .or_else(|| env.get(vars::REGION).map(str::to_owned))
+                    .or_else(|| env.get(vars::DEFAULT_REGION).map(str::to_owned))
+                    .unwrap_or_else(|| WEB_IDENTITY_FALLBACK_REGION.to_owned());
+                let config =
+                    ProviderConfig::without_region().with_region(Some(Region::new(region)));
+                let provider = WebIdentityTokenCredentialsProvider::builder()
+                    .static_configuration(StaticConfiguration {
+                        web_identity_token_file: token_file.clone(),
+                        role_arn: env
+                            .get(vars::ROLE_ARN)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                        session_name: env
+                            .get(vars::ROLE_SESSION_NAME)
+                            .unwrap_or(DEFAULT_WEB_IDENTITY_SESSION)
+                            .trim()
+                            .to_owned(),
+                    })
+                    .configure(&config)
+                    .build();
+                Provider::WebIdentity {
+                    provider,
+                    token_file,
+                }
+            }
+            CredentialSource::Container => Provider::Container(
+                EcsCredentialsProvider::builder()
+                    .configure(&ProviderConfig::without_region())
+                    .build(),
+            ),
+            CredentialSource::Imds => match Imds::new(env, opts) {
+                Ok(imds) => Provider::Imds {
+                    provider: ImdsCredentialsProvider::builder()
+                        .configure(&ProviderConfig::without_region())
+                        .imds_client(imds.client())
+                        .build(),
+                    imds,
+                },
+                Err(detail) => Provider::Misconfigured(CredentialError::Provider {
+                    credential_source: CredentialSource::Imds,
+                    detail,
+                }),
+            },
+        }
+    }
+
+    /// Resolves once, bounded by the source's timeout. Returns the credentials and their expiry.
+    pub(crate) async fn resolve(
+        &self,
+    ) -> Result<(AwsCredentials, Option<SystemTime>), CredentialError> {
+        let (source, result) = match self {
+            Provider::None(imds) => return Err(CredentialError::NoSource { imds: imds.clone() }),
+            Provider::Misconfigured(error) => return Err(error.clone()),
+            Provider::Static(creds) => {
+                if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
+                    return Err(CredentialError::Empty {
+                        credential_source: CredentialSource::StaticEnv,
+                    });
+                }
+                return Ok((creds.clone(), None));
+            }
+            Provider::WebIdentity {
+                provider,
+                token_file,
+            } => {
+                // Checked first so a missing projected token gets its own message rather than
+                // aws-config's generic I/O error.
+                if let Err(e) = std::fs::metadata(token_file) {
+                    return Err(CredentialError::TokenFile {
+                        path: token_file.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+                let source = CredentialSource::WebIdentity;
+                let result =
+                    bounded(source, WEB_IDENTITY_TIMEOUT, provider.provide_credentials()).await?;
+                (source, result)
+            }
+            Provider::Container(provider) => {
+                let source = CredentialSource::Container;
+                let result =
+                    bounded(source, CONTAINER_TIMEOUT, provider.provide_credentials()).await?;
+                (source, result)
+            }
+            Provider::Imds { provider, imds } => return resolve_imds(provider, imds).await,
+        };
+        match result {
+            Ok(creds) => to_aws(&creds, source),
+            Err(error) => Err(CredentialError::Provider {
+                credential_source: source,
+                detail: chain(&error),
+            }),
+        }
+    }
+}
+
+async fn bounded<F, T>(
+    source: CredentialSource,
+    limit: Duration,
+    future: F,
+) -> Result<T, CredentialError>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::time::timeout(limit, future)
+        .await
+        .map_err(|_| CredentialError::Timeout {
+            credential_source: source,
+            after: limit,
+        })
+}
+
+async fn resolve_imds(
+    provider: &ImdsCredentialsProvider,
+    imds: &Imds,
+) -> Result<(AwsCredentials, Option<SystemTime>), CredentialError> {
+    let budget = imds.timeout() * IMDS_CALLS_PER_RESOLUTION + IMDS_MARGIN;
+    let imds_error = |failure: ImdsFailure| match failure {
+        ImdsFailure::TokenUnanswered => CredentialError::ImdsTokenUnanswered {
+            timeout: imds.timeout(),
+            versions: imds.versions(),
+        },
+        other => CredentialError::Imds {
+            detail: other.to_string(),
+            endpoint: imds.endpoint().to_owned(),
+            timeout: imds.timeout(),
+            versions: imds.versions(),
+        },
+    };
+    let attempt = async {
+        match provider.provide_credentials().await {
+            Ok(creds) => Ok(to_aws(&creds, CredentialSource::Imds)?),
+            Err(error) => {
+                // aws-config's IMDS provider reports "not loaded" for exactly three cases: IMDS
+                // disabled by variable (excluded before we get here), a 404 on the role listing,
+                // and a transport failure while fetching the token. A timeout under "not loaded"
+                // is therefore the unanswered token PUT.
+                let not_loaded = matches!(error, CredentialsError::CredentialsNotLoaded(_));
+                let failure = match classify(&error) {
+                    ImdsFailure::Timeout if not_loaded => ImdsFailure::TokenUnanswered,
+                    ImdsFailure::Other(detail) if not_loaded && detail.contains("404") => {
+                        ImdsFailure::Status(404)
+                    }
+                    other => other,
+                };
+                if imds.allows_v1() && is_token_failure(&failure) {
+                    tracing::debug!(%failure, "IMDSv2 token failed; resolving credentials with IMDSv1 as configured.");
+                    return resolve_imds_v1(imds).await.map_err(imds_error);
+                }
+                Err(imds_error(failure))
+            }
+        }
+    };
+    match tokio::time::timeout(budget, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(imds_error(ImdsFailure::Timeout)),
+    }
+}
+
+/// The two IMDSv1 GETs the Agent makes: role name, then the role's credentials.
+async fn resolve_imds_v1(imds: &Imds) -> Result<(AwsCredentials, Option<SystemTime>), ImdsFailure> {
+    let role = imds.get_v1(SECURITY_CREDENTIALS_PATH).await?;
+    let role = role.lines().next().unwrap_or_default().trim();
+    if role.is_empty() {
+        return Err(ImdsFailure::Status(404));
+    }
+    let body = imds
+        .get_v1(&format!("{SECURITY_CREDENTIALS_PATH}{role}"))
+        .await?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Document {
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default)]
+        token: String,
+        #[serde(default)]
+        expiration: Option<String>,
+    }
+    let document: Document = serde_json::from_str(&body)
+        .map_err(|e| ImdsFailure::Other(format!("unreadable credentials document: {e}")))?;
+    let expiry = document
+        .expiration
+        .as_deref()
+        .and_then(|e| humantime::parse_rfc3339_weak(e).ok());
+    Ok((
+        AwsCredentials {
+            access_key_id: document.access_key_id,
+            secret_access_key: Secret::new(document.secret_access_key),
+            session_token: Some(Secret::new(document.token)).filter(|t| !t.is_empty()),
+            source: CredentialSource::Imds,
+        },
+        expiry,
+    ))
+}
+
+fn to_aws(
+    creds: &Credentials,
+    source: CredentialSource,
+) -> Result<(AwsCredentials, Option<SystemTime>), CredentialError> {
+    if creds.access_key_id().trim().is_empty() || creds.secret_access_key().trim().is_empty() {
+        return Err(CredentialError::Empty {
+            credential_source: source,
+        });
+    }
+    Ok((
+        AwsCredentials {
+            access_key_id: creds.access_key_id().to_owned(),
+            secret_access_key: Secret::new(creds.secret_access_key().to_owned()),
+            session_token: creds
+                .session_token()
+                .filter(|t| !t.is_empty())
+                .map(|t| Secret::new(t.to_owned())),
+            source,
+        },
+        creds.expiry(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> AwsOptions {
+        AwsOptions::default()
+    }
+
+    #[test]
+    fn display_names_are_the_agents() {
+        assert_eq!(
+            CredentialSource::StaticEnv.to_string(),
+            "static environment variables"
+        );
+        assert_eq!(
+            CredentialSource::WebIdentity.to_string(),
+            "IRSA web identity"
+        );
+        assert_eq!(
+            CredentialSource::Container.to_string(),
+            "ECS/EKS container credentials"
+        );
+        assert_eq!(CredentialSource::Imds.to_string(), "EC2 IMDS");
+    }
+
+    #[test]
+    fn precedence_is_first_match() {
+        let all = [
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_ROLE_ARN", "arn"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/x"),
+        ];
+        let expect = [
+            CredentialSource::StaticEnv,
+            CredentialSource::StaticEnv,
+            CredentialSource::WebIdentity,
+            CredentialSource::WebIdentity,
+            CredentialSource::Container,
+        ];
+        for start in [0, 2, 4] {
+            let env = AwsEnv::from_pairs(all[start..].iter().copied());
+            assert_eq!(
+                select(&env, &opts()).source,
+                Some(expect[start]),
+                "from {start}"
+            );
+        }
+        assert_eq!(
+            select(&AwsEnv::default(), &opts()).source,
+            Some(CredentialSource::Imds)
+        );
+        let full =
+            AwsEnv::from_pairs([("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/x")]);
+        assert_eq!(
+            select(&full, &opts()).source,
+            Some(CredentialSource::Container)
+        );
+    }
+
+    #[test]
+    fn half_set_pairs_are_skipped_with_a_warning_naming_the_missing_variable() {
+        let env = AwsEnv::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/x"),
+        ]);
+        let selection = select(&env, &opts());
+        assert_eq!(selection.source, Some(CredentialSource::Container));
+        assert_eq!(selection.warnings.len(), 2, "{:?}", selection.warnings);
+        assert!(
+            selection.warnings[0]
+                .starts_with("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+        );
+        assert!(selection.warnings[0].contains("static environment variables"));
+        assert!(
+            selection.warnings[1]
+                .starts_with("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not")
+        );
+        assert!(selection.warnings[1].contains("IRSA web identity"));
+
+        let only_secret = AwsEnv::from_pairs([("AWS_SECRET_ACCESS_KEY", "s")]);
+        let selection = select(&only_secret, &opts());
+        assert_eq!(selection.source, Some(CredentialSource::Imds));
+        assert!(selection.warnings[0].contains("AWS_ACCESS_KEY_ID is not"));
+
+        let token_only = AwsEnv::from_pairs([
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "t"),
+            ("AWS_SESSION_TOKEN", "x"),
+        ]);
+        let warnings = select(&token_only, &opts()).warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("AWS_SESSION_TOKEN is set without"))
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("container authorization token"))
+        );
+    }
+
+    #[test]
+    fn no_source_when_imds_is_not_permitted_or_disabled() {
+        let mut options = opts();
+        options.imds_allowed = false;
+        let selection = select(&AwsEnv::default(), &options);
+        assert_eq!(selection.source, None);
+        assert!(
+            selection
+                .imds_unavailable
+                .unwrap()
+                .contains("cloud_provider_metadata")
+        );
+        let disabled = AwsEnv::from_pairs([("AWS_EC2_METADATA_DISABLED", "TRUE")]);
+        let selection = select(&disabled, &opts());
+        assert_eq!(selection.source, None);
+        assert!(
+            selection
+                .imds_unavailable
+                .unwrap()
+                .contains("AWS_EC2_METADATA_DISABLED")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_source_error_names_every_mechanism() {
+        let mut options = opts();
+        options.imds_allowed = false;
+        let env = AwsEnv::default();
+        let provider = Provider::build(&select(&env, &options), &env, &options);
+        let err = provider.resolve().await.unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "_FULL_URI",
+            "EC2 IMDS is not permitted",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert_eq!(err.credential_source(), None);
+    }
+
+    #[tokio::test]
+    async fn static_env_resolves_without_network() {
+        let env = AwsEnv::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", ""),
+        ]);
+        let provider = Provider::build(&select(&env, &opts()), &env, &opts());
+        let (creds, expiry) = provider.resolve().await.unwrap();
+        assert_eq!(creds.access_key_id, "AKIAEXAMPLE");
+        assert_eq!(creds.secret_access_key.expose(), "secret");
+        assert!(creds.session_token.is_none());
+        assert_eq!(expiry, None);
+        assert!(!format!("{creds:?}").contains("secret\""));
+    }
+
+    #[test]
+    fn each_error_names_its_source_and_only_its_fix() {
+        let errors = [
+            (
+                CredentialError::Provider {
+                    credential_source: CredentialSource::Container,
+                    detail: "HTTP 401".into(),
+                },
+                "ECS/EKS container credentials",
+                "Pod Identity association",
+            ),
+            (
+                CredentialError::TokenFile {
+                    path: "/var/run/secrets/token".into(),
+                    detail: "No such file".into(),
+                },
+                "IRSA web identity",
+                "eks.amazonaws.com/role-arn",
+            ),
+            (
+                CredentialError::ImdsTokenUnanswered {
+                    timeout: Duration::from_millis(300),
+                    versions: "v2 only",
+                },
+                "EC2 IMDS",
+                "--http-put-response-hop-limit 2",
+            ),
+        ];
+        for (error, name, fix) in errors {
+            let text = error.to_string();
+            assert!(text.starts_with(name), "{text}");
+            assert!(text.contains(fix), "{text}");
+            for other in [
+                "eks.amazonaws.com/role-arn",
+                "Pod Identity association",
+                "hop-limit",
+                "instance profile",
+                "AWS_SESSION_TOKEN for",
+            ] {
+                if other != fix && !fix.contains(other) {
+                    assert!(
+                        !text.contains(other),
+                        "{name} error mentions another source's fix {other}: {text}"
+                    );
+                }
+            }
+        }
+    }
+}
