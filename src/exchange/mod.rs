@@ -532,24 +532,29 @@ async fn read_capped(
 /// Maps a reqwest failure (no usable answer) to `unavailable` or `config`.
 fn transport_error(e: &reqwest::Error, url: &Url) -> ExchangeError {
     let target = origin(url);
+    // reqwest's own text repeats the URL; its sources say what actually failed.
+    let chain = |e: &reqwest::Error| match std::error::Error::source(e) {
+        Some(source) => error_chain(source),
+        None => e.to_string(),
+    };
     if e.is_builder() {
         return ExchangeError::Client {
-            reason: format!("cannot build the request to {target}: {}", error_chain(e)),
+            reason: format!("cannot build the request to {target}: {}", chain(e)),
         };
     }
     let what = if e.is_timeout() {
         "no complete answer within the timeout".to_owned()
     } else if e.is_connect() {
-        format!("cannot connect ({})", error_chain(e))
+        format!("cannot connect ({})", chain(e))
     } else if e.is_redirect() {
-        format!("redirect loop ({})", error_chain(e))
+        format!("redirect loop ({})", chain(e))
     } else if e.is_body() || e.is_decode() {
         format!(
             "the connection broke while reading the answer ({})",
-            error_chain(e)
+            chain(e)
         )
     } else {
-        format!("request failed ({})", error_chain(e))
+        format!("request failed ({})", chain(e))
     };
     ExchangeError::Unavailable {
         reason: format!("{target}: {what}; check network access (and proxy settings) to it"),
