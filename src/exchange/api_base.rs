@@ -305,6 +305,11 @@ mod tests {
             intake_key_url("https://my-proxy.internal"),
             "https://my-proxy.internal/api/v2/intake-key"
         );
+        // An unmatched input is used as is, trailing slash included (the Agent's Sprintf).
+        assert_eq!(
+            intake_key_url("https://my-proxy.internal/"),
+            "https://my-proxy.internal//api/v2/intake-key"
+        );
         assert_eq!(
             intake_key_url("http://127.0.0.1:4321"),
             "http://127.0.0.1:4321/api/v2/intake-key"

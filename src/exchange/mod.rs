@@ -239,10 +239,11 @@ impl ExchangeError {
     }
 }
 
+/// `": <detail>"` without its final period (the message goes on with a sentence of its own).
 fn fmt_detail(detail: &Option<String>) -> String {
     detail
         .as_deref()
-        .map(|d| format!(": {d}"))
+        .map(|d| format!(": {}", d.trim_end_matches('.')))
         .unwrap_or_default()
 }
 
@@ -694,7 +695,14 @@ mod tests {
             &url,
         );
         let text = err.to_string();
-        assert!(text.contains("HTTP 401"), "{text}");
+        assert!(
+            text.starts_with(
+                "Datadog refused the identity proof (HTTP 401): Authenticated as \
+                 arn:aws:sts::123456789012:assumed-role/R/i-1 but no identity mapping was found. \
+                 Check that"
+            ),
+            "{text}"
+        );
         assert!(text.contains(detail), "{text}");
         assert!(text.contains("intake mapping"), "{text}");
         assert_eq!(err.detail(), Some(detail));
