@@ -4,22 +4,26 @@
 //!
 //! # Layout
 //!
+//! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
+//! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 //! - [`server`]: the HTTP/1.1 API on the Unix socket (routes, access rules, limits).
 //! - [`sink`]: keys written atomically to files.
 //! - [`status`]: the status document and its Agent-like text rendering.
-//! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
+pub mod arn_pattern;
 pub mod aws;
 pub mod client;
 pub mod config;
+pub mod exchange;
 pub mod keystore;
 pub mod logging;
 pub mod metrics;

@@ -9,7 +9,10 @@
 //! - [`imds`]: EC2 instance metadata (IMDSv2/v1, hop-limit mode, rotating credentials).
 //! - [`ecs`]: ECS container credentials and task metadata v4.
 //! - [`pod_identity`]: the EKS Pod Identity agent.
+//! - [`datadog`]: Datadog's API (exchange with proof verification, key validation, mapping API,
+//!   fault injection, request log).
 
+pub mod datadog;
 pub mod ecs;
 mod error;
 pub mod http;

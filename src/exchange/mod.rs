@@ -1,0 +1,856 @@
+//! The exchange: a proof in, a managed API key out (product §5, wire spec §2).
+//!
+//! `POST <api base>/api/v2/intake-key` with `Authorization: Delegated <proof>`,
+//! `Content-Type: application/json` and an empty body; only 200 is success and the key is
+//! `data.attributes.api_key`. Everything else is an [`ExchangeError`] classified for the
+//! refresh loop: `unauthorized` (401/403, with the server's detail), `throttled` (429, with
+//! `Retry-After`), `unavailable` (408, 5xx, connect failures, timeouts), `invalid_response`
+//! (bad or oversized 200 bodies, unexpected statuses), `config` (a URL or client setting that
+//! can never work).
+//!
+//! Choices beyond the Agent, and why:
+//! - **Plain `http://` only to loopback** (127.0.0.0/8, `::1`, `localhost`): the proof is a
+//!   bearer credential for the org for as long as its signature is fresh, so it never crosses a
+//!   network unencrypted. Checked before anything is sent.
+//! - **Redirects are followed only within the same origin** (scheme, host and port; at most
+//!   10, Go's limit). Go and reqwest both drop `Authorization` on a cross-host redirect, so
+//!   following one could only produce an unauthenticated request to a host nobody configured;
+//!   instead the 3xx is reported as `invalid_response` naming where it pointed, so the operator
+//!   can fix `dd_url`/`site`.
+//! - **Proxies** are resolved here rather than by reqwest's implicit environment lookup, so the
+//!   rule is explicit and testable without mutating the process environment: for each of
+//!   `http`, `https` and `no_proxy`, the `proxy.*` value from `datadog.yaml` wins, else
+//!   `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` (either case) from the environment. Loopback
+//!   destinations never go through a proxy (as in Go's `ProxyFromEnvironment`).
+//! - **The response is streamed and capped at 1 MiB**; going over is `invalid_response` (the
+//!   Agent truncates silently, which fails to parse anyway). The buffer is zeroed on drop.
+//! - **Server error text** is only ever taken from JSON:API `errors[].detail|title` (never the
+//!   raw body), sanitised, length-capped, and scrubbed of anything that looks like the proof.
+
+mod api_base;
+mod response;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use zeroize::Zeroizing;
+
+pub use api_base::{ApiBase, api_base, intake_key_url};
+pub use response::{error_detail, parse_response, parse_retry_after};
+
+use crate::secret::Secret;
+
+/// The whole exchange (connect, send, read the answer) must finish within this: the Agent's
+/// `httpClientTimeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connecting (TCP + TLS) gets at most this much of the overall timeout, so an unroutable
+/// endpoint is reported as a connect failure rather than a generic timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer read: the Agent's `maxResponseBodySize` (a key answer is ~200 bytes).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Go's `http.Client` default redirect limit.
+const MAX_REDIRECTS: usize = 10;
+
+/// Destinations that never use a proxy, whatever the configuration: the loopback emulators of
+/// tests and the demo, and any local forwarder.
+const ALWAYS_DIRECT: &str = "localhost,127.0.0.0/8,::1";
+
+/// HTTP client settings, from `datadog.yaml` (`proxy.*`, `skip_ssl_validation`).
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `proxy.http`: proxy URL for `http://` destinations.
+    pub proxy_http: Option<String>,
+    /// `proxy.https`: proxy URL for `https://` destinations (the exchange in production).
+    pub proxy_https: Option<String>,
+    /// `proxy.no_proxy`: hosts, domains (`.example.com`), IPs or CIDRs reached directly.
+    pub no_proxy: Vec<String>,
+    /// `skip_ssl_validation`: accept any TLS certificate. The caller must warn loudly.
+    pub skip_ssl_validation: bool,
+    /// Overall deadline of one exchange ([`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            proxy_http: None,
+            proxy_https: None,
+            no_proxy: Vec::new(),
+            skip_ssl_validation: false,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// The proxies actually used, after merging [`ClientOptions`] with the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Proxy for `http://` destinations.
+    pub http: Option<String>,
+    /// Proxy for `https://` destinations.
+    pub https: Option<String>,
+    /// Destinations reached directly (always includes loopback).
+    pub no_proxy: Vec<String>,
+}
+
+impl ProxySettings {
+    /// Merges `opts` with the environment seen through `env` (see the module doc): per field,
+    /// configuration wins over `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` (upper or lower case, the
+    /// upper-case name first). Empty values count as unset.
+    pub fn resolve(opts: &ClientOptions, env: impl Fn(&str) -> Option<String>) -> Self {
+        let from_env = |name: &str| {
+            [name.to_ascii_uppercase(), name.to_ascii_lowercase()]
+                .into_iter()
+                .filter_map(|n| env(&n))
+                .map(|v| v.trim().to_owned())
+                .find(|v| !v.is_empty())
+        };
+        let configured = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let mut no_proxy: Vec<String> = opts
+            .no_proxy
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if no_proxy.is_empty() {
+            no_proxy = from_env("no_proxy")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        no_proxy.extend(ALWAYS_DIRECT.split(',').map(str::to_owned));
+        ProxySettings {
+            http: configured(&opts.proxy_http).or_else(|| from_env("http_proxy")),
+            https: configured(&opts.proxy_https).or_else(|| from_env("https_proxy")),
+            no_proxy,
+        }
+    }
+}
+
+/// Performs exchanges. Holds one `reqwest::Client` (a connection pool); clones share it.
+#[derive(Clone, Debug)]
+pub struct ExchangeClient {
+    http: reqwest::Client,
+    proxies: ProxySettings,
+}
+
+/// Why an exchange failed. The Display text is one line an operator can act on; it may carry
+/// the server's own error detail but never a raw body, a key or the proof.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// 401 or 403: Datadog refused the proof or found no intake mapping for the identity.
+    #[error(
+        "Datadog refused the identity proof (HTTP {status}){}. Check that an intake mapping \
+         matches this workload's AWS identity (`datadog-delegated-auth doctor` prints the \
+         pattern to create) and that org_uuid names the right org",
+        fmt_detail(detail)
+    )]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The server's JSON:API error detail, e.g. "Authenticated as arn:… but no identity
+        /// mapping was found."
+        detail: Option<String>,
+    },
+    /// 429: too many exchanges.
+    #[error(
+        "Datadog throttled the key exchange (HTTP 429){}; retrying {}",
+        fmt_detail(detail),
+        fmt_retry_after(retry_after)
+    )]
+    Throttled {
+        /// The server's `Retry-After`, when it sent one that parses.
+        retry_after: Option<Duration>,
+        /// The server's JSON:API error detail.
+        detail: Option<String>,
+    },
+    /// 408, 5xx, connection failures, timeouts: worth retrying as is.
+    #[error("the Datadog API is unavailable: {reason}")]
+    Unavailable {
+        /// What happened, including the status and server detail when there was an answer.
+        reason: String,
+    },
+    /// An answer that cannot be used: a bad 200 body, an oversized body, an unexpected status.
+    #[error("the Datadog API gave an unusable answer: {reason}")]
+    InvalidResponse {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The exchange URL is plain `http://` to a host that is not loopback.
+    #[error(
+        "refusing to send the identity proof to {url}: plain http:// is only allowed to \
+         loopback hosts; use https:// (check dd_url, site and additional_endpoints)"
+    )]
+    InsecureUrl {
+        /// The refused URL.
+        url: String,
+    },
+    /// A URL or client setting that cannot work (unparsable URL, bad proxy URL, TLS setup).
+    #[error("the exchange client is misconfigured: {reason}")]
+    Client {
+        /// What is wrong and where.
+        reason: String,
+    },
+}
+
+impl ExchangeError {
+    /// The failure class, as used in status and metrics: `unauthorized`, `throttled`,
+    /// `unavailable`, `invalid_response` or `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::Unauthorized { .. } => "unauthorized",
+            ExchangeError::Throttled { .. } => "throttled",
+            ExchangeError::Unavailable { .. } => "unavailable",
+            ExchangeError::InvalidResponse { .. } => "invalid_response",
+            ExchangeError::InsecureUrl { .. } | ExchangeError::Client { .. } => "config",
+        }
+    }
+
+    /// The delay the server asked for (429 `Retry-After`), to be honoured by the retry policy.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ExchangeError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The server's error detail, when it sent one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            ExchangeError::Unauthorized { detail, .. }
+            | ExchangeError::Throttled { detail, .. } => detail.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// `": <detail>"` without its final period (the message goes on with a sentence of its own).
+fn fmt_detail(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(": {}", d.trim_end_matches('.')))
+        .unwrap_or_default()
+}
+
+fn fmt_retry_after(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(
+            "after {} as the server asked (Retry-After)",
+            humantime::format_duration(*d)
+        ),
+        None => "with backoff (no usable Retry-After)".to_owned(),
+    }
+}
+
+impl ExchangeClient {
+    /// Builds the client, taking proxy environment variables from the process environment.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Client`] for an unusable proxy URL or TLS setup.
+    pub fn new(opts: &ClientOptions) -> Result<Self, ExchangeError> {
+        Self::with_env(opts, |name| std::env::var(name).ok())
+    }
+
+    /// Builds the client, looking proxy environment variables up through `env` (the caller's
+    /// injected environment; tests pass a map).
+    ///
+    /// # Errors
+    /// [`ExchangeError::Client`] for an unusable proxy URL or TLS setup.
+    pub fn with_env(
+        opts: &ClientOptions,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ExchangeError> {
+        let proxies = ProxySettings::resolve(opts, env);
+        let mut builder = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(CONNECT_TIMEOUT.min(opts.timeout))
+            .redirect(same_origin_redirects())
+            .user_agent(concat!(
+                "datadog-delegated-auth/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .tls_danger_accept_invalid_certs(opts.skip_ssl_validation)
+            // Every proxy decision is made here (see the module doc), not by reqwest's
+            // implicit environment lookup; proxies added below re-enable proxying.
+            .no_proxy();
+        let no_proxy = reqwest::NoProxy::from_string(&proxies.no_proxy.join(","));
+        for (which, url) in [
+            ("proxy.http", &proxies.http),
+            ("proxy.https", &proxies.https),
+        ] {
+            let Some(url) = url else { continue };
+            let proxy = if which == "proxy.http" {
+                reqwest::Proxy::http(url)
+            } else {
+                reqwest::Proxy::https(url)
+            }
+            .map_err(|e| ExchangeError::Client {
+                reason: format!(
+                    "{which} (or its environment variable) is not a usable proxy URL ({}): {}; \
+                     use http://host:port",
+                    redact_userinfo(url),
+                    error_chain(&e.without_url())
+                ),
+            })?;
+            builder = builder.proxy(proxy.no_proxy(no_proxy.clone()));
+        }
+        let http = builder.build().map_err(|e| ExchangeError::Client {
+            reason: format!("cannot build the HTTP client: {}", error_chain(&e)),
+        })?;
+        Ok(ExchangeClient { http, proxies })
+    }
+
+    /// The underlying HTTP client (same proxies, TLS and timeouts), for the mapping CLI and
+    /// `doctor`.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The proxies in effect, for status and `doctor`.
+    pub fn proxies(&self) -> &ProxySettings {
+        &self.proxies
+    }
+
+    /// Exchanges `proof` for a managed API key at `url` (from [`intake_key_url`]).
+    ///
+    /// # Errors
+    /// An [`ExchangeError`] classified as described in the module doc.
+    pub async fn exchange(&self, url: &str, proof: &Secret) -> Result<Secret, ExchangeError> {
+        let url = check_url(url)?;
+        let mut authorization = {
+            let value = Zeroizing::new(format!("Delegated {}", proof.expose()));
+            HeaderValue::from_str(&value).map_err(|_| ExchangeError::Client {
+                reason: "the proof contains characters that cannot be sent in an HTTP header"
+                    .to_owned(),
+            })?
+        };
+        authorization.set_sensitive(true);
+        tracing::debug!(url = %url, "Exchanging the cloud auth proof for an API key.");
+        let response = self
+            .http
+            .post(url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(AUTHORIZATION, authorization)
+            .header(CONTENT_LENGTH, 0)
+            .body(Vec::new())
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, &url))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| redact_userinfo(l).chars().take(200).collect::<String>());
+        let body = read_capped(response, MAX_RESPONSE_BYTES, &url).await;
+        if status == StatusCode::OK {
+            let body = body?;
+            let key = parse_response(&body)?;
+            tracing::debug!(url = %url, key = %key, "Received a managed API key.");
+            return Ok(key);
+        }
+        // Error answers: an oversized or broken body only loses the detail.
+        let detail = body
+            .ok()
+            .and_then(|b| error_detail(&b))
+            .map(|d| scrub_proof(d, proof));
+        Err(classify(
+            status,
+            detail,
+            retry_after,
+            location.as_deref(),
+            &url,
+        ))
+    }
+}
+
+/// Maps a non-200 answer to its error class.
+fn classify(
+    status: StatusCode,
+    detail: Option<String>,
+    retry_after: Option<Duration>,
+    location: Option<&str>,
+    url: &Url,
+) -> ExchangeError {
+    let code = status.as_u16();
+    let status_line = format!(
+        "HTTP {code}{}",
+        status
+            .canonical_reason()
+            .map(|r| format!(" {r}"))
+            .unwrap_or_default()
+    );
+    let with_detail = |s: String| match &detail {
+        Some(d) => format!("{s}: {d}"),
+        None => s,
+    };
+    match code {
+        401 | 403 => ExchangeError::Unauthorized {
+            status: code,
+            detail,
+        },
+        429 => ExchangeError::Throttled {
+            retry_after,
+            detail,
+        },
+        408 | 500..=599 => ExchangeError::Unavailable {
+            reason: with_detail(format!("{status_line} from {}", origin(url))),
+        },
+        300..=399 => ExchangeError::InvalidResponse {
+            reason: format!(
+                "{status_line} redirect from {} to {}; the proof is only sent to the configured \
+                 host, so point dd_url/site (or the additional endpoint) at the final API host",
+                origin(url),
+                location.unwrap_or("an unspecified location")
+            ),
+        },
+        _ => ExchangeError::InvalidResponse {
+            reason: with_detail(format!(
+                "unexpected {status_line} from {url}; check that dd_url/site (or the \
+                 additional endpoint) reaches the Datadog API"
+            )),
+        },
+    }
+}
+
+/// Refuses URLs the proof must not be sent to.
+fn check_url(raw: &str) -> Result<Url, ExchangeError> {
+    let url = Url::parse(raw).map_err(|e| ExchangeError::Client {
+        reason: format!(
+            "the exchange URL {:?} does not parse ({e}); check dd_url, site and \
+             additional_endpoints",
+            redact_userinfo(raw)
+        ),
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(ExchangeError::InsecureUrl {
+            url: redact_userinfo(raw),
+        }),
+        other => Err(ExchangeError::Client {
+            reason: format!(
+                "the exchange URL {} has scheme {other:?}; only https:// is supported",
+                redact_userinfo(raw)
+            ),
+        }),
+    }
+}
+
+/// 127.0.0.0/8, `::1` or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Follow redirects only within the origin of the first request (see the module doc).
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let same_origin = first.scheme() == attempt.url().scheme()
+            && first.host_str() == attempt.url().host_str()
+            && first.port_or_known_default() == attempt.url().port_or_known_default();
+        if !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("stopped after 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Reads the body, refusing more than `cap` bytes; the buffer is zeroed on drop (it may hold a
+/// key).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    url: &Url,
+) -> Result<Zeroizing<Vec<u8>>, ExchangeError> {
+    let oversize = || ExchangeError::InvalidResponse {
+        reason: format!(
+            "the answer from {} is larger than {} KiB, far more than a key answer; is the \
+             exchange URL right?",
+            origin(url),
+            cap / 1024
+        ),
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > cap as u64 {
+        return Err(oversize());
+    }
+    // Reserving the announced size avoids reallocations, which would leave unzeroed copies.
+    let mut body = Zeroizing::new(Vec::with_capacity(announced as usize));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(&e, url))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(oversize());
+        }
+        if body.capacity() < body.len() + chunk.len() {
+            // Grow into a fresh buffer by hand so the old one is zeroed, not just freed.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (body.len() + chunk.len()).max(body.capacity() * 2).min(cap),
+            ));
+            bigger.extend_from_slice(&body);
+            body = bigger;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Maps a reqwest failure (no usable answer) to `unavailable` or `config`.
+fn transport_error(e: &reqwest::Error, url: &Url) -> ExchangeError {
+    let target = origin(url);
+    // reqwest's own text repeats the URL; its sources say what actually failed.
+    let chain = |e: &reqwest::Error| match std::error::Error::source(e) {
+        Some(source) => error_chain(source),
+        None => e.to_string(),
+    };
+    if e.is_builder() {
+        return ExchangeError::Client {
+            reason: format!("cannot build the request to {target}: {}", chain(e)),
+        };
+    }
+    let what = if e.is_timeout() {
+        "no complete answer within the timeout".to_owned()
+    } else if e.is_connect() {
+        format!("cannot connect ({})", chain(e))
+    } else if e.is_redirect() {
+        format!("redirect loop ({})", chain(e))
+    } else if e.is_body() || e.is_decode() {
+        format!(
+            "the connection broke while reading the answer ({})",
+            chain(e)
+        )
+    } else {
+        format!("request failed ({})", chain(e))
+    };
+    ExchangeError::Unavailable {
+        reason: format!("{target}: {what}; check network access (and proxy settings) to it"),
+    }
+}
+
+/// `scheme://host[:port]` of a URL: enough to say where, without the path.
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// The source chain of an error, without URLs (reqwest puts the URL in its own Display).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// Replaces `user:password@` in a URL-ish string (proxy URLs may carry credentials).
+fn redact_userinfo(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://").map(|i| i + 3) else {
+        return raw.to_owned();
+    };
+    let rest = &raw[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &raw[..scheme_end], &rest[at + 1..]),
+        None => raw.to_owned(),
+    }
+}
+
+/// Defence in depth: a server that echoes parts of the proof in its error detail must not get
+/// them into our logs.
+fn scrub_proof(detail: String, proof: &Secret) -> String {
+    let mut detail = detail;
+    for part in proof.expose().split('|').filter(|p| p.len() >= 16) {
+        if detail.contains(part) {
+            detail = detail.replace(part, "[redacted]");
+        }
+    }
+    detail
+}
+
+impl fmt::Display for ApiBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn loopback_http_only() {
+        for ok in [
+            "https://api.datadoghq.com/api/v2/intake-key",
+            "http://127.0.0.1:8080/api/v2/intake-key",
+            "http://127.1.2.3/x",
+            "http://[::1]:9/x",
+            "http://localhost:9/x",
+            "http://LOCALHOST:9/x",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for insecure in [
+            "http://api.datadoghq.com/api/v2/intake-key",
+            "http://10.0.0.1/x",
+            "http://localhost.evil.example/x",
+            "http://[::2]/x",
+            "http://0.0.0.0/x",
+        ] {
+            let err = check_url(insecure).unwrap_err();
+            assert_eq!(err.kind(), "config", "{insecure}");
+            assert!(
+                matches!(err, ExchangeError::InsecureUrl { .. }),
+                "{insecure}"
+            );
+            assert!(err.to_string().contains("https://"), "{err}");
+        }
+        for broken in [
+            "ftp://api.datadoghq.com/x",
+            "not a url",
+            "/api/v2/intake-key",
+        ] {
+            let err = check_url(broken).unwrap_err();
+            assert!(
+                matches!(err, ExchangeError::Client { .. }),
+                "{broken}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn classification_by_status() {
+        let url = Url::parse("https://api.datadoghq.com/api/v2/intake-key").unwrap();
+        let kind = |code: u16| {
+            classify(StatusCode::from_u16(code).unwrap(), None, None, None, &url).kind()
+        };
+        assert_eq!(kind(401), "unauthorized");
+        assert_eq!(kind(403), "unauthorized");
+        assert_eq!(kind(429), "throttled");
+        for code in [408, 500, 502, 503, 504, 599] {
+            assert_eq!(kind(code), "unavailable", "{code}");
+        }
+        for code in [201, 204, 301, 302, 307, 400, 404, 405, 409] {
+            assert_eq!(kind(code), "invalid_response", "{code}");
+        }
+    }
+
+    #[test]
+    fn error_text_is_operator_useful() {
+        let url = Url::parse("https://api.datadoghq.com/api/v2/intake-key").unwrap();
+        let detail = "Authenticated as arn:aws:sts::123456789012:assumed-role/R/i-1 but no identity mapping was found.";
+        let err = classify(
+            StatusCode::UNAUTHORIZED,
+            Some(detail.into()),
+            None,
+            None,
+            &url,
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "Datadog refused the identity proof (HTTP 401): Authenticated as \
+                 arn:aws:sts::123456789012:assumed-role/R/i-1 but no identity mapping was found. \
+                 Check that"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(detail), "{text}");
+        assert!(text.contains("intake mapping"), "{text}");
+        assert_eq!(err.detail(), Some(detail));
+
+        let err = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            Some(Duration::from_secs(7)),
+            None,
+            &url,
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        assert!(err.to_string().contains("after 7s"), "{err}");
+
+        let err = classify(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("maintenance".into()),
+            None,
+            None,
+            &url,
+        );
+        assert_eq!(
+            err.to_string(),
+            "the Datadog API is unavailable: HTTP 503 Service Unavailable from \
+             https://api.datadoghq.com: maintenance"
+        );
+        assert_eq!(err.retry_after(), None);
+
+        let err = classify(
+            StatusCode::FOUND,
+            None,
+            None,
+            Some("https://elsewhere.example/x"),
+            &url,
+        );
+        assert!(err.to_string().contains("elsewhere.example"), "{err}");
+    }
+
+    #[test]
+    fn proxy_resolution() {
+        let none = ClientOptions::default();
+        // Nothing anywhere: direct, loopback always direct.
+        let p = ProxySettings::resolve(&none, env_of(&[]));
+        assert_eq!(p.http, None);
+        assert_eq!(p.https, None);
+        assert_eq!(p.no_proxy, vec!["localhost", "127.0.0.0/8", "::1"]);
+
+        // Environment only, either case.
+        let p = ProxySettings::resolve(
+            &none,
+            env_of(&[
+                ("HTTPS_PROXY", "http://envproxy:3128"),
+                ("http_proxy", "http://lower:3128"),
+                ("NO_PROXY", "internal.example, .corp"),
+            ]),
+        );
+        assert_eq!(p.https.as_deref(), Some("http://envproxy:3128"));
+        assert_eq!(p.http.as_deref(), Some("http://lower:3128"));
+        assert_eq!(&p.no_proxy[..2], ["internal.example", ".corp"]);
+
+        // Configuration wins, field by field.
+        let configured = ClientOptions {
+            proxy_https: Some("http://configured:8080".into()),
+            no_proxy: vec!["only.this".into()],
+            ..ClientOptions::default()
+        };
+        let p = ProxySettings::resolve(
+            &configured,
+            env_of(&[
+                ("HTTPS_PROXY", "http://envproxy:3128"),
+                ("HTTP_PROXY", "http://envhttp:3128"),
+                ("NO_PROXY", "env.example"),
+            ]),
+        );
+        assert_eq!(p.https.as_deref(), Some("http://configured:8080"));
+        assert_eq!(p.http.as_deref(), Some("http://envhttp:3128"));
+        assert_eq!(p.no_proxy[0], "only.this");
+        assert!(!p.no_proxy.contains(&"env.example".to_owned()));
+
+        // Empty values are unset.
+        let blank = ClientOptions {
+            proxy_https: Some("  ".into()),
+            ..ClientOptions::default()
+        };
+        let p = ProxySettings::resolve(&blank, env_of(&[("HTTPS_PROXY", "")]));
+        assert_eq!(p.https, None);
+    }
+
+    #[test]
+    fn bad_proxy_url_is_a_config_error_without_credentials() {
+        let opts = ClientOptions {
+            proxy_https: Some("http://user:hunter2@exa mple:99999".into()),
+            ..ClientOptions::default()
+        };
+        let err = ExchangeClient::with_env(&opts, |_| None).unwrap_err();
+        assert_eq!(err.kind(), "config");
+        let text = err.to_string();
+        assert!(text.contains("proxy.https"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn userinfo_redaction() {
+        assert_eq!(redact_userinfo("http://u:p@h:1/x@y"), "http://***@h:1/x@y");
+        assert_eq!(redact_userinfo("http://h:1/x@y"), "http://h:1/x@y");
+        assert_eq!(redact_userinfo("h:1"), "h:1");
+    }
+
+    #[test]
+    fn proof_echoes_are_scrubbed() {
+        let proof = Secret::from(
+            "QWN0aW9uPUdldENhbGxlcklkZW50aXR5|eyJBdXRob3JpemF0aW9uIjpb|POST|aHR0cHM6Ly9zdHMuYW1hem9u",
+        );
+        let detail = "bad proof eyJBdXRob3JpemF0aW9uIjpb here".to_owned();
+        assert_eq!(scrub_proof(detail, &proof), "bad proof [redacted] here");
+        assert_eq!(scrub_proof("POST is fine".into(), &proof), "POST is fine");
+    }
+
+    #[test]
+    fn kinds() {
+        let cases = [
+            (
+                ExchangeError::Unauthorized {
+                    status: 401,
+                    detail: None,
+                },
+                "unauthorized",
+            ),
+            (
+                ExchangeError::Throttled {
+                    retry_after: None,
+                    detail: None,
+                },
+                "throttled",
+            ),
+            (
+                ExchangeError::Unavailable { reason: "x".into() },
+                "unavailable",
+            ),
+            (
+                ExchangeError::InvalidResponse { reason: "x".into() },
+                "invalid_response",
+            ),
+            (ExchangeError::InsecureUrl { url: "x".into() }, "config"),
+            (ExchangeError::Client { reason: "x".into() }, "config"),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind);
+        }
+    }
+}
