@@ -704,6 +704,19 @@ fn bad_provider_region_and_numbers() {
 }
 
 #[test]
+fn odd_text_never_panics() {
+    // Multi-byte characters where ASCII prefixes are checked.
+    let errs = errors(
+        "proxy:\n  https: ééééééééé\nsite: \"é/é\"\nadditional_endpoints:\n  \"é\": [\"DELA(é, aws)\"]\n",
+    );
+    let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["proxy.https", "site", "additional_endpoints[é][0]"]
+    );
+}
+
+#[test]
 fn wrong_types_on_our_keys() {
     let errs = errors(&format!(
         "api_key: [{KEY}]\nsite: {{a: b}}\ndelegated_auth: yes\nlogs_config: [1]\n\
