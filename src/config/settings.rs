@@ -252,15 +252,27 @@ pub(crate) fn parse(text: &str, file: &Path, problems: &mut Problems) -> Option<
         Ok(raw) => Some(raw),
         Err(err) => {
             let err = node::yaml_error(err);
+            // serde-saphyr's type errors are terse ("expected sequence start"); say it plainly.
+            let message = match err.message.as_str() {
+                "expected sequence start" => "expected a list here".to_owned(),
+                "expected mapping start" => {
+                    "expected a mapping (`key: value` lines) here".to_owned()
+                }
+                "expected string scalar" => "expected a single value here".to_owned(),
+                other => other.to_owned(),
+            };
             let fix = match err.fix {
                 Some(fix) => fix,
-                None if err.message.starts_with("unknown field") => {
+                None if message.starts_with("unknown field") => {
                     "remove the key or correct its spelling (see docs/configuration.md)".to_owned()
+                }
+                None if message.starts_with("missing field") => {
+                    "add the missing key (see docs/configuration.md)".to_owned()
                 }
                 None => "correct the YAML at this line (see docs/configuration.md for the format)"
                     .to_owned(),
             };
-            problems.error(Problem::new(file, "", err.message, fix).at(err.line));
+            problems.error(Problem::new(file, "", message, fix).at(err.line));
             None
         }
     }
@@ -849,6 +861,31 @@ log: { level: info, format: text }   # or json; env DD_LOG_LEVEL
         assert!(problems.errors[0].message.contains("intervall"));
         let (_, problems) = run("colour: blue\n", &[]);
         assert!(problems.errors[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn type_errors_read_plainly() {
+        for (yaml, line, message) in [
+            ("sinks: {}\n", 1, "expected a list here"),
+            (
+                "access:\n  - instances: api_key\n",
+                2,
+                "expected a list here",
+            ),
+            ("socket: 5\n", 1, "expected a mapping"),
+            (
+                "refresh:\n  interval: [1]\n",
+                2,
+                "expected a single value here",
+            ),
+            ("sinks:\n  - path: /x\n", 2, "missing field `instance`"),
+        ] {
+            let (read, problems) = run(yaml, &[]);
+            assert!(read.is_none(), "{yaml}");
+            let p = &problems.errors[0];
+            assert_eq!(p.line, Some(line), "{yaml}");
+            assert!(p.message.starts_with(message), "{yaml}: {}", p.message);
+        }
     }
 
     #[test]
