@@ -5,10 +5,14 @@
 //! # Layout
 //!
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
+//! - [`lifecycle`]: the refresh manager: one task per exchange, fallback, rejection reports.
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`schedule`]: when to exchange next (refresh jitter, backoff), as pure functions.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 #![forbid(unsafe_code)]
 
 pub mod keystore;
+pub mod lifecycle;
 pub mod metrics;
+pub mod schedule;
 pub mod secret;

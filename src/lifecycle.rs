@@ -1,0 +1,1 @@
+//! The refresh manager (product §6). Work in progress.
