@@ -11,8 +11,10 @@
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
+//! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`schedule`]: the refresh and retry timing policy as pure functions.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 //! - [`server`]: the HTTP/1.1 API on the Unix socket (routes, access rules, limits).
 //! - [`sink`]: keys written atomically to files.
@@ -25,8 +27,10 @@ pub mod client;
 pub mod config;
 pub mod exchange;
 pub mod keystore;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod sink;
