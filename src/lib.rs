@@ -6,9 +6,11 @@
 //!
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
+//! - [`cli`]: the command line; each command a small function returning an exit code.
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
+//! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
@@ -23,8 +25,10 @@
 
 pub mod arn_pattern;
 pub mod aws;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod exchange;
 pub mod keystore;
 pub mod lifecycle;

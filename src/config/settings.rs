@@ -532,7 +532,11 @@ pub(crate) fn validate(
             ),
         }
     }
-    s.imds.v1_fallback = raw.imds.as_ref().and_then(|i| i.v1_fallback).unwrap_or(false);
+    s.imds.v1_fallback = raw
+        .imds
+        .as_ref()
+        .and_then(|i| i.v1_fallback)
+        .unwrap_or(false);
 
     // access
     if let Some(rules) = &raw.access {
