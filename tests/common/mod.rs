@@ -2,6 +2,8 @@
 //! over its real socket.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
