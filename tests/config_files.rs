@@ -781,3 +781,21 @@ fn check_config_main_over_fixture_files() {
     assert!(err.contains("fallback=***"), "{err}");
     assert_no_secret(&err, "check-config errors");
 }
+
+/// The settings file the packages install must be valid as installed, with nothing else on the
+/// machine (no fallback key file, no sink directory): a fresh install must start.
+#[test]
+fn packaged_host_settings_are_valid_as_installed() {
+    let paths = Paths {
+        config: repo("config/datadog.yaml"),
+        settings: repo("packaging/host/delegated-auth.yaml"),
+        settings_required: true,
+    };
+    let cfg = load(&paths, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.settings.socket.path,
+        std::path::PathBuf::from("/var/run/datadog/delegated-auth.sock")
+    );
+    assert!(cfg.settings.fallback_api_key_file.is_none());
+    assert!(cfg.settings.sinks.is_empty());
+}
