@@ -9,9 +9,11 @@
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
+//! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
+//! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 //! - [`server`]: the HTTP/1.1 API on the Unix socket (routes, access rules, limits).
@@ -23,9 +25,11 @@ pub mod arn_pattern;
 pub mod aws;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod exchange;
 pub mod keystore;
 pub mod logging;
+pub mod mapping;
 pub mod metrics;
 pub mod secret;
 pub mod server;
