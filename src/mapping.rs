@@ -803,11 +803,10 @@ fn api_error(
 ) -> MappingError {
     let list = format!("datadog-delegated-auth mapping list{}", kind.flag());
     let fix = match status.as_u16() {
-        400 => format!(
-            "Fix the request as the detail says; the ARN pattern passed the local wildcard \
+        400 => "Fix the request as the detail says; the ARN pattern passed the local wildcard \
              checks, so if Datadog still calls it invalid, check that the AWS account is \
              integrated with Datadog (the Datadog-AWS integration) — mappings need it"
-        ),
+            .to_owned(),
         401 | 403 => {
             "Check that DD_API_KEY and DD_APP_KEY belong to this org and site (site/dd_url \
                      decide the API host), and that the application key's user has the \
