@@ -206,13 +206,14 @@ pub fn render(checks: &[Check], out: &mut dyn Write) {
     };
 }
 
-/// The `datadog.yaml` settings that shape AWS identity, as the daemon uses them.
-pub fn aws_options(agent: &AgentConfig) -> AwsOptions {
+/// The settings that shape AWS identity, as the daemon uses them (`datadog.yaml`'s IMDS and
+/// `delegated_auth` keys, and `imds.v1_fallback` from the settings file).
+pub fn aws_options(cfg: &Config) -> AwsOptions {
+    let agent = &cfg.agent;
     AwsOptions {
         ec2_metadata_timeout: agent.ec2_metadata_timeout,
-        // IMDSv1 is never used unless explicitly allowed (product §9); datadog.yaml has no
-        // setting for that today, so doctor, like the daemon, speaks IMDSv2 only.
-        allow_imdsv1: false,
+        // IMDSv1 only when the settings file opts in (product §9).
+        allow_imdsv1: cfg.settings.imds.v1_fallback,
         imds_token_lifetime: agent.ec2_metadata_token_lifetime,
         imds_allowed: agent.aws_metadata_enabled(),
         provider_explicit: agent.provider == Provider::Aws,
@@ -246,7 +247,7 @@ pub async fn diagnose(
     let delegated = spec.and_then(|s| s.delegated.as_ref());
 
     // 2. environment.
-    let opts = agent.map(aws_options).unwrap_or_default();
+    let opts = cfg.ok().map(aws_options).unwrap_or_default();
     let identity = Identity::new(opts, env.clone());
     let detection = identity.detect().await;
     let mut environment = match detection.kind {

@@ -1,1 +1,5 @@
-fn main() {}
+//! `datadog-delegated-auth`: everything lives in the library; see `cli::main`.
+
+fn main() -> std::process::ExitCode {
+    datadog_delegated_auth::cli::main()
+}

@@ -720,7 +720,16 @@ fn shipped_examples_are_valid() {
         api.notes,
         vec!["api_key is a secret handle (ENC[...]); it is never used as a key"]
     );
-    assert!(describe(&cfg).contains("note:      api_key is a secret handle"));
+    let text = describe(&cfg);
+    assert!(
+        text.contains("note:      api_key is a secret handle"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  - instances [*] uids [0, dd-agent] gids []"),
+        "{text}"
+    );
+    assert!(text.contains("Sink:                api_key -> /run/datadog/keys/api_key (mode 0640)"));
     let s = &cfg.settings;
     assert_eq!(s.socket.group, Some(IdRef::Name("dd-agent".into())));
     assert_eq!(s.log.format, LogFormat::Text);

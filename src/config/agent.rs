@@ -479,7 +479,12 @@ pub(crate) fn read(
         if let Some(url) = r.string(node, &path, true) {
             let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
                 .iter()
-                .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+                .any(|s| {
+                    url.len() > s.len()
+                        && url
+                            .get(..s.len())
+                            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+                });
             if !scheme_ok {
                 if let Some(node) = node {
                     let p = r

@@ -33,8 +33,6 @@ pub(crate) struct Binding {
     /// Variable names, first set one wins.
     pub(crate) vars: Vec<String>,
     pub(crate) kind: EnvKind,
-    /// Whether the value is a secret (never echoed in problems).
-    pub(crate) secret: bool,
 }
 
 /// The product sections that can hold their own `delegated_auth` block and `api_key`
@@ -58,7 +56,6 @@ fn bind(path: &[&'static str], kind: EnvKind) -> Binding {
         path: path.to_vec(),
         vars: vec![var_name(path)],
         kind,
-        secret: path.last() == Some(&"api_key"),
     }
 }
 
@@ -72,7 +69,6 @@ pub(crate) fn bindings() -> Vec<Binding> {
             path: vec!["dd_url"],
             vars: vec!["DD_DD_URL".into(), "DD_URL".into()],
             kind: EnvKind::Scalar,
-            secret: false,
         },
         bind(&["proxy", "http"], EnvKind::Scalar),
         bind(&["proxy", "https"], EnvKind::Scalar),

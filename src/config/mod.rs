@@ -677,14 +677,29 @@ pub fn describe(cfg: &Config) -> String {
             .map(|g| format!(", group {g}"))
             .unwrap_or_default()
     );
-    let _ = writeln!(
-        out,
-        "Access:              {}",
-        match &s.access {
-            None => "whoever can open the socket".to_owned(),
-            Some(rules) => format!("{} rule(s)", rules.len()),
+    match &s.access {
+        None => {
+            let _ = writeln!(out, "Access:              whoever can open the socket");
         }
-    );
+        Some(rules) => {
+            let _ = writeln!(out, "Access:              {} rule(s)", rules.len());
+            let ids = |list: &[IdRef]| {
+                list.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for rule in rules {
+                let _ = writeln!(
+                    out,
+                    "  - instances [{}] uids [{}] gids [{}]",
+                    rule.instances.join(", "),
+                    ids(&rule.uids),
+                    ids(&rule.gids)
+                );
+            }
+        }
+    }
     let _ = writeln!(
         out,
         "Retry:               {} .. {}, startup grace {}",

@@ -23,6 +23,14 @@ pub(crate) const MAX_SETTINGS_FILE_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Default sink file mode: owner writes, group reads.
 pub const DEFAULT_SINK_MODE: u32 = 0o640;
+/// Default `socket.idle_timeout`: long enough for any real client between requests, short
+/// enough that abandoned connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `socket.max_connections`: well above the consumers a busy node has, well below
+/// descriptor limits.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Largest `socket.max_connections`.
+pub const MAX_MAX_CONNECTIONS: usize = 65536;
 /// Default `refresh.retry_min`.
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Default `refresh.retry_max`.
@@ -64,6 +72,8 @@ pub struct Settings {
     pub sinks: Vec<SinkSettings>,
     /// Logging.
     pub log: LogSettings,
+    /// IMDS options.
+    pub imds: ImdsSettings,
 }
 
 impl Default for Settings {
@@ -73,6 +83,8 @@ impl Default for Settings {
                 path: PathBuf::from(DEFAULT_SOCKET_PATH),
                 mode: DEFAULT_SOCKET_MODE,
                 group: None,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             access: None,
             fallback_api_key_file: None,
@@ -87,6 +99,7 @@ impl Default for Settings {
                 level: "info".to_owned(),
                 format: LogFormat::Text,
             },
+            imds: ImdsSettings::default(),
         }
     }
 }
@@ -100,6 +113,18 @@ pub struct SocketSettings {
     pub mode: u32,
     /// Group owning the socket; `None` keeps the process's group.
     pub group: Option<IdRef>,
+    /// A connection that sends no complete request head for this long is closed (default 60 s).
+    pub idle_timeout: Duration,
+    /// Connections served at once (default 4096); more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// EC2 instance metadata options that are ours, not the Agent's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImdsSettings {
+    /// Fall back to IMDSv1 when the IMDSv2 token request fails (default false: product §9, no
+    /// IMDSv1 unless configured).
+    pub v1_fallback: bool,
 }
 
 /// A user or group, by number or by name. Names are resolved by the daemon (not here: loading
@@ -201,6 +226,13 @@ pub(crate) struct RawSettings {
     refresh: Option<RawRefresh>,
     sinks: Option<Vec<Spanned<RawSink>>>,
     log: Option<RawLog>,
+    imds: Option<RawImds>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImds {
+    v1_fallback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +241,8 @@ struct RawSocket {
     path: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,15 +286,27 @@ pub(crate) fn parse(text: &str, file: &Path, problems: &mut Problems) -> Option<
         Ok(raw) => Some(raw),
         Err(err) => {
             let err = node::yaml_error(err);
+            // serde-saphyr's type errors are terse ("expected sequence start"); say it plainly.
+            let message = match err.message.as_str() {
+                "expected sequence start" => "expected a list here".to_owned(),
+                "expected mapping start" => {
+                    "expected a mapping (`key: value` lines) here".to_owned()
+                }
+                "expected string scalar" => "expected a single value here".to_owned(),
+                other => other.to_owned(),
+            };
             let fix = match err.fix {
                 Some(fix) => fix,
-                None if err.message.starts_with("unknown field") => {
+                None if message.starts_with("unknown field") => {
                     "remove the key or correct its spelling (see docs/configuration.md)".to_owned()
+                }
+                None if message.starts_with("missing field") => {
+                    "add the missing key (see docs/configuration.md)".to_owned()
                 }
                 None => "correct the YAML at this line (see docs/configuration.md for the format)"
                     .to_owned(),
             };
-            problems.error(Problem::new(file, "", err.message, fix).at(err.line));
+            problems.error(Problem::new(file, "", message, fix).at(err.line));
             None
         }
     }
@@ -461,6 +507,36 @@ pub(crate) fn validate(
     let (mode, mode_line) = c.mode(&socket.mode, "socket.mode", DEFAULT_SOCKET_MODE);
     s.socket.mode = mode;
     s.socket.group = socket.group.as_ref().and_then(|g| c.id(g, "socket.group"));
+    if let Some((d, at)) = c.duration(&socket.idle_timeout, "socket.idle_timeout") {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+            c.error(
+                "socket.idle_timeout",
+                at,
+                &humantime::format_duration(d).to_string(),
+                "is out of range".to_owned(),
+                "use a duration between 100ms and 1h (default 60s)",
+            );
+        } else {
+            s.socket.idle_timeout = d;
+        }
+    }
+    if let Some(raw_max) = &socket.max_connections {
+        match raw_max.value.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => s.socket.max_connections = n,
+            _ => c.error(
+                "socket.max_connections",
+                line(raw_max),
+                raw_max.value.trim(),
+                "is not a connection count".to_owned(),
+                &format!("use a whole number from 1 to {MAX_MAX_CONNECTIONS} (default {DEFAULT_MAX_CONNECTIONS})"),
+            ),
+        }
+    }
+    s.imds.v1_fallback = raw
+        .imds
+        .as_ref()
+        .and_then(|i| i.v1_fallback)
+        .unwrap_or(false);
 
     // access
     if let Some(rules) = &raw.access {
@@ -849,6 +925,31 @@ log: { level: info, format: text }   # or json; env DD_LOG_LEVEL
         assert!(problems.errors[0].message.contains("intervall"));
         let (_, problems) = run("colour: blue\n", &[]);
         assert!(problems.errors[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn type_errors_read_plainly() {
+        for (yaml, line, message) in [
+            ("sinks: {}\n", 1, "expected a list here"),
+            (
+                "access:\n  - instances: api_key\n",
+                2,
+                "expected a list here",
+            ),
+            ("socket: 5\n", 1, "expected a mapping"),
+            (
+                "refresh:\n  interval: [1]\n",
+                2,
+                "expected a single value here",
+            ),
+            ("sinks:\n  - path: /x\n", 2, "missing field `instance`"),
+        ] {
+            let (read, problems) = run(yaml, &[]);
+            assert!(read.is_none(), "{yaml}");
+            let p = &problems.errors[0];
+            assert_eq!(p.line, Some(line), "{yaml}");
+            assert!(p.message.starts_with(message), "{yaml}: {}", p.message);
+        }
     }
 
     #[test]

@@ -704,6 +704,19 @@ fn bad_provider_region_and_numbers() {
 }
 
 #[test]
+fn odd_text_never_panics() {
+    // Multi-byte characters where ASCII prefixes are checked.
+    let errs = errors(
+        "proxy:\n  https: ééééééééé\nsite: \"é/é\"\nadditional_endpoints:\n  \"é\": [\"DELA(é, aws)\"]\n",
+    );
+    let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["proxy.https", "site", "additional_endpoints[é][0]"]
+    );
+}
+
+#[test]
 fn wrong_types_on_our_keys() {
     let errs = errors(&format!(
         "api_key: [{KEY}]\nsite: {{a: b}}\ndelegated_auth: yes\nlogs_config: [1]\n\
@@ -934,4 +947,80 @@ fn check_config_prints_the_summary_or_every_problem() {
     );
     assert!(err.contains("warning: "), "{err}");
     assert!(err.contains("1 error(s)"), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------
+// The reference documentation covers everything implemented.
+
+const DOCS: &str = include_str!("../../docs/configuration.md");
+
+#[test]
+fn docs_name_every_environment_variable() {
+    let mut vars: Vec<String> = env::bindings().into_iter().flat_map(|b| b.vars).collect();
+    vars.push(ENV_SOCKET.to_owned());
+    vars.push(ENV_LOG_LEVEL.to_owned());
+    for var in vars {
+        let generic = env::PRODUCT_SECTIONS.iter().find_map(|s| {
+            let prefix = env::var_name(&[s]);
+            var.strip_prefix(&prefix)
+                .map(|rest| format!("DD_<SECTION>{rest}"))
+        });
+        assert!(
+            DOCS.contains(&format!("`{var}`"))
+                || generic.is_some_and(|g| DOCS.contains(&format!("`{g}`"))),
+            "docs/configuration.md does not mention {var}"
+        );
+    }
+}
+
+#[test]
+fn docs_name_every_settings_key() {
+    for key in [
+        "socket.path",
+        "socket.mode",
+        "socket.group",
+        "`access`",
+        "fallback_api_key_file",
+        "refresh.interval",
+        "refresh.retry_min",
+        "refresh.retry_max",
+        "refresh.startup_grace",
+        "sinks[].instance",
+        "sinks[].path",
+        "sinks[].mode",
+        "sinks[].group",
+        "log.level",
+        "log.format",
+    ] {
+        assert!(
+            DOCS.contains(key),
+            "docs/configuration.md does not mention {key}"
+        );
+    }
+    for (default, text) in [
+        (DEFAULT_SOCKET_PATH, DEFAULT_SOCKET_PATH.to_owned()),
+        ("socket mode", format!("\"{DEFAULT_SOCKET_MODE:04o}\"")),
+        ("sink mode", format!("\"{DEFAULT_SINK_MODE:04o}\"")),
+        (
+            "retry_min",
+            format!("`{}`", humantime::format_duration(DEFAULT_RETRY_MIN)),
+        ),
+        (
+            "retry_max",
+            format!("`{}`", humantime::format_duration(DEFAULT_RETRY_MAX)),
+        ),
+        (
+            "grace",
+            format!("`{}`", humantime::format_duration(DEFAULT_STARTUP_GRACE)),
+        ),
+        ("refresh", format!("`{DEFAULT_REFRESH_MINS}`")),
+        ("timeout", format!("`{DEFAULT_EC2_METADATA_TIMEOUT_MS}`")),
+        ("lifetime", format!("`{DEFAULT_EC2_TOKEN_LIFETIME_SECS}`")),
+        ("site", format!("`{DEFAULT_SITE}`")),
+    ] {
+        assert!(
+            DOCS.contains(&text),
+            "docs do not state the {default} default {text}"
+        );
+    }
 }

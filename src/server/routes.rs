@@ -408,7 +408,6 @@ async fn rejected(
         RejectReply::Ignored => "ignored",
         RejectReply::UnknownInstance => return Err(ApiError::UnknownInstance(instance.to_owned())),
     };
-    state.metrics.rejection(instance, outcome);
     debug!(pid = ?peer.pid, uid = peer.uid, instance, outcome, "Rejection report.");
     Ok(json_response(
         StatusCode::ACCEPTED,

@@ -1,0 +1,324 @@
+//! The command line (product §8). `main` only calls [`main`]; each command is a small function
+//! returning an exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use http::{Method, StatusCode};
+
+use crate::client::{self, ClientError};
+use crate::config;
+use crate::status::{StatusDoc, render_text};
+
+/// Exit codes of product §8.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Runtime failure.
+    pub const FAILURE: u8 = 1;
+    /// Bad usage (clap uses it too).
+    pub const USAGE: u8 = 2;
+    /// The daemon cannot be reached (sysexits EX_UNAVAILABLE).
+    pub const UNREACHABLE: u8 = 69;
+    /// Bad configuration (sysexits EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+/// Requests to the daemon from the CLI give up after this long (a long poll adds its wait).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "datadog-delegated-auth",
+    version,
+    about = "Datadog managed API keys from the workload's AWS identity, served on a Unix socket"
+)]
+struct Cli {
+    /// The Datadog Agent's configuration file.
+    #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// The daemon's own settings file (optional unless given).
+    #[arg(long, global = true, value_name = "PATH")]
+    settings: Option<PathBuf>,
+    /// The socket path (overrides socket.path and DD_DELEGATED_AUTH_SOCKET).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// How long in-flight requests may take to finish after SIGTERM.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Validate the configuration and print the resolved instances.
+    CheckConfig,
+    /// Show the daemon's status.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an instance's key.
+    Get {
+        /// Instance name.
+        #[arg(default_value = "api_key")]
+        instance: String,
+        /// Wait (up to --timeout) for the daemon to start and a key to be served.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the whole JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the daemon is live (or, with --ready, ready); for container health checks.
+    Health {
+        /// Check readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Check everything delegated auth needs on this host (identity, clock, STS, mapping,
+    /// exchange) and say how to fix what fails.
+    Doctor(crate::doctor::DoctorArgs),
+    /// List, show, create or delete Cloud Authentication mappings (needs DD_API_KEY and
+    /// DD_APP_KEY).
+    Mapping {
+        #[command(subcommand)]
+        cmd: crate::mapping::MappingCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let paths = config::Paths {
+        settings_required: cli.settings.is_some(),
+        settings: cli
+            .settings
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SETTINGS_PATH)),
+        config: cli.config.clone(),
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let code = match cli.command {
+        Command::Run { grace } => crate::daemon::run(crate::daemon::RunOptions {
+            paths,
+            socket_override: cli.socket,
+            grace,
+        }),
+        Command::CheckConfig => {
+            config::check_config_main(&paths, &env, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Version => {
+            println!("datadog-delegated-auth {}", env!("CARGO_PKG_VERSION"));
+            exit::OK
+        }
+        Command::Status { json } => {
+            with_runtime(status(socket_path(&cli.socket, &paths, &env), json))
+        }
+        Command::Get {
+            instance,
+            wait,
+            timeout,
+            json,
+        } => with_runtime(get(
+            socket_path(&cli.socket, &paths, &env),
+            instance,
+            wait.then_some(timeout),
+            json,
+        )),
+        Command::Health { ready } => {
+            with_runtime(health(socket_path(&cli.socket, &paths, &env), ready))
+        }
+        // A configuration that does not load is doctor's first failed check, not a reason to
+        // skip the AWS checks.
+        Command::Doctor(args) => with_runtime(crate::doctor::run_with(
+            &args,
+            config::load(&paths, &env).as_ref(),
+            crate::aws::AwsEnv::from_process(),
+            &mut std::io::stdout(),
+        )),
+        Command::Mapping { cmd } => match config::load(&paths, &env) {
+            Ok(cfg) => with_runtime(crate::mapping::run(
+                &cmd,
+                &cfg,
+                &env,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )),
+            Err(errors) => {
+                for problem in &errors.0 {
+                    eprintln!("error: {problem}");
+                }
+                exit::CONFIG
+            }
+        },
+    };
+    ExitCode::from(code)
+}
+
+/// The socket clients talk to: `--socket`, else `DD_DELEGATED_AUTH_SOCKET`, else the settings
+/// file's `socket.path` when it loads, else the default.
+fn socket_path(
+    flag: &Option<PathBuf>,
+    paths: &config::Paths,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> PathBuf {
+    if let Some(p) = flag {
+        return p.clone();
+    }
+    if let Some(p) = env("DD_DELEGATED_AUTH_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    match config::load(paths, env) {
+        Ok(cfg) => cfg.settings.socket.path,
+        Err(_) => PathBuf::from(config::DEFAULT_SOCKET_PATH),
+    }
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn client_failure(e: &ClientError) -> u8 {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        _ => exit::FAILURE,
+    }
+}
+
+async fn status(socket: PathBuf, json: bool) -> u8 {
+    let reply = match client::request(
+        &socket,
+        Method::GET,
+        "/v1/status",
+        &[],
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return client_failure(&e),
+    };
+    if reply.status != StatusCode::OK {
+        eprintln!(
+            "error: the daemon answered {}: {}",
+            reply.status,
+            reply.error_message()
+        );
+        return exit::FAILURE;
+    }
+    let mut out = std::io::stdout();
+    if json {
+        let _ = out.write_all(&reply.body);
+        let _ = out.write_all(b"\n");
+        return exit::OK;
+    }
+    match serde_json::from_slice::<StatusDoc>(&reply.body) {
+        Ok(doc) => {
+            let _ = out.write_all(render_text(&doc).as_bytes());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!(
+                "error: the daemon's status is not what this version expects ({e}); try --json"
+            );
+            exit::FAILURE
+        }
+    }
+}
+
+async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bool) -> u8 {
+    let path = format!("/v1/keys/{}", client::encode_instance(&instance));
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    loop {
+        let outcome = client::request(&socket, Method::GET, &path, &[], None, CLIENT_TIMEOUT).await;
+        let retry = match &outcome {
+            Ok(reply) if reply.status == StatusCode::OK => {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&reply.body).unwrap_or_default();
+                if json {
+                    println!("{body}");
+                } else {
+                    println!("{}", body["api_key"].as_str().unwrap_or_default());
+                }
+                return exit::OK;
+            }
+            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => true,
+            Ok(_) => false,
+            Err(ClientError::Unreachable { .. }) => true,
+            Err(_) => false,
+        };
+        let waiting = deadline.is_some_and(|d| tokio::time::Instant::now() < d);
+        if !(retry && waiting) {
+            return match outcome {
+                Ok(reply) => {
+                    eprintln!("error: {} ({})", reply.error_message(), reply.status);
+                    exit::FAILURE
+                }
+                Err(e) => client_failure(&e),
+            };
+        }
+        // Waiting for the daemon to start or the first key: a short, bounded retry loop on the
+        // client side only; the daemon itself never polls.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn health(socket: PathBuf, ready: bool) -> u8 {
+    let path = if ready {
+        "/v1/health/ready"
+    } else {
+        "/v1/health/live"
+    };
+    match client::request(
+        &socket,
+        Method::GET,
+        path,
+        &[],
+        None,
+        Duration::from_secs(3),
+    )
+    .await
+    {
+        Ok(reply) if reply.status == StatusCode::OK => exit::OK,
+        Ok(reply) => {
+            eprintln!("{}: {}", reply.status, reply.error_message());
+            exit::FAILURE
+        }
+        Err(e) => client_failure(&e),
+    }
+}

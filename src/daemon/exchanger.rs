@@ -1,0 +1,158 @@
+//! The real [`Exchanger`]: resolve AWS credentials, sign the proof, POST it to Datadog.
+//!
+//! A reload swaps the parts (identity settings, HTTP client with its proxies) in place, so the
+//! refresh manager keeps one exchanger and its tasks keep running.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tracing::{debug, warn};
+
+use crate::aws::{self, AwsEnv, AwsOptions, Identity};
+use crate::config::{Config, Provider};
+use crate::exchange::{self, ClientOptions, ExchangeClient};
+use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger};
+use crate::server::ServerState;
+use crate::status::EnvironmentStatus;
+
+/// The `User-Agent` carried (unsigned) in the proof, like the Agent's `datadog-agent/<version>`.
+const USER_AGENT: &str = concat!("datadog-delegated-auth/", env!("CARGO_PKG_VERSION"));
+
+struct Parts {
+    identity: Identity,
+    client: ExchangeClient,
+}
+
+/// Identity + exchange client, swappable on reload.
+pub struct AwsExchanger {
+    parts: ArcSwap<Parts>,
+}
+
+impl AwsExchanger {
+    /// Builds the parts from a validated configuration and the process environment.
+    pub fn new(cfg: &Config) -> Result<Self, String> {
+        let a = &cfg.agent;
+        if a.skip_ssl_validation {
+            warn!(
+                "skip_ssl_validation is set: the TLS certificate of the Datadog API is NOT verified. Anyone on the network path can steal managed keys. Unset it unless you know why it is needed."
+            );
+        }
+        let client = ExchangeClient::new(&ClientOptions {
+            proxy_http: a.proxy.http.clone(),
+            proxy_https: a.proxy.https.clone(),
+            no_proxy: a.proxy.no_proxy.clone(),
+            skip_ssl_validation: a.skip_ssl_validation,
+            timeout: exchange::DEFAULT_TIMEOUT,
+        })
+        .map_err(|e| format!("cannot build the HTTPS client for the Datadog API: {e}"))?;
+        let identity = Identity::new(
+            AwsOptions {
+                ec2_metadata_timeout: a.ec2_metadata_timeout,
+                // IMDSv1 is never used unless the settings file opts in (product §9).
+                allow_imdsv1: cfg.settings.imds.v1_fallback,
+                imds_token_lifetime: a.ec2_metadata_token_lifetime,
+                imds_allowed: a
+                    .cloud_provider_metadata
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case("aws")),
+                provider_explicit: a.provider == Provider::Aws,
+                configured_region: a.aws_region.clone(),
+            },
+            AwsEnv::from_process(),
+        );
+        for w in identity.warnings() {
+            warn!("{w}");
+        }
+        Ok(AwsExchanger {
+            parts: ArcSwap::from_pointee(Parts { identity, client }),
+        })
+    }
+
+    /// Takes over the parts of a freshly built exchanger (reload).
+    pub fn replace(&self, other: Arc<AwsExchanger>) {
+        self.parts.store(other.parts.load_full());
+    }
+
+    /// Detects the environment in the background and publishes it for status.
+    pub fn publish_environment(&self, state: Arc<ServerState>) {
+        let parts = self.parts.load_full();
+        tokio::spawn(async move {
+            let detection = parts.identity.detect().await;
+            let region = parts.identity.region(None).await;
+            let sts = aws::sts_endpoint(region.as_deref());
+            let enabled = state
+                .store
+                .slots()
+                .iter()
+                .any(|s| s.current().status.org_uuid.is_some());
+            let env = EnvironmentStatus {
+                kind: detection.kind.to_string(),
+                reason: detection.reason.clone(),
+                credential_source: detection.source.map(|s| s.to_string()),
+                region: region.clone(),
+                sts_host: Some(sts.host.clone()),
+                provider: enabled.then(|| "aws".to_owned()),
+                warnings: parts.identity.warnings().to_vec(),
+            };
+            debug!(kind = %env.kind, region = ?env.region, "Environment detected.");
+            let mut info = crate::status::DaemonInfo::clone(&state.info.load());
+            info.environment = env;
+            state.info.store(Arc::new(info));
+        });
+    }
+}
+
+impl Exchanger for AwsExchanger {
+    async fn exchange(&self, key: &ExchangeKey) -> Result<Exchanged, ExchangeFailure> {
+        let parts = self.parts.load_full();
+        let url = exchange::intake_key_url(&key.target);
+        let started = Instant::now();
+        let creds = parts
+            .identity
+            .credentials()
+            .await
+            .map_err(|e| ExchangeFailure {
+                kind: "credentials",
+                message: e.to_string(),
+                retry_after: None,
+                credential_source: parts.identity.source().map(|s| s.to_string()),
+                endpoint: Some(url.clone()),
+            })?;
+        let source = Some(creds.source.to_string());
+        let region = parts.identity.region(key.region.as_deref()).await;
+        let proof = aws::build_proof(
+            &creds,
+            &key.org_uuid,
+            region.as_deref(),
+            SystemTime::now(),
+            USER_AGENT,
+        )
+        .map_err(|e| ExchangeFailure {
+            kind: "config",
+            message: e.to_string(),
+            retry_after: None,
+            credential_source: source.clone(),
+            endpoint: Some(url.clone()),
+        })?;
+        debug!(url = %url, region = ?region, "Getting API key with cloud auth proof.");
+        match parts.client.exchange(&url, &proof).await {
+            Ok(api_key) => {
+                debug!(url = %url, elapsed = ?started.elapsed(), key = %api_key, "Successfully parsed delegated API key.");
+                Ok(Exchanged {
+                    key: api_key,
+                    credential_source: source,
+                    endpoint: url,
+                    region,
+                })
+            }
+            Err(e) => Err(ExchangeFailure {
+                kind: e.kind(),
+                message: e.to_string(),
+                retry_after: e.retry_after(),
+                credential_source: source,
+                endpoint: Some(url),
+            }),
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! `run`: the daemon's lifecycle (product §8).
+//!
+//! Start-up: load and validate the configuration (exit 78 on errors), set up logging, bind the
+//! socket with its mode and group, start the refresh manager and the server, tell systemd
+//! `READY=1`. Then one loop reacts to [`control::Control`] requests: reloads validate the new
+//! configuration completely before anything changes (an invalid one keeps the old config, is
+//! logged, counted and shown in status); the first SIGTERM/SIGINT starts a graceful stop, a
+//! second one exits at once.
+
+pub mod control;
+mod exchanger;
+mod notify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use self::control::Control;
+use self::exchanger::AwsExchanger;
+use crate::cli::exit;
+use crate::config::{self, Config, IdRef};
+use crate::keystore::KeyStore;
+use crate::lifecycle::{ExchangeKey, InstancePlan, Manager, ManagerHandle, RejectOutcome, Timing};
+use crate::logging::{self, LogHandle};
+use crate::metrics::Metrics;
+use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
+use crate::sink::{self, SinkSpec};
+use crate::status::DaemonInfo;
+
+/// Options of `run` from the command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Configuration files.
+    pub paths: config::Paths,
+    /// `--socket`, which wins over the settings file and the environment.
+    pub socket_override: Option<PathBuf>,
+    /// Grace period for in-flight requests at shutdown.
+    pub grace: Duration,
+}
+
+/// Runs the daemon to completion and returns the process exit code.
+pub fn run(opts: RunOptions) -> u8 {
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match config::load(&opts.paths, &env) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("error: invalid configuration; nothing was started:\n{errors}");
+            return exit::CONFIG;
+        }
+    };
+    let format = match cfg.settings.log.format {
+        config::LogFormat::Json => logging::Format::Json,
+        config::LogFormat::Text => logging::Format::Text,
+    };
+    let log = match logging::init(&cfg.settings.log.level, format) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Two workers: the work is tiny, and the machine this runs beside the Agent on is
+        // shared; more threads would only cost memory.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "Cannot start the async runtime.");
+            return exit::FAILURE;
+        }
+    };
+    let code = runtime.block_on(Daemon::start(opts, cfg, log));
+    // Don't wait for stray blocking tasks (a hung credential file read) at exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// Raises the soft open-files limit to the hard limit: each consumer connection is a
+/// descriptor, and the default soft limit (often 1024) is below what `max_connections` allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Resolved, ready-to-apply parts of a configuration. Building it is the only step of a reload
+/// that can fail, and it happens before anything changes.
+struct Applied {
+    plans: Vec<InstancePlan>,
+    timing: Timing,
+    access: AccessPolicy,
+    exchanger: Arc<AwsExchanger>,
+    sinks: Vec<SinkSpec>,
+}
+
+fn resolve_uid(id: &IdRef) -> Result<u32, String> {
+    match id {
+        IdRef::Id(n) => Ok(*n),
+        IdRef::Name(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(u.uid.as_raw()),
+            Ok(None) => Err(format!(
+                "user {name:?} does not exist on this host; create it or use a numeric uid"
+            )),
+            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+        },
+    }
+}
+
+/// Resolves a group name or number.
+pub fn resolve_gid(id: &IdRef) -> Result<u32, String> {
+    match id {
+        IdRef::Id(n) => Ok(*n),
+        IdRef::Name(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(format!(
+                "group {name:?} does not exist on this host; create it or use a numeric gid"
+            )),
+            Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+        },
+    }
+}
+
+fn access_policy(cfg: &Config) -> Result<AccessPolicy, Vec<String>> {
+    let Some(rules) = &cfg.settings.access else {
+        return Ok(AccessPolicy::Open);
+    };
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let mut uids = Vec::new();
+        let mut gids = Vec::new();
+        for u in &r.uids {
+            match resolve_uid(u) {
+                Ok(n) => uids.push(n),
+                Err(e) => errors.push(format!("access[{i}].uids: {e}")),
+            }
+        }
+        for g in &r.gids {
+            match resolve_gid(g) {
+                Ok(n) => gids.push(n),
+                Err(e) => errors.push(format!("access[{i}].gids: {e}")),
+            }
+        }
+        out.push(Rule {
+            instances: r.instances.clone(),
+            uids,
+            gids,
+        });
+    }
+    if errors.is_empty() {
+        Ok(AccessPolicy::Rules(out))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Turns validated instances into the manager's plans.
+pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
+    cfg.instances
+        .iter()
+        .map(|i| InstancePlan {
+            name: i.name.clone(),
+            exchange: i.delegated.as_ref().map(|d| ExchangeKey {
+                org_uuid: d.org_uuid.clone(),
+                target: d.exchange_target.clone(),
+                region: d.region.clone(),
+            }),
+            refresh_interval: i.delegated.as_ref().map_or(Duration::from_secs(3600), |d| {
+                cfg.settings.refresh.interval.unwrap_or(d.refresh_interval)
+            }),
+            fallback: i.fallback.clone(),
+            fallback_origin: i.fallback_origin.clone(),
+        })
+        .collect()
+}
+
+fn sink_specs(cfg: &Config) -> Result<Vec<SinkSpec>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut specs = Vec::new();
+    for (i, s) in cfg.settings.sinks.iter().enumerate() {
+        if !cfg.instances.iter().any(|inst| inst.name == s.instance) {
+            let names: Vec<_> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
+            errors.push(format!(
+                "sinks[{i}].instance: no instance named {:?}; instances are: {}",
+                s.instance,
+                names.join(", ")
+            ));
+            continue;
+        }
+        match s.group.as_ref().map(resolve_gid).transpose() {
+            Ok(gid) => specs.push(SinkSpec {
+                instance: s.instance.clone(),
+                path: s.path.clone(),
+                mode: s.mode,
+                gid,
+            }),
+            Err(e) => errors.push(format!("sinks[{i}].group: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
+fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
+    let access = access_policy(cfg);
+    let sinks = sink_specs(cfg);
+    let (access, sinks) = match (access, sinks) {
+        (Ok(a), Ok(s)) => (a, s),
+        (a, s) => return Err(a.err().into_iter().chain(s.err()).flatten().collect()),
+    };
+    let exchanger = AwsExchanger::new(cfg).map_err(|e| vec![e])?;
+    Ok(Applied {
+        plans: plans(cfg),
+        timing: Timing {
+            retry_min: cfg.settings.refresh.retry_min,
+            retry_max: cfg.settings.refresh.retry_max,
+            startup_grace: cfg.settings.refresh.startup_grace,
+        },
+        access,
+        exchanger: Arc::new(exchanger),
+        sinks,
+    })
+}
+
+/// The socket path in force: `--socket` > `DD_DELEGATED_AUTH_SOCKET`/`socket.path` (the config
+/// layer applies the environment variable).
+fn socket_path(opts: &RunOptions, cfg: &Config) -> PathBuf {
+    opts.socket_override
+        .clone()
+        .unwrap_or_else(|| cfg.settings.socket.path.clone())
+}
+
+/// Rejection reports go to the refresh manager through its handle, which stays valid across
+/// reloads.
+struct ManagerRejections(ManagerHandle);
+
+impl Rejections for ManagerRejections {
+    fn report_rejected(&self, instance: &str, suffix: &str) -> RejectReply {
+        match self.0.report_rejected(instance, suffix) {
+            RejectOutcome::Scheduled => RejectReply::Scheduled,
+            RejectOutcome::Throttled => RejectReply::Throttled,
+            RejectOutcome::Ignored => RejectReply::Ignored,
+            RejectOutcome::UnknownInstance => RejectReply::UnknownInstance,
+        }
+    }
+}
+
+struct Daemon {
+    opts: RunOptions,
+    log: LogHandle,
+    state: Arc<ServerState>,
+    manager: Manager<AwsExchanger>,
+    exchanger: Arc<AwsExchanger>,
+    config: Config,
+    /// Cancels the sink tasks of the configuration in force (replaced on reload).
+    sinks: CancellationToken,
+}
+
+impl Daemon {
+    async fn start(opts: RunOptions, cfg: Config, log: LogHandle) -> u8 {
+        for w in &cfg.warnings {
+            warn!(key = %w.key, "{}", w.message);
+        }
+        let applied = match prepare(&cfg) {
+            Ok(a) => a,
+            Err(errors) => {
+                for e in &errors {
+                    error!("{e}");
+                }
+                eprintln!(
+                    "error: invalid configuration; nothing was started:\n{}",
+                    errors.join("\n")
+                );
+                return exit::CONFIG;
+            }
+        };
+        let socket = socket_path(&opts, &cfg);
+        let gid = match cfg
+            .settings
+            .socket
+            .group
+            .as_ref()
+            .map(resolve_gid)
+            .transpose()
+        {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: socket.group: {e}");
+                return exit::CONFIG;
+            }
+        };
+        let listener = match server::bind(&socket, cfg.settings.socket.mode, gid) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(path = %socket.display(), "{e}");
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
+
+        let shutdown = CancellationToken::new();
+        let store = Arc::new(KeyStore::new());
+        let metrics = Arc::new(Metrics::new());
+        let mut manager = Manager::new(
+            store.clone(),
+            metrics.clone(),
+            applied.exchanger.clone(),
+            shutdown.child_token(),
+        );
+        manager.apply(applied.plans, applied.timing);
+
+        let info = DaemonInfo {
+            config_path: opts.paths.config.display().to_string(),
+            settings_path: opts.paths.settings.display().to_string(),
+            socket_path: socket.display().to_string(),
+            started_at: Some(SystemTime::now()),
+            config_loaded_at: Some(SystemTime::now()),
+            config_warnings: cfg
+                .warnings
+                .iter()
+                .map(|w| format!("{}: {}", w.key, w.message))
+                .collect(),
+            ..DaemonInfo::default()
+        };
+        let state = Arc::new(ServerState {
+            store: store.clone(),
+            metrics,
+            access: ArcSwap::from_pointee(applied.access),
+            info: ArcSwap::from_pointee(info),
+            rejections: Arc::new(ManagerRejections(manager.handle())),
+            limits: Limits {
+                max_connections: cfg.settings.socket.max_connections,
+                idle_timeout: cfg.settings.socket.idle_timeout,
+                ..Limits::default()
+            },
+            shutdown: shutdown.clone(),
+        });
+        applied.exchanger.publish_environment(state.clone());
+        let server = tokio::spawn(server::serve(listener, state.clone(), opts.grace));
+        info!(socket = %socket.display(), instances = cfg.instances.len(), version = env!("CARGO_PKG_VERSION"), "Listening.");
+        notify::ready(&format!(
+            "serving {} instance(s) on {}",
+            cfg.instances.len(),
+            socket.display()
+        ));
+        notify::spawn_watchdog(shutdown.clone());
+
+        let sinks = start_sinks(&applied.sinks, &store, &shutdown);
+        let mut daemon = Daemon {
+            opts,
+            log,
+            state,
+            manager,
+            exchanger: applied.exchanger,
+            config: cfg,
+            sinks,
+        };
+        let code = daemon.control_loop().await;
+
+        notify::stopping();
+        info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
+        shutdown.cancel();
+        let grace = daemon.opts.grace;
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
+        daemon.manager.wait().await;
+        remove_socket(&socket);
+        info!("Stopped.");
+        code
+    }
+
+    async fn control_loop(&mut self) -> u8 {
+        let (tx, mut rx) = mpsc::channel(16);
+        if let Err(e) = control::spawn_signals(tx.clone()) {
+            error!(error = %e, "Cannot install signal handlers.");
+            return exit::FAILURE;
+        }
+        let mut watched = vec![
+            self.opts.paths.config.clone(),
+            self.opts.paths.settings.clone(),
+        ];
+        if let Some(f) = &self.config.settings.fallback_api_key_file {
+            watched.push(f.clone());
+        }
+        let _watcher = match control::watch_files(&watched, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
+                None
+            }
+        };
+        while let Some(c) = rx.recv().await {
+            match c {
+                Control::Reload(why) => self.reload(why).await,
+                Control::Shutdown => {
+                    // A second signal during the graceful stop exits at once.
+                    let socket = PathBuf::from(&self.state.info.load().socket_path);
+                    tokio::spawn(async move {
+                        while let Some(c) = rx.recv().await {
+                            if c == Control::Shutdown {
+                                warn!("Second stop signal: exiting now.");
+                                remove_socket(&socket);
+                                std::process::exit(i32::from(exit::FAILURE));
+                            }
+                        }
+                    });
+                    return exit::OK;
+                }
+            }
+        }
+        exit::OK
+    }
+
+    async fn reload(&mut self, why: &'static str) {
+        info!(trigger = why, "Reloading the configuration.");
+        let paths = self.opts.paths.clone();
+        let env = |k: &str| std::env::var(k).ok();
+        // Reading files (and the fallback key file) is blocking I/O: keep it off the workers.
+        let result = match tokio::task::spawn_blocking(move || config::load(&paths, &env)).await {
+            Ok(Ok(cfg)) => prepare(&cfg).map(|a| (cfg, a)),
+            Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
+            Err(e) => Err(vec![format!("the reload task failed: {e}")]),
+        };
+        match result {
+            Ok((cfg, applied)) => {
+                if socket_path(&self.opts, &cfg) != socket_path(&self.opts, &self.config) {
+                    warn!("socket.path changed: the new path takes effect at the next restart.");
+                }
+                if let Err(e) = self.log.set_level(&cfg.settings.log.level) {
+                    warn!("{e}");
+                }
+                self.state.access.store(Arc::new(applied.access));
+                // The exchanger keeps its identity: a reload swaps what it uses, and the manager
+                // keeps unchanged instances (their keys and schedules) as they are.
+                self.exchanger.replace(applied.exchanger);
+                self.manager.apply(applied.plans, applied.timing);
+                self.sinks.cancel();
+                self.sinks = start_sinks(&applied.sinks, &self.state.store, &self.state.shutdown);
+                self.exchanger.publish_environment(self.state.clone());
+                let mut info = DaemonInfo::clone(&self.state.info.load());
+                info.config_loaded_at = Some(SystemTime::now());
+                info.last_reload_error = None;
+                info.config_warnings = cfg
+                    .warnings
+                    .iter()
+                    .map(|w| format!("{}: {}", w.key, w.message))
+                    .collect();
+                self.state.info.store(Arc::new(info));
+                self.state.metrics.reload("success");
+                info!(instances = cfg.instances.len(), "Configuration reloaded.");
+                notify::status(&format!(
+                    "serving {} instance(s); configuration reloaded",
+                    cfg.instances.len()
+                ));
+                self.config = cfg;
+            }
+            Err(errors) => {
+                for e in &errors {
+                    error!("{e}");
+                }
+                error!(
+                    problems = errors.len(),
+                    "The new configuration is invalid; still running the previous one. Fix the file; it is re-read on the next change or SIGHUP."
+                );
+                let mut info = DaemonInfo::clone(&self.state.info.load());
+                info.last_reload_error = Some(errors.join("; "));
+                info.reload_failures += 1;
+                self.state.info.store(Arc::new(info));
+                self.state.metrics.reload("failure");
+            }
+        }
+    }
+}
+
+/// Starts one task per sink; they stop when the returned token (a child of `shutdown`) is
+/// cancelled.
+fn start_sinks(
+    specs: &[SinkSpec],
+    store: &KeyStore,
+    shutdown: &CancellationToken,
+) -> CancellationToken {
+    let token = shutdown.child_token();
+    for spec in specs {
+        if let Some(slot) = store.get(&spec.instance) {
+            sink::spawn(spec.clone(), slot, token.clone());
+        }
+    }
+    token
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), error = %e, "Cannot remove the socket file.");
+    }
+}

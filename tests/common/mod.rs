@@ -1,0 +1,241 @@
+//! Black-box harness: runs the real binary on files in a temporary directory and talks to it
+//! over its real socket.
+#![allow(dead_code)]
+
+pub mod world;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datadog_delegated_auth::client::{self, Reply};
+use http::Method;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_datadog-delegated-auth");
+
+/// A running daemon. Killed on drop if still running.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub settings: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Environment for the daemon: nothing from the test process leaks in (no real AWS creds),
+/// only what the test gives.
+pub fn base_env() -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    // No IMDS on loopback unless a test starts one: point the SDK at a closed port so a stray
+    // lookup fails fast instead of reaching for 169.254.169.254.
+    env.insert(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+        "http://127.0.0.1:9".into(),
+    );
+    env
+}
+
+impl Daemon {
+    /// Writes the files and starts `run`; waits until the socket answers.
+    pub fn start(datadog_yaml: &str, settings_yaml: &str, env: HashMap<String, String>) -> Daemon {
+        let d = Self::spawn(datadog_yaml, settings_yaml, env, &[]);
+        d.wait_live();
+        d
+    }
+
+    /// Like `start` without waiting (for tests of start-up failures).
+    pub fn spawn(
+        datadog_yaml: &str,
+        settings_yaml: &str,
+        env: HashMap<String, String>,
+        extra: &[&str],
+    ) -> Daemon {
+        Self::spawn_at(datadog_yaml, settings_yaml, env, extra, None)
+    }
+
+    /// Like `spawn`, on a given socket path.
+    pub fn spawn_at(
+        datadog_yaml: &str,
+        settings_yaml: &str,
+        env: HashMap<String, String>,
+        extra: &[&str],
+        socket: Option<PathBuf>,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("datadog.yaml");
+        let settings = dir.path().join("delegated-auth.yaml");
+        let socket = socket.unwrap_or_else(|| dir.path().join("run/delegated-auth.sock"));
+        let log = dir.path().join("daemon.log");
+        std::fs::write(&config, datadog_yaml).unwrap();
+        let settings_text = settings_yaml
+            .replace("@SOCKET@", socket.to_str().unwrap())
+            .replace("@DIR@", dir.path().to_str().unwrap());
+        std::fs::write(&settings, settings_text).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--settings")
+            .arg(&settings)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            dir,
+            child: Some(child),
+            socket,
+            config,
+            settings,
+            log,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn wait_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .request(Method::GET, "/v1/health/live", &[], None)
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon did not come up; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, client::ClientError> {
+        rt().block_on(client::request(
+            &self.socket,
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(330),
+        ))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, &[], None).expect("request")
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path);
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {:?}", r.body))
+    }
+
+    /// Polls `/v1/keys/{instance}` until `pred` holds (for state changes driven by the daemon).
+    pub fn wait_key(
+        &self,
+        instance: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let path = format!("/v1/keys/{}", client::encode_instance(instance));
+        loop {
+            let r = self.get(&path);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if pred(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what} on {instance}; last answer {} {v}\nlog:\n{}",
+                    r.status,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "daemon did not exit within {limit:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A current-thread runtime per call site (tests are synchronous and simple this way).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Replaces a file the way editors and config management do: write a temp file, rename it over.
+pub fn write_by_rename(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the CLI with args; returns (code, stdout, stderr).
+pub fn cli(args: &[&str], env: &HashMap<String, String>) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
