@@ -781,7 +781,7 @@ fn clock_check(answer: &StsAnswer, host: &str) -> Check {
     } else {
         format!(
             "the local clock is {} {} {host}'s Date header",
-            humantime::format_duration(Duration::from_secs(offset.as_secs())),
+            humantime::format_duration(Duration::from_secs(secs.round() as u64)),
             if ahead { "ahead of" } else { "behind" }
         )
     };
