@@ -282,7 +282,8 @@ pub async fn diagnose(
             identity.warnings().join("; ")
         );
         environment.fix = Some(
-            "set both variables of each pair, or neither (a half-set pair is skipped)".to_owned(),
+            "each warning names the variable to set or unset; a half-set source is skipped"
+                .to_owned(),
         );
     }
     checks.push(environment);
