@@ -362,61 +362,47 @@ pub async fn diagnose(
         });
     let http = ExchangeClient::with_env(&client_opts, |k| env.get(k).map(str::to_owned));
     let org = delegated.map_or(PLACEHOLDER_ORG, |d| d.org_uuid.as_str());
-    let mut proof = None;
-    let mut caller_arn = None;
-    let mut clock_failed = false;
-    match (&creds, &http) {
-        (None, _) => {
-            checks.push(Check::skip(
+    let target = sts_override
+        .as_ref()
+        .map_or_else(|| endpoint.url.clone(), |(_, url)| url.clone());
+    let (clock, caller, proof) = match (&creds, &http) {
+        (None, _) => (
+            Check::skip(
                 "clock",
                 "not measured: no credentials to sign the STS request",
-            ));
-            checks.push(Check::skip(
-                "caller",
-                "not asked: no credentials (see credentials)",
-            ));
-        }
-        (Some(_), Err(e)) => {
-            checks.push(Check::skip("clock", "not measured: no HTTP client"));
-            checks.push(Check::fail(
+            ),
+            Check::skip("caller", "not asked: no credentials (see credentials)"),
+            None,
+        ),
+        (Some(_), Err(e)) => (
+            Check::skip("clock", "not measured: no HTTP client"),
+            Check::fail(
                 "caller",
                 e.to_string(),
-                "fix proxy.* (or HTTPS_PROXY) in the environment or datadog.yaml",
-            ));
-        }
+                "fix proxy.* in datadog.yaml (or HTTPS_PROXY in the environment)",
+            ),
+            None,
+        ),
         (Some(creds), Ok(http)) => {
-            match build_proof(creds, org, region.as_deref(), SystemTime::now(), USER_AGENT) {
-                Err(e) => {
-                    checks.push(Check::skip(
-                        "clock",
-                        "not measured: the request could not be signed",
-                    ));
-                    checks.push(Check::fail(
-                        "caller",
-                        e.to_string(),
-                        remediation(creds.source),
-                    ));
-                }
-                Ok(p) => {
-                    let target = sts_override
-                        .as_ref()
-                        .map_or_else(|| endpoint.url.clone(), |(_, url)| url.clone());
-                    let answer = call_sts(http.http(), &target, &p).await;
-                    let clock = clock_check(&answer, &endpoint.host);
-                    clock_failed = clock.status == Status::Fail;
-                    checks.push(clock);
-                    let caller = caller_check(&answer, &endpoint.host, creds.source);
-                    caller_arn = caller
-                        .data
-                        .get("arn")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    checks.push(caller);
-                    proof = Some(p);
-                }
-            }
+            sts_checks(
+                http.http(),
+                creds,
+                org,
+                region.as_deref(),
+                &endpoint.host,
+                &target,
+            )
+            .await
         }
-    }
+    };
+    let clock_failed = clock.status == Status::Fail;
+    let caller_arn = caller
+        .data
+        .get("arn")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    checks.push(clock);
+    checks.push(caller);
 
     // 7. the mapping to create.
     let mapping_index = checks.len();
@@ -458,6 +444,34 @@ pub async fn diagnose(
     }
     checks.push(exchange);
     checks
+}
+
+/// The `clock` and `caller` checks, from one signed GetCallerIdentity sent to `target`, and the
+/// proof it was taken from (reused for the test exchange, so Datadog replays exactly what STS
+/// just accepted).
+async fn sts_checks(
+    http: &reqwest::Client,
+    creds: &crate::aws::AwsCredentials,
+    org: &str,
+    region: Option<&str>,
+    host: &str,
+    target: &str,
+) -> (Check, Check, Option<Secret>) {
+    match build_proof(creds, org, region, SystemTime::now(), USER_AGENT) {
+        Err(e) => (
+            Check::skip("clock", "not measured: the request could not be signed"),
+            Check::fail("caller", e.to_string(), remediation(creds.source)),
+            None,
+        ),
+        Ok(proof) => {
+            let answer = call_sts(http, target, &proof).await;
+            (
+                clock_check(&answer, host),
+                caller_check(&answer, host, creds.source),
+                Some(proof),
+            )
+        }
+    }
 }
 
 /// The `config` check and the instance under test.
