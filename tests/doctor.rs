@@ -21,6 +21,7 @@ use sandbox::datadog::Outcome;
 use sandbox::ecs::{EcsEmulator, EcsOptions};
 use sandbox::http::HttpServer;
 use sandbox::imds::{ImdsEmulator, ImdsOptions};
+use sandbox::pod_identity::PodIdentityEmulator;
 use serde_json::Value;
 
 /// Settings with nothing special (doctor reads `imds.v1_fallback` from them).
@@ -263,6 +264,36 @@ fn ecs_task_role_passes_every_check() {
     assert_eq!(run.check("caller")["data"]["arn"], caller_arn());
     let mut secrets = world.secrets();
     secrets.push("ecs-auth-token".into());
+    run.assert_no_secrets(&secrets);
+}
+
+#[test]
+fn eks_pod_identity_passes_every_check() {
+    let world = World::start();
+    let pod = world
+        .rt
+        .block_on(PodIdentityEmulator::start(Some(world.creds.clone())))
+        .unwrap();
+    let mut env = base_env();
+    env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), pod.full_uri());
+    env.insert(
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".into(),
+        pod.token_file().to_str().unwrap().to_owned(),
+    );
+    env.insert("AWS_REGION".into(), "us-west-2".into());
+    env.insert("AWS_ENDPOINT_URL_STS".into(), world.moto.url());
+    let run = doctor(&world.datadog_yaml(""), &env, &[]);
+    run.assert_statuses(&ALL_OK);
+    assert_eq!(run.check("environment")["data"]["kind"], "eks-pod-identity");
+    assert_eq!(run.check("region")["data"]["region_source"], "AWS_REGION");
+    assert_eq!(
+        run.check("region")["data"]["sts_host"],
+        "sts.us-west-2.amazonaws.com"
+    );
+    assert_eq!(run.check("caller")["data"]["arn"], caller_arn());
+    let token = std::fs::read_to_string(pod.token_file()).unwrap();
+    let mut secrets = world.secrets();
+    secrets.push(token.trim().to_owned());
     run.assert_no_secrets(&secrets);
 }
 
