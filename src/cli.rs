@@ -87,6 +87,15 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Check everything delegated auth needs on this host (identity, clock, STS, mapping,
+    /// exchange) and say how to fix what fails.
+    Doctor(crate::doctor::DoctorArgs),
+    /// List, show, create or delete Cloud Authentication mappings (needs DD_API_KEY and
+    /// DD_APP_KEY).
+    Mapping {
+        #[command(subcommand)]
+        cmd: crate::mapping::MappingCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -143,6 +152,29 @@ pub fn main() -> ExitCode {
         Command::Health { ready } => {
             with_runtime(health(socket_path(&cli.socket, &paths, &env), ready))
         }
+        // A configuration that does not load is doctor's first failed check, not a reason to
+        // skip the AWS checks.
+        Command::Doctor(args) => with_runtime(crate::doctor::run_with(
+            &args,
+            config::load(&paths, &env).as_ref(),
+            crate::aws::AwsEnv::from_process(),
+            &mut std::io::stdout(),
+        )),
+        Command::Mapping { cmd } => match config::load(&paths, &env) {
+            Ok(cfg) => with_runtime(crate::mapping::run(
+                &cmd,
+                &cfg,
+                &env,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )),
+            Err(errors) => {
+                for problem in &errors.0 {
+                    eprintln!("error: {problem}");
+                }
+                exit::CONFIG
+            }
+        },
     };
     ExitCode::from(code)
 }

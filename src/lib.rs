@@ -11,10 +11,12 @@
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
+//! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
+//! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
 //! - [`schedule`]: the refresh and retry timing policy as pure functions.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
@@ -29,10 +31,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod exchange;
 pub mod keystore;
 pub mod lifecycle;
 pub mod logging;
+pub mod mapping;
 pub mod metrics;
 pub mod schedule;
 pub mod secret;

@@ -1,0 +1,1301 @@
+//! `datadog-delegated-auth doctor`: an end-to-end check of everything delegated auth needs on
+//! this host, each step with its finding and, when it fails, the fix (product §8).
+//!
+//! Checks, in order (each is `ok`, `warn`, `fail`, or `skip` when a step it needs failed):
+//!
+//! 1. `config` — the configuration loaded, and which instance is tested (`--instance`, default
+//!    `api_key` when it uses delegated auth, else the first instance that does).
+//! 2. `environment` — the environment kind (`ec2`, `ecs`, `eks-irsa`, `eks-pod-identity`,
+//!    `static-env`, or `none` with the reason) and the credential source.
+//! 3. `credentials` — the source's credentials resolve (errors name the source and its fix).
+//! 4. `region` — the signing region, where it came from, and the STS host the proof names.
+//! 5. `clock` — the offset of the local clock from the `Date` header of STS's answer to the
+//!    request below: over [`CLOCK_WARN`] warns, over [`CLOCK_FAIL`] fails (Datadog refuses proofs
+//!    whose `X-Amz-Date` is more than 5 minutes off).
+//! 6. `caller` — the caller ARN from a fresh signed `GetCallerIdentity` actually sent to STS:
+//!    exactly the request the proof carries (built by [`crate::aws::build_proof`] and decoded
+//!    again), so what STS says here is what Datadog will hear when it replays the proof.
+//!    `AWS_ENDPOINT_URL_STS` (or `AWS_ENDPOINT_URL`) changes where it is sent, not the signed
+//!    `Host` (tests point it at moto, as the Datadog emulator does).
+//! 7. `mapping` — the intake-mapping pattern that admits this identity
+//!    ([`crate::arn_pattern::suggest_intake_pattern`]) and the command that creates it.
+//! 8. `exchange` — a real exchange of that proof at the instance's intake-key URL. On success the
+//!    managed key is shown redacted (last five characters) and then dropped.
+//!
+//! STS being unreachable is only a warning: the daemon never calls STS itself (Datadog does), so
+//! a host without a route to STS can still work; the exchange check then says whether it does.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value};
+
+use crate::arn_pattern::suggest_intake_pattern;
+use crate::aws::{
+    AwsEnv, AwsOptions, CredentialError, CredentialSource, EnvironmentKind, HOP_LIMIT_FIX,
+    Identity, build_proof, decode_proof, env::vars, remediation, sts_endpoint,
+};
+use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec, Provider};
+use crate::exchange::{ClientOptions, ExchangeClient, ExchangeError, intake_key_url};
+use crate::secret::Secret;
+
+/// The `User-Agent` carried (unsigned) in doctor's proof, as in the daemon's.
+pub const USER_AGENT: &str = concat!("datadog-delegated-auth/", env!("CARGO_PKG_VERSION"));
+/// Clock offset above which `clock` warns.
+pub const CLOCK_WARN: Duration = Duration::from_secs(60);
+/// Clock offset above which `clock` fails: Datadog refuses proofs more than 5 minutes off.
+pub const CLOCK_FAIL: Duration = Duration::from_secs(5 * 60);
+/// Bound on the GetCallerIdentity round trip. STS answers in well under a second; 10 s leaves
+/// room for a slow proxy without making doctor hang on a black-holed route.
+pub const STS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest STS answer read (a GetCallerIdentity answer is under 1 KiB).
+const MAX_STS_RESPONSE_BYTES: usize = 64 * 1024;
+/// The org header value signed when no instance uses delegated auth: STS ignores it, and the
+/// proof is then only used for the `caller` check, never sent to Datadog.
+const PLACEHOLDER_ORG: &str = "00000000-0000-0000-0000-000000000000";
+/// The fix for `environment: none`.
+const NO_ENVIRONMENT_FIX: &str = "run the daemon where an AWS identity is available: an EC2 \
+     instance with an instance profile (IMDS reachable, cloud_provider_metadata including aws), \
+     an ECS task with a task role, an EKS pod with IRSA or Pod Identity, or set \
+     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
+/// The fix for a skewed clock.
+const CLOCK_FIX: &str = "sync the clock: chrony/ntp (`chronyc tracking` or `timedatectl status` \
+     shows the state; on EC2 use the Amazon Time Sync Service at 169.254.169.123)";
+
+/// `doctor` options.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct DoctorArgs {
+    /// Print the checks as a JSON array (name, status, finding, fix, data).
+    #[arg(long)]
+    pub json: bool,
+    /// The instance whose org and endpoint the test exchange uses (default: api_key when it
+    /// uses delegated auth, else the first instance that does).
+    #[arg(long, value_name = "INSTANCE")]
+    pub instance: Option<String>,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but something deserves attention.
+    Warn,
+    /// Delegated auth cannot work until this is fixed.
+    Fail,
+    /// Not run, because a check it depends on failed.
+    Skip,
+}
+
+impl Status {
+    fn tag(self) -> &'static str {
+        match self {
+            Status::Ok => "[ok]  ",
+            Status::Warn => "[warn]",
+            Status::Fail => "[FAIL]",
+            Status::Skip => "[skip]",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Check {
+    /// Stable name: `config`, `environment`, `credentials`, `region`, `clock`, `caller`,
+    /// `mapping`, `exchange`.
+    pub name: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// One line saying what was found.
+    pub finding: String,
+    /// What to do, for `fail` and `warn`.
+    pub fix: Option<String>,
+    /// Machine-readable values (environment kind, region, caller ARN, pattern, offset, …).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub data: Map<String, Value>,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, finding: impl Into<String>) -> Check {
+        Check {
+            name,
+            status,
+            finding: finding.into(),
+            fix: None,
+            data: Map::new(),
+        }
+    }
+
+    fn ok(name: &'static str, finding: impl Into<String>) -> Check {
+        Check::new(name, Status::Ok, finding)
+    }
+
+    fn warn(name: &'static str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(name, Status::Warn, finding).fix(fix)
+    }
+
+    fn fail(name: &'static str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(name, Status::Fail, finding).fix(fix)
+    }
+
+    fn skip(name: &'static str, finding: impl Into<String>) -> Check {
+        Check::new(name, Status::Skip, finding)
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    fn data(mut self, key: &str, value: impl Into<Value>) -> Check {
+        self.data.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Runs `doctor` with a loaded configuration and prints the report; returns 0 when no check
+/// failed, 1 otherwise.
+pub async fn run(args: &DoctorArgs, cfg: &Config, env: AwsEnv, out: &mut dyn Write) -> u8 {
+    run_with(args, Ok(cfg), env, out).await
+}
+
+/// [`run`], also when the configuration did not load: the `config` check then fails with the
+/// problems, and the AWS checks still run (with the Agent's defaults for the IMDS settings).
+pub async fn run_with(
+    args: &DoctorArgs,
+    cfg: Result<&Config, &ConfigErrors>,
+    env: AwsEnv,
+    out: &mut dyn Write,
+) -> u8 {
+    let checks = diagnose(args, cfg, env).await;
+    if args.json {
+        let text = serde_json::to_string_pretty(&checks).unwrap_or_default();
+        let _ = writeln!(out, "{text}");
+    } else {
+        render(&checks, out);
+    }
+    exit_code(&checks)
+}
+
+/// 1 when any check failed, else 0.
+pub fn exit_code(checks: &[Check]) -> u8 {
+    u8::from(checks.iter().any(|c| c.status == Status::Fail))
+}
+
+/// The text report: one line per check (tag, name, finding), then the fix indented.
+pub fn render(checks: &[Check], out: &mut dyn Write) {
+    for check in checks {
+        let _ = writeln!(
+            out,
+            "{} {:<11} {}",
+            check.status.tag(),
+            check.name,
+            check.finding
+        );
+        if let Some(fix) = &check.fix {
+            let _ = writeln!(out, "{:19}fix: {fix}", "");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let warned = checks.iter().filter(|c| c.status == Status::Warn).count();
+    let _ = match (failed, warned) {
+        (0, 0) => writeln!(out, "All checks passed."),
+        (0, w) => writeln!(out, "No check failed; {w} warning(s)."),
+        (f, _) => writeln!(out, "{f} check(s) failed."),
+    };
+}
+
+/// The settings that shape AWS identity, as the daemon uses them (`datadog.yaml`'s IMDS and
+/// `delegated_auth` keys, and `imds.v1_fallback` from the settings file).
+pub fn aws_options(cfg: &Config) -> AwsOptions {
+    let agent = &cfg.agent;
+    AwsOptions {
+        ec2_metadata_timeout: agent.ec2_metadata_timeout,
+        // IMDSv1 only when the settings file opts in (product §9).
+        allow_imdsv1: cfg.settings.imds.v1_fallback,
+        imds_token_lifetime: agent.ec2_metadata_token_lifetime,
+        imds_allowed: agent.aws_metadata_enabled(),
+        provider_explicit: agent.provider == Provider::Aws,
+        configured_region: agent.aws_region.clone(),
+    }
+}
+
+/// The HTTP client settings of `datadog.yaml` (`proxy.*`, `skip_ssl_validation`).
+pub fn client_options(agent: &AgentConfig, timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        proxy_http: agent.proxy.http.clone(),
+        proxy_https: agent.proxy.https.clone(),
+        no_proxy: agent.proxy.no_proxy.clone(),
+        skip_ssl_validation: agent.skip_ssl_validation,
+        timeout,
+    }
+}
+
+/// Runs every check (see the module doc) and returns them in order.
+pub async fn diagnose(
+    args: &DoctorArgs,
+    cfg: Result<&Config, &ConfigErrors>,
+    env: AwsEnv,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+
+    // 1. config, and the instance under test.
+    let (config_check, spec) = config_check(args, cfg);
+    checks.push(config_check);
+    let agent = cfg.ok().map(|c| &c.agent);
+    let delegated = spec.and_then(|s| s.delegated.as_ref());
+
+    // 2. environment.
+    let opts = cfg.ok().map(aws_options).unwrap_or_default();
+    let identity = Identity::new(opts, env.clone());
+    let detection = identity.detect().await;
+    let mut environment = match detection.kind {
+        EnvironmentKind::None => Check::fail(
+            "environment",
+            format!(
+                "none: {}",
+                detection
+                    .reason
+                    .as_deref()
+                    .unwrap_or("no AWS identity found")
+            ),
+            NO_ENVIRONMENT_FIX,
+        ),
+        kind => Check::ok(
+            "environment",
+            format!(
+                "{kind}, credentials from {}",
+                detection
+                    .source
+                    .map_or_else(|| "an unknown source".to_owned(), |s| s.to_string())
+            ),
+        ),
+    }
+    .data("kind", detection.kind.to_string())
+    .data("source", detection.source.map(|s| s.to_string()));
+    if !identity.warnings().is_empty() && environment.status == Status::Ok {
+        environment.status = Status::Warn;
+        environment.finding = format!(
+            "{}; {}",
+            environment.finding,
+            identity.warnings().join("; ")
+        );
+        environment.fix = Some(
+            "each warning names the variable to set or unset; a half-set source is skipped"
+                .to_owned(),
+        );
+    }
+    checks.push(environment);
+
+    // 3. credentials.
+    let creds = if detection.kind == EnvironmentKind::None {
+        checks.push(Check::skip(
+            "credentials",
+            "not tried: no credential source (see environment)",
+        ));
+        None
+    } else {
+        match identity.credentials().await {
+            Ok(creds) => {
+                checks.push(
+                    Check::ok(
+                        "credentials",
+                        format!(
+                            "resolved from {}: {} access key {}",
+                            creds.source,
+                            if creds.session_token.is_some() {
+                                "temporary"
+                            } else {
+                                "long-term"
+                            },
+                            short_key_id(&creds.access_key_id)
+                        ),
+                    )
+                    .data("source", creds.source.to_string())
+                    .data("temporary", creds.session_token.is_some()),
+                );
+                Some(creds)
+            }
+            Err(e) => {
+                checks.push(credentials_failure(&e));
+                None
+            }
+        }
+    };
+
+    // 4. region and STS host.
+    let region = identity
+        .region(delegated.and_then(|d| d.region.as_deref()))
+        .await;
+    let endpoint = sts_endpoint(region.as_deref());
+    let region_source = region_source(delegated, agent, &env, region.is_some());
+    let sts_override = sts_override(&env);
+    let mut region_check = Check::ok(
+        "region",
+        match &region {
+            Some(r) => format!("{r} (from {region_source}); STS host {}", endpoint.host),
+            None => format!(
+                "none found ({region_source}): the global STS host {}, signed as {}",
+                endpoint.host, endpoint.signing_region
+            ),
+        },
+    )
+    .data("region", region.clone())
+    .data("region_source", region_source)
+    .data("sts_host", endpoint.host.clone())
+    .data("signing_region", endpoint.signing_region.clone());
+    if let Some((var, url)) = &sts_override {
+        region_check.finding.push_str(&format!(
+            "; doctor sends its STS request to {url} ({var}), keeping the signed Host"
+        ));
+        region_check = region_check.data("sts_url", url.clone());
+    }
+    checks.push(region_check);
+
+    // 5–6. clock and caller, from one GetCallerIdentity sent to STS.
+    let client_opts = agent
+        .map(|a| client_options(a, STS_TIMEOUT))
+        .unwrap_or_else(|| ClientOptions {
+            timeout: STS_TIMEOUT,
+            ..ClientOptions::default()
+        });
+    let http = ExchangeClient::with_env(&client_opts, |k| env.get(k).map(str::to_owned));
+    let org = delegated.map_or(PLACEHOLDER_ORG, |d| d.org_uuid.as_str());
+    let target = sts_override
+        .as_ref()
+        .map_or_else(|| endpoint.url.clone(), |(_, url)| url.clone());
+    let (clock, caller, proof) = match (&creds, &http) {
+        (None, _) => (
+            Check::skip(
+                "clock",
+                "not measured: no credentials to sign the STS request",
+            ),
+            Check::skip("caller", "not asked: no credentials (see credentials)"),
+            None,
+        ),
+        (Some(_), Err(e)) => (
+            Check::skip("clock", "not measured: no HTTP client"),
+            Check::fail(
+                "caller",
+                e.to_string(),
+                "fix proxy.* in datadog.yaml (or HTTPS_PROXY in the environment)",
+            ),
+            None,
+        ),
+        (Some(creds), Ok(http)) => {
+            sts_checks(
+                http.http(),
+                creds,
+                org,
+                region.as_deref(),
+                &endpoint.host,
+                &target,
+            )
+            .await
+        }
+    };
+    let clock_failed = clock.status == Status::Fail;
+    let caller_arn = caller
+        .data
+        .get("arn")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    checks.push(clock);
+    checks.push(caller);
+
+    // 7. the mapping to create.
+    let mapping_index = checks.len();
+    checks.push(match &caller_arn {
+        Some(arn) => mapping_check(arn),
+        None => Check::skip(
+            "mapping",
+            "no caller ARN to derive a pattern from (see caller)",
+        ),
+    });
+
+    // 8. the test exchange.
+    let exchange = match (delegated, &proof, &http) {
+        (None, _, _) => Check::skip("exchange", "not tried: no instance to test (see config)"),
+        (Some(_), None, _) | (Some(_), _, Err(_)) => Check::skip(
+            "exchange",
+            "not tried: no signed proof (see the checks above)",
+        ),
+        (Some(spec), Some(proof), Ok(_)) => {
+            let client = ExchangeClient::with_env(
+                &agent
+                    .map(|a| client_options(a, crate::exchange::DEFAULT_TIMEOUT))
+                    .unwrap_or_default(),
+                |k| env.get(k).map(str::to_owned),
+            );
+            match client {
+                Ok(client) => {
+                    exchange_check(&client, spec, proof, &checks[mapping_index], clock_failed).await
+                }
+                Err(e) => Check::fail("exchange", e.to_string(), "fix proxy.* (or HTTPS_PROXY)"),
+            }
+        }
+    };
+    // Without a caller ARN from STS, Datadog's refusal names the identity it saw: suggest from it.
+    if checks[mapping_index].status == Status::Skip
+        && let Some(arn) = exchange.data.get("caller_arn").and_then(Value::as_str)
+    {
+        checks[mapping_index] = mapping_check(arn);
+    }
+    checks.push(exchange);
+    checks
+}
+
+/// The `clock` and `caller` checks, from one signed GetCallerIdentity sent to `target`, and the
+/// proof it was taken from (reused for the test exchange, so Datadog replays exactly what STS
+/// just accepted).
+async fn sts_checks(
+    http: &reqwest::Client,
+    creds: &crate::aws::AwsCredentials,
+    org: &str,
+    region: Option<&str>,
+    host: &str,
+    target: &str,
+) -> (Check, Check, Option<Secret>) {
+    match build_proof(creds, org, region, SystemTime::now(), USER_AGENT) {
+        Err(e) => (
+            Check::skip("clock", "not measured: the request could not be signed"),
+            Check::fail("caller", e.to_string(), remediation(creds.source)),
+            None,
+        ),
+        Ok(proof) => {
+            let answer = call_sts(http, target, &proof).await;
+            (
+                clock_check(&answer, host),
+                caller_check(&answer, host, creds.source),
+                Some(proof),
+            )
+        }
+    }
+}
+
+/// The `config` check and the instance under test.
+fn config_check<'c>(
+    args: &DoctorArgs,
+    cfg: Result<&'c Config, &ConfigErrors>,
+) -> (Check, Option<&'c InstanceSpec>) {
+    let cfg = match cfg {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            let first = errors
+                .0
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return (
+                Check::fail(
+                    "config",
+                    format!(
+                        "the configuration has {} error(s), the first: {first}",
+                        errors.0.len()
+                    ),
+                    "run `datadog-delegated-auth check-config` to see every problem, fix them, \
+                     and run doctor again",
+                )
+                .data("errors", errors.0.len()),
+                None,
+            );
+        }
+    };
+    let names = || {
+        cfg.instances
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let spec = match &args.instance {
+        Some(name) => match cfg.instance(name) {
+            None => {
+                return (
+                    Check::fail(
+                        "config",
+                        format!("no instance named {name:?} (instances: {})", names()),
+                        "pass --instance with one of the names above",
+                    ),
+                    None,
+                );
+            }
+            Some(spec) if spec.delegated.is_none() => {
+                return (
+                    Check::fail(
+                        "config",
+                        format!("instance {name} does not use delegated auth (static key only)"),
+                        "set its section's delegated_auth.org_uuid (or pick another --instance)",
+                    ),
+                    Some(spec),
+                );
+            }
+            Some(spec) => spec,
+        },
+        None => {
+            let delegated = |i: &&InstanceSpec| i.delegated.is_some();
+            match cfg
+                .instance("api_key")
+                .filter(delegated)
+                .or_else(|| cfg.instances.iter().find(delegated))
+            {
+                Some(spec) => spec,
+                None => {
+                    return (
+                        Check::fail(
+                            "config",
+                            format!(
+                                "no instance uses delegated auth in {}",
+                                cfg.paths.config.display()
+                            ),
+                            "set delegated_auth.org_uuid in datadog.yaml (or a product \
+                             section's delegated_auth.org_uuid, or a DELA(...) directive)",
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    };
+    let d = spec.delegated.as_ref().expect("chosen for being delegated");
+    let mut check = Check::ok(
+        "config",
+        format!(
+            "loaded {}: {} instance(s); testing {} (org {}, endpoint {})",
+            cfg.paths.config.display(),
+            cfg.instances.len(),
+            spec.name,
+            d.org_uuid,
+            crate::config::redact_url_credentials(&d.exchange_target)
+        ),
+    )
+    .data("instance", spec.name.clone())
+    .data("org_uuid", d.org_uuid.clone())
+    .data(
+        "endpoint",
+        crate::config::redact_url_credentials(&d.exchange_target),
+    );
+    if let Some(first) = cfg.warnings.first() {
+        check.status = Status::Warn;
+        check.finding.push_str(&format!(
+            "; {} warning(s), the first: {first}",
+            cfg.warnings.len()
+        ));
+        check.fix =
+            Some("run `datadog-delegated-auth check-config` to see every warning".to_owned());
+    }
+    (check, Some(spec))
+}
+
+/// A failed credential resolution: the error's own text already names the source and ends with
+/// its fix; the fix is split off when it is one of the known remediations.
+fn credentials_failure(e: &CredentialError) -> Check {
+    let text = e.to_string();
+    let known: Vec<&str> = match e.credential_source() {
+        Some(source) => vec![HOP_LIMIT_FIX, remediation(source)],
+        None => vec![NO_ENVIRONMENT_FIX],
+    };
+    for fix in known {
+        if let Some(finding) = text.strip_suffix(fix) {
+            return Check::fail(
+                "credentials",
+                finding.trim_end_matches([';', ' ']).to_owned(),
+                fix,
+            );
+        }
+    }
+    let fix = e
+        .credential_source()
+        .map_or(NO_ENVIRONMENT_FIX, remediation);
+    Check::fail("credentials", text, fix)
+}
+
+/// `ASIA…WXYZ`: enough to tell keys apart (the AWS console shows the same), not the whole id.
+fn short_key_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() < 12 {
+        return "***".to_owned();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+/// Where the region came from, in the order `Identity::region` looks.
+fn region_source(
+    delegated: Option<&DelegatedSpec>,
+    agent: Option<&AgentConfig>,
+    env: &AwsEnv,
+    found: bool,
+) -> &'static str {
+    let configured = agent.and_then(|a| a.aws_region.as_deref());
+    match delegated.and_then(|d| d.region.as_deref()) {
+        Some(r) if Some(r) != configured => return "the DELA directive's region=",
+        Some(_) => return "delegated_auth.aws.region",
+        None => {}
+    }
+    if configured.is_some() {
+        "delegated_auth.aws.region"
+    } else if env.has(vars::REGION) {
+        "AWS_REGION"
+    } else if env.has(vars::DEFAULT_REGION) {
+        "AWS_DEFAULT_REGION"
+    } else if !found {
+        "not configured and not detected from ECS task metadata or the EC2 identity document"
+    } else if env.has(vars::ECS_METADATA_URI_V4) {
+        "ECS task metadata"
+    } else {
+        "the EC2 instance identity document"
+    }
+}
+
+/// `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, as the AWS SDKs read them.
+fn sts_override(env: &AwsEnv) -> Option<(&'static str, String)> {
+    [vars::ENDPOINT_URL_STS, vars::ENDPOINT_URL]
+        .into_iter()
+        .find_map(|var| {
+            env.get(var)
+                .map(|url| (var, url.trim().trim_end_matches('/').to_owned()))
+        })
+}
+
+/// What STS answered.
+#[derive(Debug)]
+enum StsAnswer {
+    /// An HTTP answer.
+    Answered {
+        status: u16,
+        /// The `Date` header.
+        date: Option<SystemTime>,
+        /// Local time halfway through the round trip (best estimate of when `date` was stamped).
+        local_mid: SystemTime,
+        body: String,
+    },
+    /// No answer (connection, timeout, refused URL).
+    Unreachable { target: String, reason: String },
+}
+
+/// Sends the proof's signed GetCallerIdentity to `target` (the proof's own STS URL, or an
+/// override), with the proof's headers (its `Host` included) and a rebuilt `Content-Length`,
+/// as Datadog's backend replays it.
+async fn call_sts(http: &reqwest::Client, target: &str, proof: &Secret) -> StsAnswer {
+    let unreachable = |reason: String| StsAnswer::Unreachable {
+        target: target.to_owned(),
+        reason,
+    };
+    let decoded = match decode_proof(proof.expose()) {
+        Ok(d) => d,
+        Err(e) => return unreachable(format!("cannot decode our own proof: {e}")),
+    };
+    let url = match reqwest::Url::parse(target) {
+        Ok(url) => url,
+        Err(e) => return unreachable(format!("the STS URL does not parse ({e})")),
+    };
+    if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(&url)) {
+        return unreachable(
+            "refusing to send a signed request over plain http:// to a host that is not \
+             loopback; use https://"
+                .to_owned(),
+        );
+    }
+    let mut request = http
+        .request(
+            reqwest::Method::from_bytes(decoded.method.as_bytes()).unwrap_or(reqwest::Method::POST),
+            url,
+        )
+        .timeout(STS_TIMEOUT);
+    for (name, values) in &decoded.headers {
+        for value in values {
+            let Ok(mut value) = reqwest::header::HeaderValue::from_str(value) else {
+                return unreachable(format!(
+                    "the signed header {name} is not a valid header value"
+                ));
+            };
+            if name.eq_ignore_ascii_case("authorization")
+                || name.eq_ignore_ascii_case("x-amz-security-token")
+            {
+                value.set_sensitive(true);
+            }
+            request = request.header(name.as_str(), value);
+        }
+    }
+    let request = request
+        .header(reqwest::header::CONTENT_LENGTH, decoded.body.len())
+        .body(decoded.body.clone());
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return unreachable(reqwest_reason(&e)),
+    };
+    let rtt = clock.elapsed();
+    let status = response.status().as_u16();
+    let date = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let mut body = Vec::new();
+    let mut response = response;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_STS_RESPONSE_BYTES {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return unreachable(reqwest_reason(&e)),
+        }
+    }
+    StsAnswer::Answered {
+        status,
+        date,
+        local_mid: started + rtt / 2,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// The `clock` check: local time against STS's `Date`.
+fn clock_check(answer: &StsAnswer, host: &str) -> Check {
+    let (date, local_mid) = match answer {
+        StsAnswer::Unreachable { .. } => {
+            return Check::warn(
+                "clock",
+                "not measured: STS did not answer (see caller)",
+                format!("check the clock by other means: {CLOCK_FIX}"),
+            );
+        }
+        StsAnswer::Answered { date: None, .. } => {
+            return Check::warn(
+                "clock",
+                "not measured: STS's answer had no Date header",
+                format!("check the clock by other means: {CLOCK_FIX}"),
+            );
+        }
+        StsAnswer::Answered {
+            date: Some(date),
+            local_mid,
+            ..
+        } => (*date, *local_mid),
+    };
+    // `Date` has one-second resolution and is truncated: its true instant is on average half a
+    // second later than written.
+    let server = date + Duration::from_millis(500);
+    let (ahead, offset) = match local_mid.duration_since(server) {
+        Ok(d) => (true, d),
+        Err(e) => (false, e.duration()),
+    };
+    let secs = offset.as_secs_f64();
+    let signed = if ahead { secs } else { -secs };
+    let rounded = (signed * 10.0).round() / 10.0;
+    let described = if offset < Duration::from_secs(2) {
+        format!("in sync with {host} (offset {rounded:+.1} s, from its Date header)")
+    } else {
+        format!(
+            "the local clock is {} {} {host}'s Date header",
+            humantime::format_duration(Duration::from_secs(secs.round() as u64)),
+            if ahead { "ahead of" } else { "behind" }
+        )
+    };
+    let check = if offset > CLOCK_FAIL {
+        Check::fail(
+            "clock",
+            format!("{described}: Datadog refuses proofs more than 5 minutes off"),
+            CLOCK_FIX,
+        )
+    } else if offset > CLOCK_WARN {
+        Check::warn(
+            "clock",
+            format!("{described}: over 1 minute; Datadog refuses proofs more than 5 minutes off"),
+            CLOCK_FIX,
+        )
+    } else {
+        Check::ok("clock", described)
+    };
+    check.data("offset_seconds", rounded)
+}
+
+/// The `caller` check: STS's verdict on the signed request.
+fn caller_check(answer: &StsAnswer, host: &str, source: CredentialSource) -> Check {
+    match answer {
+        StsAnswer::Unreachable { target, reason } => Check::warn(
+            "caller",
+            format!("STS at {target} did not answer: {reason}"),
+            format!(
+                "the daemon itself never calls STS (Datadog does), so this only stops doctor from \
+                 showing the caller; to see it, allow HTTPS to {host} (directly or through \
+                 proxy.https)"
+            ),
+        ),
+        StsAnswer::Answered {
+            status: 200, body, ..
+        } => match xml_field(body, "Arn") {
+            Some(arn) => {
+                let account = xml_field(body, "Account");
+                Check::ok("caller", arn.clone())
+                    .data("arn", arn)
+                    .data("account", account)
+            }
+            None => Check::fail(
+                "caller",
+                "STS answered 200 without an Arn",
+                "check AWS_ENDPOINT_URL_STS/AWS_ENDPOINT_URL and the proxy: something other than \
+                 STS answered",
+            ),
+        },
+        StsAnswer::Answered { status, body, .. } => {
+            let code = xml_field(body, "Code").unwrap_or_default();
+            let message = xml_field(body, "Message").unwrap_or_default();
+            let what = match (code.is_empty(), message.is_empty()) {
+                (true, true) => String::new(),
+                (false, true) => format!(": {code}"),
+                (true, false) => format!(": {message}"),
+                (false, false) => format!(": {code}: {message}"),
+            };
+            let lower = format!("{code} {message}").to_ascii_lowercase();
+            let fix = if lower.contains("expired") && lower.contains("signature")
+                || lower.contains("requestexpired")
+                || lower.contains("request time")
+            {
+                CLOCK_FIX.to_owned()
+            } else if lower.contains("expiredtoken") {
+                format!(
+                    "the session token has expired, so the source served stale credentials; {}",
+                    remediation(source)
+                )
+            } else if lower.contains("invalidclienttokenid") {
+                format!(
+                    "AWS does not know this access key (deleted, wrong account or partition); {}",
+                    remediation(source)
+                )
+            } else if lower.contains("signaturedoesnotmatch") {
+                format!(
+                    "the secret key does not match the access key; {}",
+                    remediation(source)
+                )
+            } else {
+                format!(
+                    "Datadog will get the same answer when it replays the proof; {}",
+                    remediation(source)
+                )
+            };
+            Check::fail(
+                "caller",
+                format!("STS refused the signed GetCallerIdentity (HTTP {status}{what})"),
+                fix,
+            )
+            .data("sts_status", *status)
+            .data("sts_code", code)
+        }
+    }
+}
+
+/// The `mapping` check: the pattern to create for `arn`.
+fn mapping_check(arn: &str) -> Check {
+    match suggest_intake_pattern(arn) {
+        Some(pattern) => {
+            let command =
+                format!("datadog-delegated-auth mapping create --arn-pattern '{pattern}'");
+            Check::ok(
+                "mapping",
+                format!(
+                    "the intake mapping for this identity is {pattern} (create it with: {command})"
+                ),
+            )
+            .data("pattern", pattern)
+            .data("command", command)
+        }
+        None => Check::warn(
+            "mapping",
+            format!("no intake-mapping pattern can be derived from {arn}"),
+            "Agents should run as an IAM role (instance profile, task role, IRSA, Pod Identity), \
+             whose sessions a pattern arn:aws:sts::<account>:assumed-role/<role>/* admits",
+        )
+        .data("caller_arn", arn.to_owned()),
+    }
+}
+
+/// The `exchange` check: a real exchange at the instance's intake-key URL.
+async fn exchange_check(
+    client: &ExchangeClient,
+    spec: &DelegatedSpec,
+    proof: &Secret,
+    mapping: &Check,
+    clock_failed: bool,
+) -> Check {
+    let url = intake_key_url(&spec.exchange_target);
+    match client.exchange(&url, proof).await {
+        Ok(key) => Check::ok(
+            "exchange",
+            format!(
+                "Datadog issued a managed API key ({}) for org {} at {url}",
+                key.redacted(),
+                spec.org_uuid
+            ),
+        )
+        .data("url", url),
+        Err(e) => {
+            let caller = e.detail().and_then(authenticated_arn);
+            let fix = exchange_fix(&e, mapping, caller.as_deref(), clock_failed, spec);
+            let mut check = Check::fail("exchange", exchange_finding(&e, &url), fix)
+                .data("url", url)
+                .data("error_kind", e.kind());
+            if let Some(detail) = e.detail() {
+                check = check.data("detail", detail.to_owned());
+            }
+            if let Some(arn) = caller {
+                check = check.data("caller_arn", arn);
+            }
+            check
+        }
+    }
+}
+
+fn exchange_finding(e: &ExchangeError, url: &str) -> String {
+    match e {
+        ExchangeError::Unauthorized { status, detail } => format!(
+            "Datadog refused the proof at {url} (HTTP {status}){}",
+            detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        other => format!("{other} (at {url})"),
+    }
+}
+
+fn exchange_fix(
+    e: &ExchangeError,
+    mapping: &Check,
+    caller: Option<&str>,
+    clock_failed: bool,
+    spec: &DelegatedSpec,
+) -> String {
+    match e {
+        ExchangeError::Unauthorized { detail, .. } => {
+            let detail = detail.as_deref().unwrap_or_default().to_ascii_lowercase();
+            if detail.contains("no identity mapping") || detail.contains("mapping") {
+                let command = mapping
+                    .data
+                    .get("command")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        caller.and_then(suggest_intake_pattern).map(|p| {
+                            format!("datadog-delegated-auth mapping create --arn-pattern '{p}'")
+                        })
+                    });
+                match command {
+                    Some(command) => format!(
+                        "create the mapping above: `{command}` (with DD_API_KEY and DD_APP_KEY \
+                         of org {}), then run doctor again",
+                        spec.org_uuid
+                    ),
+                    None => format!(
+                        "create an intake mapping for this identity in org {} \
+                         (`datadog-delegated-auth mapping create --arn-pattern …`)",
+                        spec.org_uuid
+                    ),
+                }
+            } else if clock_failed
+                || detail.contains("date")
+                || detail.contains("clock")
+                || detail.contains("expired")
+            {
+                CLOCK_FIX.to_owned()
+            } else {
+                format!(
+                    "check that org_uuid {} is the org that holds the intake mapping, that the AWS \
+                     account is integrated with Datadog (the Datadog-AWS integration), and the \
+                     server's detail above",
+                    spec.org_uuid
+                )
+            }
+        }
+        ExchangeError::Throttled { .. } => {
+            "Datadog is rate limiting exchanges; wait a minute and run doctor again".to_owned()
+        }
+        ExchangeError::Unavailable { .. } => format!(
+            "check network access to {} (and proxy.https / HTTPS_PROXY), or retry later if \
+             Datadog answered 5xx",
+            spec.exchange_target
+        ),
+        ExchangeError::InvalidResponse { .. }
+        | ExchangeError::InsecureUrl { .. }
+        | ExchangeError::Client { .. } => {
+            "check site and dd_url (or the DELA endpoint): they decide the exchange URL".to_owned()
+        }
+    }
+}
+
+/// The ARN in Datadog's "Authenticated as <arn> but no identity mapping was found." detail.
+fn authenticated_arn(detail: &str) -> Option<String> {
+    let start = detail.find("arn:")?;
+    let arn: String = detail[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let arn = arn.trim_end_matches(['.', ',', ';']).to_owned();
+    (arn.matches(':').count() >= 5).then_some(arn)
+}
+
+/// The text of the first `<name>…</name>` element (STS answers are small, flat XML).
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let text = xml[start..end].trim();
+    (!text.is_empty()).then(|| unescape_xml(text))
+}
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// What a reqwest failure was, without the URL (its Display repeats it, with the query).
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}s", STS_TIMEOUT.as_secs());
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    format!("{what} ({})", parts.join(": "))
+}
+
+/// 127.0.0.0/8, `::1` or `localhost`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answered(status: u16, date: Option<SystemTime>, local: SystemTime, body: &str) -> StsAnswer {
+        StsAnswer::Answered {
+            status,
+            date,
+            local_mid: local,
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn clock_thresholds() {
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let cases = [
+            (0i64, Status::Ok),
+            (30, Status::Ok),
+            (-30, Status::Ok),
+            (90, Status::Warn),
+            (-90, Status::Warn),
+            (299, Status::Warn),
+            (301, Status::Fail),
+            (-600, Status::Fail),
+            (600, Status::Fail),
+        ];
+        for (offset, want) in cases {
+            let local = if offset >= 0 {
+                date + Duration::from_millis(500) + Duration::from_secs(offset as u64)
+            } else {
+                date + Duration::from_millis(500) - Duration::from_secs(offset.unsigned_abs())
+            };
+            let check = clock_check(&answered(200, Some(date), local, ""), "sts.amazonaws.com");
+            assert_eq!(check.status, want, "offset {offset}: {check:?}");
+            let measured = check.data["offset_seconds"].as_f64().unwrap();
+            assert!(
+                (measured - offset as f64).abs() < 0.01,
+                "{measured} vs {offset}"
+            );
+            if want == Status::Fail {
+                assert!(check.fix.as_deref().unwrap().contains("chrony/ntp"));
+                let direction = if offset > 0 { "ahead" } else { "behind" };
+                assert!(check.finding.contains(direction), "{}", check.finding);
+            }
+        }
+        let no_date = clock_check(&answered(200, None, date, ""), "h");
+        assert_eq!(no_date.status, Status::Warn);
+    }
+
+    #[test]
+    fn caller_from_sts_answers() {
+        let now = SystemTime::now();
+        let ok = "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>arn:aws:sts::123456789012:assumed-role/R/i-1</Arn><UserId>AROA:i-1</UserId><Account>123456789012</Account></GetCallerIdentityResult></GetCallerIdentityResponse>";
+        let check = caller_check(
+            &answered(200, None, now, ok),
+            "sts.amazonaws.com",
+            CredentialSource::Imds,
+        );
+        assert_eq!(check.status, Status::Ok);
+        assert_eq!(
+            check.finding,
+            "arn:aws:sts::123456789012:assumed-role/R/i-1"
+        );
+        assert_eq!(check.data["account"], json!("123456789012"));
+
+        let expired = "<ErrorResponse><Error><Type>Sender</Type><Code>ExpiredToken</Code><Message>The security token included in the request is expired</Message></Error></ErrorResponse>";
+        let check = caller_check(
+            &answered(403, None, now, expired),
+            "h",
+            CredentialSource::Imds,
+        );
+        assert_eq!(check.status, Status::Fail);
+        assert!(
+            check
+                .finding
+                .contains("HTTP 403: ExpiredToken: The security token"),
+            "{}",
+            check.finding
+        );
+        assert!(check.fix.as_deref().unwrap().contains("instance profile"));
+
+        let skew = "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>Signature expired: 20260101T000000Z is now earlier than 20260101T001500Z</Message></Error></ErrorResponse>";
+        let check = caller_check(
+            &answered(403, None, now, skew),
+            "h",
+            CredentialSource::StaticEnv,
+        );
+        assert!(check.fix.as_deref().unwrap().contains("chrony/ntp"));
+
+        let bad_sig = "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error></ErrorResponse>";
+        let check = caller_check(
+            &answered(403, None, now, bad_sig),
+            "h",
+            CredentialSource::StaticEnv,
+        );
+        assert!(check.fix.as_deref().unwrap().contains("secret key"));
+
+        let check = caller_check(
+            &StsAnswer::Unreachable {
+                target: "https://sts.amazonaws.com".into(),
+                reason: "cannot connect".into(),
+            },
+            "sts.amazonaws.com",
+            CredentialSource::Imds,
+        );
+        assert_eq!(
+            check.status,
+            Status::Warn,
+            "STS unreachable does not stop the daemon"
+        );
+    }
+
+    #[test]
+    fn mapping_suggestion_and_command() {
+        let check = mapping_check("arn:aws:sts::123456789012:assumed-role/DatadogAgentRole/i-0abc");
+        assert_eq!(check.status, Status::Ok);
+        assert_eq!(
+            check.data["command"],
+            json!(
+                "datadog-delegated-auth mapping create --arn-pattern 'arn:aws:sts::123456789012:assumed-role/DatadogAgentRole/*'"
+            )
+        );
+        assert_eq!(mapping_check("arn:aws:s3:::bucket").status, Status::Warn);
+    }
+
+    #[test]
+    fn arn_from_datadog_detail() {
+        assert_eq!(
+            authenticated_arn("Authenticated as arn:aws:sts::123:assumed-role/R/s but no identity mapping was found.").as_deref(),
+            Some("arn:aws:sts::123:assumed-role/R/s")
+        );
+        assert_eq!(
+            authenticated_arn("Authenticated as arn:aws:sts::123456789012:assumed-role/R/s.")
+                .as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/R/s")
+        );
+        assert_eq!(authenticated_arn("no arn here"), None);
+    }
+
+    #[test]
+    fn credential_failures_split_the_fix() {
+        let e = CredentialError::Provider {
+            credential_source: CredentialSource::Container,
+            detail: "connection refused".into(),
+        };
+        let check = credentials_failure(&e);
+        assert_eq!(
+            check.finding,
+            "ECS/EKS container credentials: connection refused"
+        );
+        assert_eq!(
+            check.fix.as_deref(),
+            Some(remediation(CredentialSource::Container))
+        );
+        let e = CredentialError::ImdsTokenUnanswered {
+            timeout: Duration::from_millis(300),
+            versions: "v2",
+        };
+        let check = credentials_failure(&e);
+        assert_eq!(check.fix.as_deref(), Some(HOP_LIMIT_FIX));
+        assert!(!check.finding.contains("hop-limit 2"), "{}", check.finding);
+    }
+
+    #[test]
+    fn short_key_ids() {
+        assert_eq!(short_key_id("ASIAABCDEFGHIJKLWXYZ"), "ASIA…WXYZ");
+        assert_eq!(short_key_id("short"), "***");
+    }
+
+    #[test]
+    fn xml_fields() {
+        assert_eq!(
+            xml_field("<a><Arn> x&amp;y </Arn></a>", "Arn").as_deref(),
+            Some("x&y")
+        );
+        assert_eq!(xml_field("<Arn></Arn>", "Arn"), None);
+        assert_eq!(xml_field("<Arn>x", "Arn"), None);
+    }
+
+    #[test]
+    fn rendering_and_exit_code() {
+        let checks = vec![
+            Check::ok("config", "fine"),
+            Check::fail("exchange", "refused", "create the mapping"),
+        ];
+        let mut out = Vec::new();
+        render(&checks, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("[ok]   config      fine\n"), "{text}");
+        assert!(text.contains("[FAIL] exchange    refused\n"), "{text}");
+        assert!(text.contains("fix: create the mapping\n"), "{text}");
+        assert!(text.ends_with("1 check(s) failed.\n"), "{text}");
+        assert_eq!(exit_code(&checks), 1);
+        assert_eq!(exit_code(&checks[..1]), 0);
+        let json = serde_json::to_value(&checks).unwrap();
+        assert_eq!(json[1]["status"], json!("fail"));
+        assert_eq!(json[0]["fix"], Value::Null);
+        assert!(json[0].get("data").is_none());
+    }
+}
