@@ -35,7 +35,7 @@ use crate::aws::{
     AwsEnv, AwsOptions, CredentialError, CredentialSource, EnvironmentKind, HOP_LIMIT_FIX,
     Identity, build_proof, decode_proof, env::vars, remediation, sts_endpoint,
 };
-use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec, Provider};
+use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec};
 use crate::exchange::{ClientOptions, ExchangeClient, ExchangeError, intake_key_url};
 use crate::secret::Secret;
 
@@ -206,32 +206,6 @@ pub fn render(checks: &[Check], out: &mut dyn Write) {
     };
 }
 
-/// The settings that shape AWS identity, as the daemon uses them (`datadog.yaml`'s IMDS and
-/// `delegated_auth` keys, and `imds.v1_fallback` from the settings file).
-pub fn aws_options(cfg: &Config) -> AwsOptions {
-    let agent = &cfg.agent;
-    AwsOptions {
-        ec2_metadata_timeout: agent.ec2_metadata_timeout,
-        // IMDSv1 only when the settings file opts in (product §9).
-        allow_imdsv1: cfg.settings.imds.v1_fallback,
-        imds_token_lifetime: agent.ec2_metadata_token_lifetime,
-        imds_allowed: agent.aws_metadata_enabled(),
-        provider_explicit: agent.provider == Provider::Aws,
-        configured_region: agent.aws_region.clone(),
-    }
-}
-
-/// The HTTP client settings of `datadog.yaml` (`proxy.*`, `skip_ssl_validation`).
-pub fn client_options(agent: &AgentConfig, timeout: Duration) -> ClientOptions {
-    ClientOptions {
-        proxy_http: agent.proxy.http.clone(),
-        proxy_https: agent.proxy.https.clone(),
-        no_proxy: agent.proxy.no_proxy.clone(),
-        skip_ssl_validation: agent.skip_ssl_validation,
-        timeout,
-    }
-}
-
 /// Runs every check (see the module doc) and returns them in order.
 pub async fn diagnose(
     args: &DoctorArgs,
@@ -247,7 +221,7 @@ pub async fn diagnose(
     let delegated = spec.and_then(|s| s.delegated.as_ref());
 
     // 2. environment.
-    let opts = cfg.ok().map(aws_options).unwrap_or_default();
+    let opts = cfg.ok().map(AwsOptions::from_config).unwrap_or_default();
     let identity = Identity::new(opts, env.clone());
     let detection = identity.detect().await;
     let mut environment = match detection.kind {
@@ -355,7 +329,7 @@ pub async fn diagnose(
 
     // 5–6. clock and caller, from one GetCallerIdentity sent to STS.
     let client_opts = agent
-        .map(|a| client_options(a, STS_TIMEOUT))
+        .map(|a| ClientOptions::from_agent(a, STS_TIMEOUT))
         .unwrap_or_else(|| ClientOptions {
             timeout: STS_TIMEOUT,
             ..ClientOptions::default()
@@ -424,7 +398,7 @@ pub async fn diagnose(
         (Some(spec), Some(proof), Ok(_)) => {
             let client = ExchangeClient::with_env(
                 &agent
-                    .map(|a| client_options(a, crate::exchange::DEFAULT_TIMEOUT))
+                    .map(|a| ClientOptions::from_agent(a, crate::exchange::DEFAULT_TIMEOUT))
                     .unwrap_or_default(),
                 |k| env.get(k).map(str::to_owned),
             );

@@ -617,8 +617,9 @@ async fn execute(
             crate::config::redact_url_credentials(&cfg.agent.infra_endpoint)
         );
     }
-    let http = ExchangeClient::with_env(&client_options(cfg), env)
-        .map_err(|e| MappingError::Url(e.to_string()))?;
+    let http =
+        ExchangeClient::with_env(&ClientOptions::from_agent(&cfg.agent, REQUEST_TIMEOUT), env)
+            .map_err(|e| MappingError::Url(e.to_string()))?;
     let client = MappingClient::new(http.http().clone(), &base.url, keys)?;
     match cmd {
         MappingCommand::List { persona, json } => {
@@ -657,18 +658,6 @@ async fn execute(
         }
     }
     Ok(())
-}
-
-/// Client settings from `datadog.yaml` (proxies, TLS), with the mapping API's timeout.
-fn client_options(cfg: &Config) -> ClientOptions {
-    let agent = &cfg.agent;
-    ClientOptions {
-        proxy_http: agent.proxy.http.clone(),
-        proxy_https: agent.proxy.https.clone(),
-        no_proxy: agent.proxy.no_proxy.clone(),
-        skip_ssl_validation: agent.skip_ssl_validation,
-        timeout: REQUEST_TIMEOUT,
-    }
 }
 
 /// Advice about a valid pattern that will not do what an Agent mapping usually needs.

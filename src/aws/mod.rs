@@ -65,6 +65,23 @@ pub struct AwsOptions {
     pub configured_region: Option<String>,
 }
 
+impl AwsOptions {
+    /// The identity settings of a validated configuration: the Agent's `ec2_*`,
+    /// `cloud_provider_metadata` and `delegated_auth.{provider, aws.region}`, and our
+    /// `imds.v1_fallback` (IMDSv1 only when the settings file opts in, product §9).
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let agent = &cfg.agent;
+        AwsOptions {
+            ec2_metadata_timeout: agent.ec2_metadata_timeout,
+            allow_imdsv1: cfg.settings.imds.v1_fallback,
+            imds_token_lifetime: agent.ec2_metadata_token_lifetime,
+            imds_allowed: agent.aws_metadata_enabled(),
+            provider_explicit: agent.provider == crate::config::Provider::Aws,
+            configured_region: agent.aws_region.clone(),
+        }
+    }
+}
+
 impl Default for AwsOptions {
     fn default() -> Self {
         AwsOptions {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tracing::{debug, warn};
 
 use crate::aws::{self, AwsEnv, AwsOptions, Identity};
-use crate::config::{Config, Provider};
+use crate::config::Config;
 use crate::exchange::{self, ClientOptions, ExchangeClient};
 use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger};
 use crate::server::ServerState;
@@ -38,29 +38,9 @@ impl AwsExchanger {
                 "skip_ssl_validation is set: the TLS certificate of the Datadog API is NOT verified. Anyone on the network path can steal managed keys. Unset it unless you know why it is needed."
             );
         }
-        let client = ExchangeClient::new(&ClientOptions {
-            proxy_http: a.proxy.http.clone(),
-            proxy_https: a.proxy.https.clone(),
-            no_proxy: a.proxy.no_proxy.clone(),
-            skip_ssl_validation: a.skip_ssl_validation,
-            timeout: exchange::DEFAULT_TIMEOUT,
-        })
-        .map_err(|e| format!("cannot build the HTTPS client for the Datadog API: {e}"))?;
-        let identity = Identity::new(
-            AwsOptions {
-                ec2_metadata_timeout: a.ec2_metadata_timeout,
-                // IMDSv1 is never used unless the settings file opts in (product §9).
-                allow_imdsv1: cfg.settings.imds.v1_fallback,
-                imds_token_lifetime: a.ec2_metadata_token_lifetime,
-                imds_allowed: a
-                    .cloud_provider_metadata
-                    .iter()
-                    .any(|p| p.eq_ignore_ascii_case("aws")),
-                provider_explicit: a.provider == Provider::Aws,
-                configured_region: a.aws_region.clone(),
-            },
-            AwsEnv::from_process(),
-        );
+        let client = ExchangeClient::new(&ClientOptions::from_agent(a, exchange::DEFAULT_TIMEOUT))
+            .map_err(|e| format!("cannot build the HTTPS client for the Datadog API: {e}"))?;
+        let identity = Identity::new(AwsOptions::from_config(cfg), AwsEnv::from_process());
         for w in identity.warnings() {
             warn!("{w}");
         }

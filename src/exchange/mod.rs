@@ -76,6 +76,21 @@ pub struct ClientOptions {
     pub timeout: Duration,
 }
 
+impl ClientOptions {
+    /// The HTTP client settings of `datadog.yaml` (`proxy.*`, `skip_ssl_validation`) with the
+    /// given request timeout. Every client of the Datadog API (exchange, mapping, doctor) builds
+    /// its options here, so they cannot drift apart.
+    pub fn from_agent(agent: &crate::config::AgentConfig, timeout: Duration) -> Self {
+        ClientOptions {
+            proxy_http: agent.proxy.http.clone(),
+            proxy_https: agent.proxy.https.clone(),
+            no_proxy: agent.proxy.no_proxy.clone(),
+            skip_ssl_validation: agent.skip_ssl_validation,
+            timeout,
+        }
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
