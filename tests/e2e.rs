@@ -26,6 +26,14 @@ fn managed_key(w: &World, d: &Daemon, instance: &str, org: &str) -> serde_json::
     v
 }
 
+/// The status once environment detection (which runs in the background) has been published.
+fn detected_status(d: &Daemon) -> serde_json::Value {
+    eventually("environment detection", Duration::from_secs(30), || {
+        let s = d.json("/v1/status");
+        (s["environment"]["kind"] != "detecting").then_some(s)
+    })
+}
+
 fn status_instance(d: &Daemon, name: &str) -> serde_json::Value {
     let status = d.json("/v1/status");
     status["instances"]
@@ -42,7 +50,7 @@ fn static_env_credentials_get_a_managed_key() {
     let w = World::start();
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, w.static_env());
     managed_key(&w, &d, "api_key", &w.org.uuid);
-    let status = d.json("/v1/status");
+    let status = detected_status(&d);
     assert_eq!(status["environment"]["kind"], "static-env", "{status}");
     let inst = status_instance(&d, "api_key");
     assert_eq!(inst["credential_source"], "static environment variables");
@@ -81,7 +89,7 @@ fn ec2_imds_credentials_and_region() {
     env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url());
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
-    let status = d.json("/v1/status");
+    let status = detected_status(&d);
     assert_eq!(status["environment"]["kind"], "ec2", "{status}");
     assert_eq!(status["environment"]["region"], "eu-west-1");
     assert_eq!(
@@ -115,7 +123,7 @@ fn ecs_task_role_credentials() {
     );
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
-    let status = d.json("/v1/status");
+    let status = detected_status(&d);
     assert_eq!(status["environment"]["kind"], "ecs", "{status}");
     assert_eq!(status["environment"]["region"], "us-west-2");
     assert_eq!(
@@ -142,7 +150,7 @@ fn eks_pod_identity_credentials() {
     env.insert("AWS_REGION".into(), "us-east-2".into());
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
-    let status = d.json("/v1/status");
+    let status = detected_status(&d);
     assert_eq!(
         status["environment"]["kind"], "eks-pod-identity",
         "{status}"
@@ -185,7 +193,7 @@ fn eks_irsa_web_identity_credentials() {
     env.insert("AWS_REGION".into(), "us-east-1".into());
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
-    assert_eq!(d.json("/v1/status")["environment"]["kind"], "eks-irsa");
+    assert_eq!(detected_status(&d)["environment"]["kind"], "eks-irsa");
     let arn = w.dd.exchanges().last().unwrap().caller_arn.clone().unwrap();
     assert!(
         arn.ends_with("assumed-role/DatadogAgentRole/eks-datadog-agent-xyz"),

@@ -30,7 +30,7 @@ use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
 use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
 use crate::sink::{self, SinkSpec};
-use crate::status::DaemonInfo;
+use crate::status::{DaemonInfo, EnvironmentStatus};
 
 /// Options of `run` from the command line.
 #[derive(Clone, Debug)]
@@ -304,6 +304,23 @@ impl Daemon {
                 return exit::CONFIG;
             }
         };
+        // Signal handlers and the file watcher exist before anyone can learn we are up (the
+        // socket, READY=1): a SIGHUP sent right after start must reload, not kill us, and an
+        // edit made right after start must not be missed.
+        let (control_tx, control_rx) = mpsc::channel(16);
+        if let Err(e) = control::spawn_signals(control_tx.clone()) {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+        let mut watched = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
+        watched.extend(cfg.settings.fallback_api_key_file.clone());
+        let watcher = match control::watch_files(&watched, control_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
+                None
+            }
+        };
         let listener = match server::bind(&socket, cfg.settings.socket.mode, gid) {
             Ok(l) => l,
             Err(e) => {
@@ -335,6 +352,11 @@ impl Daemon {
                 .iter()
                 .map(|w| format!("{}: {}", w.key, w.message))
                 .collect(),
+            // Detection runs in the background; status says so until it is published.
+            environment: EnvironmentStatus {
+                kind: "detecting".to_owned(),
+                ..EnvironmentStatus::default()
+            },
             ..DaemonInfo::default()
         };
         let state = Arc::new(ServerState {
@@ -370,7 +392,8 @@ impl Daemon {
             config: cfg,
             sinks,
         };
-        let code = daemon.control_loop().await;
+        let code = daemon.control_loop(control_rx).await;
+        drop(watcher);
 
         notify::stopping();
         info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
@@ -383,26 +406,7 @@ impl Daemon {
         code
     }
 
-    async fn control_loop(&mut self) -> u8 {
-        let (tx, mut rx) = mpsc::channel(16);
-        if let Err(e) = control::spawn_signals(tx.clone()) {
-            error!(error = %e, "Cannot install signal handlers.");
-            return exit::FAILURE;
-        }
-        let mut watched = vec![
-            self.opts.paths.config.clone(),
-            self.opts.paths.settings.clone(),
-        ];
-        if let Some(f) = &self.config.settings.fallback_api_key_file {
-            watched.push(f.clone());
-        }
-        let _watcher = match control::watch_files(&watched, tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
-                None
-            }
-        };
+    async fn control_loop(&mut self, mut rx: mpsc::Receiver<Control>) -> u8 {
         while let Some(c) = rx.recv().await {
             match c {
                 Control::Reload(why) => self.reload(why).await,
