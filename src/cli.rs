@@ -87,6 +87,10 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// The Datadog Agent's secret_backend_command: handles on stdin, keys on stdout.
+    SecretHelper(crate::secret_helper::Args),
+    /// Run a command with a key in its environment; restart or signal it when the key rotates.
+    Exec(crate::exec::Args),
     /// Print the version.
     Version,
 }
@@ -143,6 +147,14 @@ pub fn main() -> ExitCode {
         Command::Health { ready } => {
             with_runtime(health(socket_path(&cli.socket, &paths, &env), ready))
         }
+        Command::SecretHelper(args) => crate::secret_helper::main(
+            socket_path(&cli.socket, &paths, &env),
+            &args,
+            std::io::stdin(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Exec(args) => crate::exec::main(socket_path(&cli.socket, &paths, &env), args),
     };
     ExitCode::from(code)
 }
