@@ -231,7 +231,13 @@ async fn run(socket: PathBuf, args: Args) -> u8 {
     };
 
     let (tx, mut rx) = watch::channel(known.clone());
-    let follower = tokio::spawn(follow(socket.clone(), path, args.instance.clone(), known, tx));
+    let follower = tokio::spawn(follow(
+        socket.clone(),
+        path,
+        args.instance.clone(),
+        known,
+        tx,
+    ));
     let code = supervise(&socket, &args, &mut signals, &mut rx).await;
     follower.abort();
     code
@@ -343,9 +349,9 @@ async fn follow(
             (Some(_), None) => say(format!(
                 "the daemon answers again; following rotations of {instance:?}"
             )),
-            (old, Some(msg)) if old.as_ref() != Some(msg) => {
-                say(format!("{msg}; the command keeps its current key, retrying"))
-            }
+            (old, Some(msg)) if old.as_ref() != Some(msg) => say(format!(
+                "{msg}; the command keeps its current key, retrying"
+            )),
             _ => {}
         }
         problem = now;
@@ -362,8 +368,7 @@ async fn follow(
                 LONG_POLL + LONG_POLL_SLACK,
             )
         };
-        let outcome =
-            client::request(&socket, Method::GET, &query, &headers, None, timeout).await;
+        let outcome = client::request(&socket, Method::GET, &query, &headers, None, timeout).await;
         let failure = match outcome {
             Ok(reply) if reply.status == StatusCode::OK => match ServedKey::from_reply(&reply) {
                 Ok(served) => {
@@ -553,7 +558,11 @@ mod tests {
         assert_eq!(parse_on_rotate("restart"), Ok(OnRotate::Restart));
         assert_eq!(parse_on_rotate("none"), Ok(OnRotate::Nothing));
         for s in ["signal:HUP", "signal:SIGHUP", "signal:hup"] {
-            assert_eq!(parse_on_rotate(s), Ok(OnRotate::Signal(Signal::SIGHUP)), "{s}");
+            assert_eq!(
+                parse_on_rotate(s),
+                Ok(OnRotate::Signal(Signal::SIGHUP)),
+                "{s}"
+            );
         }
         assert_eq!(
             parse_on_rotate("signal:USR2"),
@@ -584,7 +593,10 @@ mod tests {
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {
         let mut b = Backoff::new();
         let first = b.next();
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN, "{first:?}");
+        assert!(
+            first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN,
+            "{first:?}"
+        );
         let mut last = first;
         for _ in 0..10 {
             last = b.next();

@@ -20,7 +20,7 @@
 //!   (not JSON, wrong version, too large, stdin never closed) exits 1 with a message on stderr.
 //! - The Agent kills the command after `secret_backend_timeout` (default 30 s) and caps stdout
 //!   at `secret_backend_output_max_size` (default 1 MiB). We answer within our own deadline
-//!   (default 5 s, shorter when the Agent's timeout asks for it) whatever the daemon does: a
+//!   (default 4 s, shorter when the Agent's timeout asks for it) whatever the daemon does: a
 //!   hung daemon costs a per-handle timeout error, never the Agent's kill.
 //! - Nothing secret ever goes to stderr (the Agent logs it).
 
@@ -43,10 +43,10 @@ use crate::secret::Secret;
 /// its own output cap is 1 MiB, so a request over that is not from an Agent.
 pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 
-/// Default total time budget: well below the Agent's default `secret_backend_timeout` (30 s) so
-/// our answer (with per-handle errors) always arrives before the Agent kills us, and long enough
-/// to ride out a daemon restart.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default total time budget: below the Agent's default `secret_backend_timeout` (30 s) and
+/// Vector's exec backend default `timeout` (5 s, same protocol), so our answer (with per-handle
+/// errors) always arrives before the caller kills us; long enough to ride out a daemon restart.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Pause between attempts while the daemon is starting or has no key yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
@@ -59,7 +59,7 @@ const SUPPORTED_MAJOR: &str = "1";
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Total time budget for the answer (shortened to fit the Agent's `secret_backend_timeout`).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -241,7 +241,7 @@ async fn resolve_one(socket: &Path, instance: &str, deadline: Instant) -> Outcom
             }
             Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
                 last = Some(format!(
-                    "datadog-delegated-auth has no key to serve for {instance:?} yet: {}",
+                    "datadog-delegated-auth has no key to serve for {instance:?}: {}",
                     reply.error_message()
                 ));
             }
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn budget_fits_inside_the_agents_timeout() {
-        let ours = Duration::from_secs(5);
+        let ours = DEFAULT_TIMEOUT;
         assert_eq!(budget(ours, None), ours);
         assert_eq!(budget(ours, Some(Duration::from_secs(30))), ours);
         assert_eq!(
