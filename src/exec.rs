@@ -422,10 +422,12 @@ struct Running {
 
 fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, u8> {
     let program = &args.command[0];
+    // Absolute, so it still points at the daemon if the command changes directory.
+    let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&args.command[1..])
         .env(&args.env_var, key.expose())
-        .env("DD_DELEGATED_AUTH_SOCKET", socket)
+        .env("DD_DELEGATED_AUTH_SOCKET", &socket)
         // Its own process group: exec is the one place signals come from (a terminal's Ctrl-C
         // would otherwise reach it twice, directly and forwarded), and a restart can stop the
         // whole group, shell pipelines included.

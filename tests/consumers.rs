@@ -256,6 +256,29 @@ fn secret_helper_answers_exactly_what_the_agent_sends_as_the_agent_parses_it() {
 }
 
 #[test]
+fn secret_helper_resolves_dual_shipping_instance_names() {
+    // A DELA directive with a static fallback: served (as fallback) without AWS. Its instance
+    // name holds `[`, `]`, `/` and `:`, all of which the Agent passes through ENC[...] as is.
+    const KEY_EU: &str = "dddddddddddddddddddddddddddd0004";
+    let yaml = format!(
+        "{}additional_endpoints:\n  \"https://app.datadoghq.eu\":\n    - \"DELA({ORG}, aws, fallback={KEY_EU})\"\n",
+        static_config(KEY_A)
+    );
+    let d = Daemon::start(&yaml, SETTINGS, base_env());
+    let handle = "additional_endpoints[https://app.datadoghq.eu][0]";
+    // Go's encoding/json writes the handle unescaped (no <, >, & in it).
+    let request = format!(
+        r#"{{"version":"1.1","secrets":["{handle}","api_key"],"secret_backend_timeout":30}}"#
+    );
+    let (code, out, err, elapsed) = secret_helper(&d.socket, &[], request.as_bytes());
+    assert_agent_accepts(code, &out, &err, elapsed);
+    let resolved =
+        agent_fetch(&out, &[handle, "api_key"]).unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert_eq!(resolved[handle], KEY_EU);
+    assert_eq!(resolved["api_key"], KEY_A);
+}
+
+#[test]
 fn secret_helper_unknown_handles_are_per_handle_errors_in_well_formed_output() {
     let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
     let (code, out, err, elapsed) = secret_helper(
@@ -1105,72 +1128,130 @@ fn get_wait_waits_for_a_daemon_started_after_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// docs/integrations.md: the plain-script recipes, run as written
+// docs/integrations.md: the recipes marked `<!-- test: NAME -->`, extracted and run as written
 // ---------------------------------------------------------------------------------------------
 
+/// The fenced block that follows `<!-- test: NAME -->` in docs/integrations.md.
+fn doc_block(name: &str) -> String {
+    let doc = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/integrations.md"));
+    let marker = format!("<!-- test: {name} -->");
+    let after = &doc[doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} not in the guide"))..];
+    let start = after.find("```").unwrap();
+    let body = &after[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_owned()
+}
+
+fn sh(script: &str, env: &HashMap<String, String>) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn curl_recipes_of_the_integration_guide_work() {
+fn the_guides_agent_configuration_is_accepted_by_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("datadog.yaml");
+    let settings = dir.path().join("delegated-auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}delegated_auth:\n  org_uuid: {ORG}\n",
+            doc_block("agent-datadog-yaml")
+        ),
+    )
+    .unwrap();
+    std::fs::write(&settings, "").unwrap();
+    let (code, out, err) = cli(
+        &[
+            "check-config",
+            "--config",
+            config.to_str().unwrap(),
+            "--settings",
+            settings.to_str().unwrap(),
+        ],
+        &base_env(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("api_key"), "{out}");
+}
+
+#[test]
+fn the_guides_curl_recipes_work() {
     let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
     let mut env = base_env();
     env.insert("SOCK".into(), d.socket.to_str().unwrap().into());
-    let run = |script: &str, env: &HashMap<String, String>| {
-        let out = Command::new("sh")
-            .args(["-c", script])
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    env.insert("DD_API_KEY".into(), KEY_A.into());
 
-    // The key with curl and the reject report.
-    let (code, out, err) = run(
-        r#"curl -sf --unix-socket "$SOCK" http://localhost/v1/keys/api_key"#,
-        &env,
-    );
+    let (code, out, err) = sh(&doc_block("curl-get"), &env);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["api_key"],
         KEY_A
     );
-    let (code, out, err) = run(
-        r#"curl -sf --unix-socket "$SOCK" -X POST -d "{\"api_key_suffix\":\"$(printf %s "$KEY" | tail -c 5)\"}" http://localhost/v1/keys/api_key/rejected"#,
-        &{
-            let mut e = env.clone();
-            e.insert("KEY".into(), KEY_A.into());
-            e
-        },
-    );
+
+    let (code, out, err) = sh(&doc_block("curl-rejected"), &env);
     assert_eq!(code, 0, "{err}");
-    let refresh = serde_json::from_str::<Value>(&out).unwrap()["refresh"].clone();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    // The served key is a static fallback: the report is taken, a refresh is scheduled or
+    // throttled (there is nothing newer to fetch, but the report was understood).
     assert!(
-        ["scheduled", "throttled", "ignored"].contains(&refresh.as_str().unwrap()),
+        ["scheduled", "throttled", "ignored"].contains(&v["refresh"].as_str().unwrap()),
         "{out}"
     );
+}
 
-    // The long-poll loop of the guide, bounded to two rounds: it prints the rotated key.
-    let script = r#"
-etag=$(curl -sf -D - -o /dev/null --unix-socket "$SOCK" http://localhost/v1/keys/api_key | sed -n 's/^[Ee][Tt]ag: //p' | tr -d '\r')
-for round in 1 2; do
-  code=$(curl -s -o key.json -D headers -w '%{http_code}' --unix-socket "$SOCK" \
-         -H "If-None-Match: $etag" "http://localhost/v1/keys/api_key?wait=300s")
-  if [ "$code" = 200 ]; then
-    sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p' key.json
-    break
-  fi
-  etag=$(sed -n 's/^[Ee][Tt]ag: //p' headers | tr -d '\r')
-done
-"#;
+#[test]
+fn the_guides_key_watcher_runs_its_command_on_rotation() {
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
     let work = tempfile::tempdir().unwrap();
-    let script = format!("cd {} && {script}", work.path().display());
-    let env2 = env.clone();
-    let poller = std::thread::spawn(move || run(&script, &env2));
-    std::thread::sleep(Duration::from_millis(700));
+    let watcher = work.path().join("key-watcher");
+    std::fs::write(&watcher, doc_block("key-watcher")).unwrap();
+    let out = work.path().join("rotations");
+    let reads = || d.logs().matches("Key read.").count();
+    let before = reads();
+    let mut child = Command::new("sh")
+        .arg(&watcher)
+        .args(["sh", "-c", "\"$BIN\" get --socket \"$SOCK\" >> \"$OUT\""])
+        .env_clear()
+        .envs(base_env())
+        .env("SOCK", &d.socket)
+        .env("BIN", BIN)
+        .env("OUT", &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = Pid::from_raw(child.id() as i32);
+    // The watcher has read the current ETag before the key changes.
+    wait_for(
+        "the watcher's first read",
+        Duration::from_secs(30),
+        || (reads() > before).then_some(()),
+        || d.logs(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!out.exists(), "nothing runs before a rotation");
+
     write_by_rename(&d.config, &static_config(KEY_B));
-    let (code, out, err) = poller.join().unwrap();
-    assert_eq!((code, out.trim()), (0, KEY_B), "{err}");
+    wait_for(
+        "the watcher's command",
+        Duration::from_secs(60),
+        || (lines(&out) == vec![KEY_B.to_owned()]).then_some(()),
+        || d.logs(),
+    );
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait();
 }
