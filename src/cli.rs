@@ -248,14 +248,21 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
         let outcome = client::request(&socket, Method::GET, &path, &[], None, CLIENT_TIMEOUT).await;
         let retry = match &outcome {
             Ok(reply) if reply.status == StatusCode::OK => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&reply.body).unwrap_or_default();
-                if json {
-                    println!("{body}");
-                } else {
-                    println!("{}", body["api_key"].as_str().unwrap_or_default());
-                }
-                return exit::OK;
+                // Never print an empty line for a key a script would then use.
+                return match crate::exec::ServedKey::from_reply(reply) {
+                    Ok(_) if json => {
+                        println!("{}", String::from_utf8_lossy(&reply.body));
+                        exit::OK
+                    }
+                    Ok(served) => {
+                        println!("{}", served.key.expose());
+                        exit::OK
+                    }
+                    Err(e) => {
+                        eprintln!("error: the daemon answered with {e}");
+                        exit::FAILURE
+                    }
+                };
             }
             Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => true,
             Ok(_) => false,
