@@ -114,10 +114,10 @@ pub struct Args {
     #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = parse_on_rotate)]
     pub on_rotate: OnRotate,
     /// How long a restart waits after SIGTERM before SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_timeout: Duration,
     /// How long to wait for the daemon and the first key.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]

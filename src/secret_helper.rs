@@ -59,7 +59,7 @@ const SUPPORTED_MAJOR: &str = "1";
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Total time budget for the answer (shortened to fit the Agent's `secret_backend_timeout`).
-    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -388,6 +388,17 @@ mod tests {
         }
         let e = parse_request(b"").unwrap_err().to_string();
         assert!(e.contains("stdin was empty"), "{e}");
+    }
+
+    #[test]
+    fn the_flags_default_is_the_documented_budget() {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cmd = <Cmd as clap::Parser>::parse_from(["secret-helper"]);
+        assert_eq!(cmd.args.timeout, DEFAULT_TIMEOUT);
     }
 
     #[test]
