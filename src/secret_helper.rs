@@ -9,8 +9,8 @@
 //! stdout: {"api_key":{"value":"<key>","error":null},"logs_config.api_key":{"value":null,"error":"…"}}
 //! ```
 //!
-//! Agents before 7.67 send `"version":"1.0"` and no `secret_backend_timeout`; every `1.x` is
-//! accepted and unknown request fields are ignored. Handles are instance names.
+//! Older Agents send `"version":"1.0"` and no `secret_backend_timeout`; every `1.x` is accepted
+//! and unknown request fields (`type`, `config`) are ignored. Handles are instance names.
 //!
 //! What the Agent does with the answer shapes what this module does:
 //! - A non-zero exit fails every handle of the batch and logs our stderr; a zero exit with a

@@ -209,7 +209,7 @@ fn assert_agent_accepts(code: i32, out: &[u8], err: &str, elapsed: Duration) {
 fn secret_helper_answers_exactly_what_the_agent_sends_as_the_agent_parses_it() {
     let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
     let handles = ["api_key", "logs_config.api_key"];
-    // Agents 7.67+ marshal a map with json-iterator (key order not fixed) and protocol 1.1;
+    // Current Agents marshal a map with json-iterator (key order not fixed) and protocol 1.1;
     // older ones used encoding/json (sorted keys) and 1.0.
     let requests: [&[u8]; 3] = [
         br#"{"version":"1.1","secrets":["api_key","logs_config.api_key"],"secret_backend_timeout":30}"#,
