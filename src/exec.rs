@@ -49,8 +49,8 @@ const LONG_POLL: Duration = Duration::from_secs(300);
 /// Margin over the long poll for the whole request (a slow daemon answering the 304).
 const LONG_POLL_SLACK: Duration = Duration::from_secs(30);
 
-/// A 304 sooner than this is not a quiet long poll but a daemon that answers at once (during its
-/// graceful shutdown): back off instead of asking again straight away.
+/// A long poll answered sooner than this with nothing new did not wait (a daemon in its graceful
+/// shutdown answers at once): back off instead of asking again straight away.
 const MIN_POLL: Duration = Duration::from_secs(1);
 
 /// Backoff while the daemon cannot be reached: first retry after about a second, then doubling
@@ -369,10 +369,13 @@ async fn follow(
             )
         };
         let outcome = client::request(&socket, Method::GET, &query, &headers, None, timeout).await;
+        // Whether this answer brought a new value for the command.
+        let mut rotated = false;
         let failure = match outcome {
             Ok(reply) if reply.status == StatusCode::OK => match ServedKey::from_reply(&reply) {
                 Ok(served) => {
                     if served.key != known.key {
+                        rotated = true;
                         let _ = tx.send(served.clone());
                     }
                     known = served;
@@ -380,17 +383,7 @@ async fn follow(
                 }
                 Err(e) => Some(format!("the daemon answered with {e}")),
             },
-            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => {
-                if started.elapsed() < MIN_POLL {
-                    // A long poll answered at once: the daemon is shutting down. Not a failure to
-                    // report, but no reason to ask again straight away either.
-                    report(None);
-                    tokio::time::sleep(backoff.next()).await;
-                    resync = true;
-                    continue;
-                }
-                None
-            }
+            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => None,
             Ok(reply) if reply.status == StatusCode::NOT_FOUND => Some(format!(
                 "the daemon no longer serves {instance:?} (removed from its configuration?)"
             )),
@@ -405,6 +398,11 @@ async fn follow(
         report(failure);
         if failed {
             resync = true;
+            tokio::time::sleep(backoff.next()).await;
+        } else if !resync && !rotated && started.elapsed() < MIN_POLL {
+            // A long poll that did not wait and brought nothing new: a daemon shutting down
+            // answers open polls at once, and one restarted renumbers its generations. Not a
+            // failure to report, but no reason to ask again straight away either.
             tokio::time::sleep(backoff.next()).await;
         } else {
             resync = false;
