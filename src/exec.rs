@@ -180,20 +180,81 @@ fn json_category(e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// Why exec stopped without a status of the command to report.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The async runtime could not be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The daemon answered, but with no key.
+    #[error("no key for {instance:?}: {message} ({status}); the command was not started")]
+    Refused {
+        /// Instance asked for.
+        instance: String,
+        /// The daemon's status.
+        status: StatusCode,
+        /// The daemon's `error.message`.
+        message: String,
+    },
+    /// The daemon's answer could not be read.
+    #[error("the daemon answered for {instance:?} with {reason}; the command was not started")]
+    BadAnswer {
+        /// Instance asked for.
+        instance: String,
+        /// What was wrong (never the body).
+        reason: String,
+    },
+    /// The daemon could not be reached or did not answer in time.
+    #[error("{0}; the command was not started")]
+    Daemon(ClientError),
+    /// The command could not be started.
+    #[error("cannot run {program:?}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Waiting for the command failed.
+    #[error("cannot wait for the command: {0}")]
+    Wait(std::io::Error),
+}
+
+impl ExecError {
+    /// The exit code: 69 when the daemon is unreachable, 127/126 when the command cannot be
+    /// found/executed (as a shell), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::Daemon(ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+            ExecError::Spawn { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => exit::FAILURE,
+            },
+            _ => exit::FAILURE,
+        }
+    }
+}
+
 fn say(msg: impl std::fmt::Display) {
     eprintln!("datadog-delegated-auth exec: {msg}");
 }
 
 /// The command: returns the exit code.
 pub fn main(socket: PathBuf, args: Args) -> u8 {
-    match tokio::runtime::Builder::new_current_thread()
+    let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt.block_on(run(socket, args)),
+        .map_err(ExecError::Runtime)
+        .and_then(|rt| rt.block_on(run(socket, args)));
+    match outcome {
+        Ok(code) => code,
         Err(e) => {
-            say(format!("cannot start the async runtime: {e}"));
-            exit::FAILURE
+            say(&e);
+            e.exit_code()
         }
     }
 }
@@ -209,26 +270,18 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-async fn run(socket: PathBuf, args: Args) -> u8 {
-    let mut signals = match signal_hook_tokio::Signals::new(FORWARDED) {
-        Ok(s) => s,
-        Err(e) => {
-            say(format!("cannot install signal handlers: {e}"));
-            return exit::FAILURE;
-        }
-    };
+/// Runs the command to its end; returns its exit code.
+async fn run(socket: PathBuf, args: Args) -> Result<u8, ExecError> {
+    let mut signals = signal_hook_tokio::Signals::new(FORWARDED).map_err(ExecError::Signals)?;
     let path = format!("/v1/keys/{}", client::encode_instance(&args.instance));
     let first = tokio::select! {
         r = first_key(&socket, &path, &args) => r,
         Some(sig) = wait_stop_signal(&mut signals) => {
             // Nothing started yet: stop as the command would have.
-            return (128 + sig).clamp(0, 255) as u8;
+            return Ok((128 + sig).clamp(0, 255) as u8);
         }
     };
-    let known = match first {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
+    let known = first?;
 
     let (tx, mut rx) = watch::channel(known.clone());
     let follower = tokio::spawn(follow(
@@ -238,9 +291,9 @@ async fn run(socket: PathBuf, args: Args) -> u8 {
         known,
         tx,
     ));
-    let code = supervise(&socket, &args, &mut signals, &mut rx).await;
+    let outcome = supervise(&socket, &args, &mut signals, &mut rx).await;
     follower.abort();
-    code
+    outcome
 }
 
 /// Waits for SIGTERM or SIGINT (others are dropped before the command runs).
@@ -255,7 +308,7 @@ async fn wait_stop_signal(signals: &mut signal_hook_tokio::Signals) -> Option<i3
 
 /// Fetches the first key, waiting (up to `--timeout`) while the daemon is starting or has
 /// nothing to serve yet.
-async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, u8> {
+async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, ExecError> {
     let deadline = Instant::now() + args.timeout;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -270,12 +323,9 @@ async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, 
         .await;
         let retry = match &outcome {
             Ok(reply) if reply.status == StatusCode::OK => {
-                return ServedKey::from_reply(reply).map_err(|e| {
-                    say(format!(
-                        "the daemon answered for {:?} with {e}",
-                        args.instance
-                    ));
-                    exit::FAILURE
+                return ServedKey::from_reply(reply).map_err(|reason| ExecError::BadAnswer {
+                    instance: args.instance.clone(),
+                    reason,
                 });
             }
             Ok(reply) => reply.status == StatusCode::SERVICE_UNAVAILABLE,
@@ -284,22 +334,12 @@ async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, 
         };
         if !retry || Instant::now() >= deadline {
             return Err(match outcome {
-                Ok(reply) => {
-                    say(format!(
-                        "no key for {:?}: {} ({}); the command was not started",
-                        args.instance,
-                        reply.error_message(),
-                        reply.status
-                    ));
-                    exit::FAILURE
-                }
-                Err(e) => {
-                    say(format!("{e}; the command was not started"));
-                    match e {
-                        ClientError::Unreachable { .. } => exit::UNREACHABLE,
-                        _ => exit::FAILURE,
-                    }
-                }
+                Ok(reply) => ExecError::Refused {
+                    instance: args.instance.clone(),
+                    status: reply.status,
+                    message: reply.error_message(),
+                },
+                Err(e) => ExecError::Daemon(e),
             });
         }
         tokio::time::sleep(FIRST_KEY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
@@ -418,7 +458,7 @@ struct Running {
     pid: Pid,
 }
 
-fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, u8> {
+fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, ExecError> {
     let program = &args.command[0];
     // Absolute, so it still points at the daemon if the command changes directory.
     let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
@@ -430,27 +470,19 @@ fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, u8> {
         // would otherwise reach it twice, directly and forwarded), and a restart can stop the
         // whole group, shell pipelines included.
         .process_group(0);
-    match cmd.spawn() {
-        Ok(child) => match child.id() {
-            Some(pid) => Ok(Running {
-                child,
-                pid: Pid::from_raw(pid as i32),
-            }),
-            None => {
-                say("the command exited before it could be supervised");
-                Err(exit::FAILURE)
-            }
-        },
-        Err(e) => {
-            let name = program.to_string_lossy();
-            say(format!("cannot run {name:?}: {e}"));
-            Err(match e.kind() {
-                std::io::ErrorKind::NotFound => 127,
-                std::io::ErrorKind::PermissionDenied => 126,
-                _ => exit::FAILURE,
-            })
-        }
-    }
+    let child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    // A child not yet waited for always has its pid; never fall back to 0, which would make
+    // every signal below target exec's own process group.
+    let pid = child
+        .id()
+        .ok_or_else(|| ExecError::Wait(std::io::Error::other("the command's pid is unknown")))?;
+    Ok(Running {
+        child,
+        pid: Pid::from_raw(pid as i32),
+    })
 }
 
 fn signal_group(pid: Pid, sig: Signal) {
@@ -463,12 +495,9 @@ async fn supervise(
     args: &Args,
     signals: &mut signal_hook_tokio::Signals,
     rx: &mut watch::Receiver<ServedKey>,
-) -> u8 {
+) -> Result<u8, ExecError> {
     let first = rx.borrow_and_update().key.clone();
-    let mut running = match start(socket, args, &first) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    let mut running = start(socket, args, &first)?;
     drop(first);
     // The key the command is restarted with, while a restart is under way.
     let mut pending: Option<Secret> = None;
@@ -480,23 +509,14 @@ async fn supervise(
         tokio::select! {
             biased;
             status = running.child.wait() => {
-                let status = match status {
-                    Ok(s) => s,
-                    Err(e) => {
-                        say(format!("cannot wait for the command: {e}"));
-                        return exit::FAILURE;
-                    }
-                };
+                let status = status.map_err(ExecError::Wait)?;
                 match pending.take() {
                     Some(key) if !stopping => {
                         kill_at = None;
                         say(format!("restarting the command with the new key ({key})"));
-                        running = match start(socket, args, &key) {
-                            Ok(r) => r,
-                            Err(code) => return code,
-                        };
+                        running = start(socket, args, &key)?;
                     }
-                    _ => return exit_code(status),
+                    _ => return Ok(exit_code(status)),
                 }
             }
             Some(raw) = signals.next() => {
@@ -580,6 +600,28 @@ mod tests {
         // Killed by SIGTERM (15): raw wait status is the signal number.
         assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
         assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn errors_map_to_the_products_exit_codes() {
+        let spawn = |kind| ExecError::Spawn {
+            program: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(spawn(std::io::ErrorKind::NotFound).exit_code(), 127);
+        assert_eq!(spawn(std::io::ErrorKind::PermissionDenied).exit_code(), 126);
+        let unreachable = ExecError::Daemon(ClientError::Unreachable {
+            path: "/s".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(unreachable.exit_code(), exit::UNREACHABLE);
+        let refused = ExecError::Refused {
+            instance: "nope".into(),
+            status: StatusCode::NOT_FOUND,
+            message: "no instance named \"nope\"".into(),
+        };
+        assert_eq!(refused.exit_code(), exit::FAILURE);
+        assert!(refused.to_string().contains("the command was not started"));
     }
 
     #[test]
