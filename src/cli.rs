@@ -96,6 +96,10 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::mapping::MappingCommand,
     },
+    /// The Datadog Agent's secret_backend_command: handles on stdin, keys on stdout.
+    SecretHelper(crate::secret_helper::Args),
+    /// Run a command with a key in its environment; restart or signal it when the key rotates.
+    Exec(crate::exec::Args),
     /// Print the version.
     Version,
 }
@@ -175,6 +179,14 @@ pub fn main() -> ExitCode {
                 exit::CONFIG
             }
         },
+        Command::SecretHelper(args) => crate::secret_helper::main(
+            socket_path(&cli.socket, &paths, &env),
+            &args,
+            std::io::stdin(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Exec(args) => crate::exec::main(socket_path(&cli.socket, &paths, &env), args),
     };
     ExitCode::from(code)
 }
@@ -268,14 +280,21 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
         let outcome = client::request(&socket, Method::GET, &path, &[], None, CLIENT_TIMEOUT).await;
         let retry = match &outcome {
             Ok(reply) if reply.status == StatusCode::OK => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&reply.body).unwrap_or_default();
-                if json {
-                    println!("{body}");
-                } else {
-                    println!("{}", body["api_key"].as_str().unwrap_or_default());
-                }
-                return exit::OK;
+                // Never print an empty line for a key a script would then use.
+                return match crate::exec::ServedKey::from_reply(reply) {
+                    Ok(_) if json => {
+                        println!("{}", String::from_utf8_lossy(&reply.body));
+                        exit::OK
+                    }
+                    Ok(served) => {
+                        println!("{}", served.key.expose());
+                        exit::OK
+                    }
+                    Err(e) => {
+                        eprintln!("error: the daemon answered with {e}");
+                        exit::FAILURE
+                    }
+                };
             }
             Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => true,
             Ok(_) => false,

@@ -12,6 +12,8 @@
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
 //! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
+//! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
+//!   on rotation.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
@@ -19,6 +21,7 @@
 //! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
 //! - [`schedule`]: the refresh and retry timing policy as pure functions.
+//! - [`secret_helper`]: `secret-helper`, the Agent's `secret_backend_command` protocol.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
 //! - [`server`]: the HTTP/1.1 API on the Unix socket (routes, access rules, limits).
 //! - [`sink`]: keys written atomically to files.
@@ -33,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod exchange;
+pub mod exec;
 pub mod keystore;
 pub mod lifecycle;
 pub mod logging;
@@ -40,6 +44,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod schedule;
 pub mod secret;
+pub mod secret_helper;
 pub mod server;
 pub mod sink;
 pub mod status;

@@ -64,8 +64,14 @@ pub enum SinkError {
     },
 }
 
+/// Serializes sink writes within the process. On a reload the old sink task (woken by the new
+/// key) and its replacement can both find the file out of date; under the lock the second one
+/// finds it current and writes nothing, instead of replacing the file a second time.
+static WRITE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes `key` to the sink's file if it differs from what is there. Returns whether it wrote.
 pub fn write_if_changed(spec: &SinkSpec, key: &Secret) -> Result<bool, SinkError> {
+    let _serialized = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = &spec.path;
     let io = |op: &'static str| {
         move |source: io::Error| SinkError::Io {
@@ -246,6 +252,28 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_same_key_write_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), 0o640);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    write_if_changed(&s, &Secret::from("key-one-0000000001")).unwrap()
+                })
+            })
+            .collect();
+        let wrote = writers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .filter(|&wrote| wrote)
+            .count();
+        assert_eq!(wrote, 1);
     }
 
     #[test]

@@ -1,0 +1,667 @@
+//! `exec`: runs a command with an instance's key in its environment and acts when the key
+//! rotates (product §8), for consumers that read their key from the environment once at start
+//! (Vector's `default_api_key: "${DD_API_KEY}"`, the OTel Collector's `${env:DD_API_KEY}`, the
+//! trace agent's `DD_API_KEY`, scripts).
+//!
+//! 1. The first key is fetched like `get --wait`: while the daemon is starting or has no key
+//!    yet, exec retries (every 250 ms, up to `--timeout`).
+//! 2. The command starts with the key in `--env` (default `DD_API_KEY`) and
+//!    `DD_DELEGATED_AUTH_SOCKET` set to the socket exec uses, so a `datadog-delegated-auth get`
+//!    run by the command finds the same daemon. It runs in its own process group, so each signal
+//!    reaches it once, through exec (a terminal's Ctrl-C goes to exec, which forwards it).
+//! 3. Rotations are followed with the long poll (`If-None-Match` + `wait=300s`): one request per
+//!    five quiet minutes, no polling. When the daemon is away (restart, upgrade), exec retries
+//!    with capped, jittered backoff, and re-reads the key once it is back.
+//! 4. On a new key: `restart` sends SIGTERM to the command's process group, waits up to
+//!    `--stop-timeout`, sends SIGKILL, and starts the command again with the new key;
+//!    `signal:NAME` sends NAME to the command, which must re-read the key itself (from a sink
+//!    file or `datadog-delegated-auth get`: its environment cannot change); `none` does nothing.
+//! 5. SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the command's process group.
+//!    After SIGTERM or SIGINT no restart happens any more: exec waits for the command to exit.
+//! 6. exec exits with the command's status, or 128 + the signal that killed it (as a shell
+//!    does); 127 when the command is not found, 126 when it cannot be run.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cli::exit;
+use crate::client::{self, ClientError, Reply};
+use crate::secret::Secret;
+
+/// Signals exec passes on to the command.
+const FORWARDED: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
+
+/// How long one long poll waits for a rotation (the daemon's maximum, product §7).
+const LONG_POLL: Duration = Duration::from_secs(300);
+
+/// Margin over the long poll for the whole request (a slow daemon answering the 304).
+const LONG_POLL_SLACK: Duration = Duration::from_secs(30);
+
+/// A long poll answered sooner than this with nothing new did not wait (a daemon in its graceful
+/// shutdown answers at once): back off instead of asking again straight away.
+const MIN_POLL: Duration = Duration::from_secs(1);
+
+/// Backoff while the daemon cannot be reached: first retry after about a second, then doubling
+/// up to half a minute, so a daemon restart is noticed quickly and a long outage costs little.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Pause between attempts while waiting for the first key (as `get --wait`).
+const FIRST_KEY_PAUSE: Duration = Duration::from_millis(250);
+
+/// A plain key read gives up after this long (it never waits on the daemon's side).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to do when the key changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRotate {
+    /// Stop the command (SIGTERM, then SIGKILL after the stop timeout) and start it again.
+    Restart,
+    /// Send this signal; the command re-reads the key itself.
+    Signal(Signal),
+    /// Nothing (the command reads the key by other means, or tolerates the old one).
+    Nothing,
+}
+
+/// Parses `restart`, `none` or `signal:NAME` (`HUP`, `SIGHUP`, `hup`).
+pub fn parse_on_rotate(s: &str) -> Result<OnRotate, String> {
+    match s {
+        "restart" => Ok(OnRotate::Restart),
+        "none" => Ok(OnRotate::Nothing),
+        _ => match s.strip_prefix("signal:") {
+            Some(name) => parse_signal(name).map(OnRotate::Signal),
+            None => Err(format!(
+                "{s:?} is not an action; use restart, signal:NAME (e.g. signal:HUP) or none"
+            )),
+        },
+    }
+}
+
+/// Parses a signal name with or without `SIG`, in any case.
+pub fn parse_signal(name: &str) -> Result<Signal, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| format!("{name:?} is not a signal name; use e.g. HUP, USR1, USR2"))
+}
+
+/// Options of `exec`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Instance whose key the command gets.
+    #[arg(long, default_value = "api_key")]
+    pub instance: String,
+    /// Environment variable that carries the key.
+    #[arg(long = "env", value_name = "NAME", default_value = "DD_API_KEY", value_parser = parse_env_name)]
+    pub env_var: String,
+    /// On a new key: restart, signal:NAME (e.g. signal:HUP), or none.
+    #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = parse_on_rotate)]
+    pub on_rotate: OnRotate,
+    /// How long a restart waits after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_timeout: Duration,
+    /// How long to wait for the daemon and the first key.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_env_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['=', '\0']) {
+        return Err(format!(
+            "{s:?} cannot be an environment variable name (empty, or contains '=' or NUL)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A key as the daemon serves it.
+#[derive(Clone, Debug)]
+pub struct ServedKey {
+    /// The daemon's generation (ETag) of this value.
+    pub generation: u64,
+    /// The key.
+    pub key: Secret,
+}
+
+#[derive(Deserialize)]
+struct KeyBody {
+    api_key: String,
+    generation: u64,
+}
+
+impl ServedKey {
+    /// Reads a `200` answer of `GET /v1/keys/{instance}`.
+    ///
+    /// # Errors
+    /// A description (without the body, which holds the key) when it is not the key document.
+    pub fn from_reply(reply: &Reply) -> Result<ServedKey, String> {
+        let body: KeyBody = serde_json::from_slice(&reply.body).map_err(|e| {
+            format!(
+                "an answer this version does not understand ({}): is the daemon a different version?",
+                json_category(&e)
+            )
+        })?;
+        if body.api_key.is_empty() {
+            return Err("an empty key".into());
+        }
+        Ok(ServedKey {
+            generation: body.generation,
+            key: Secret::new(body.api_key),
+        })
+    }
+}
+
+/// What kind of JSON error (never its text, which may quote the body and so the key).
+fn json_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "unexpected fields",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}
+
+/// Why exec stopped without a status of the command to report.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The async runtime could not be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The daemon answered, but with no key.
+    #[error("no key for {instance:?}: {message} ({status}); the command was not started")]
+    Refused {
+        /// Instance asked for.
+        instance: String,
+        /// The daemon's status.
+        status: StatusCode,
+        /// The daemon's `error.message`.
+        message: String,
+    },
+    /// The daemon's answer could not be read.
+    #[error("the daemon answered for {instance:?} with {reason}; the command was not started")]
+    BadAnswer {
+        /// Instance asked for.
+        instance: String,
+        /// What was wrong (never the body).
+        reason: String,
+    },
+    /// The daemon could not be reached or did not answer in time.
+    #[error("{0}; the command was not started")]
+    Daemon(ClientError),
+    /// The command could not be started.
+    #[error("cannot run {program:?}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Waiting for the command failed.
+    #[error("cannot wait for the command: {0}")]
+    Wait(std::io::Error),
+}
+
+impl ExecError {
+    /// The exit code: 69 when the daemon is unreachable, 127/126 when the command cannot be
+    /// found/executed (as a shell), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::Daemon(ClientError::Unreachable { .. }) => exit::UNREACHABLE,
+            ExecError::Spawn { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => exit::FAILURE,
+            },
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("datadog-delegated-auth exec: {msg}");
+}
+
+/// The command: returns the exit code.
+pub fn main(socket: PathBuf, args: Args) -> u8 {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ExecError::Runtime)
+        .and_then(|rt| rt.block_on(run(socket, args)));
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            say(&e);
+            e.exit_code()
+        }
+    }
+}
+
+/// The exit code for a command's status: its code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        return (code & 0xff) as u8;
+    }
+    match status.signal() {
+        Some(sig) => (128 + sig).clamp(0, 255) as u8,
+        None => exit::FAILURE,
+    }
+}
+
+/// Runs the command to its end; returns its exit code.
+async fn run(socket: PathBuf, args: Args) -> Result<u8, ExecError> {
+    let mut signals = signal_hook_tokio::Signals::new(FORWARDED).map_err(ExecError::Signals)?;
+    let path = format!("/v1/keys/{}", client::encode_instance(&args.instance));
+    let first = tokio::select! {
+        r = first_key(&socket, &path, &args) => r,
+        Some(sig) = wait_stop_signal(&mut signals) => {
+            // Nothing started yet: stop as the command would have.
+            return Ok((128 + sig).clamp(0, 255) as u8);
+        }
+    };
+    let known = first?;
+
+    let (tx, mut rx) = watch::channel(known.clone());
+    let follower = tokio::spawn(follow(
+        socket.clone(),
+        path,
+        args.instance.clone(),
+        known,
+        tx,
+    ));
+    let outcome = supervise(&socket, &args, &mut signals, &mut rx).await;
+    follower.abort();
+    outcome
+}
+
+/// Waits for SIGTERM or SIGINT (others are dropped before the command runs).
+async fn wait_stop_signal(signals: &mut signal_hook_tokio::Signals) -> Option<i32> {
+    while let Some(sig) = signals.next().await {
+        if sig == SIGTERM || sig == SIGINT {
+            return Some(sig);
+        }
+    }
+    None
+}
+
+/// Fetches the first key, waiting (up to `--timeout`) while the daemon is starting or has
+/// nothing to serve yet.
+async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, ExecError> {
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let outcome = client::request(
+            socket,
+            Method::GET,
+            path,
+            &[],
+            None,
+            READ_TIMEOUT.min(remaining.max(Duration::from_millis(100))),
+        )
+        .await;
+        let retry = match &outcome {
+            Ok(reply) if reply.status == StatusCode::OK => {
+                return ServedKey::from_reply(reply).map_err(|reason| ExecError::BadAnswer {
+                    instance: args.instance.clone(),
+                    reason,
+                });
+            }
+            Ok(reply) => reply.status == StatusCode::SERVICE_UNAVAILABLE,
+            Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. }) => true,
+            Err(_) => false,
+        };
+        if !retry || Instant::now() >= deadline {
+            return Err(match outcome {
+                Ok(reply) => ExecError::Refused {
+                    instance: args.instance.clone(),
+                    status: reply.status,
+                    message: reply.error_message(),
+                },
+                Err(e) => ExecError::Daemon(e),
+            });
+        }
+        tokio::time::sleep(FIRST_KEY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    }
+}
+
+/// Capped exponential backoff with jitter (half fixed, half random, so retries of many execs
+/// spread out but none waits much less than the step).
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { step: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.step = BACKOFF_MIN;
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(BACKOFF_MAX);
+        let half = step / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Follows rotations with the long poll and publishes each new value on `tx`. Runs until the
+/// receiver is gone.
+async fn follow(
+    socket: PathBuf,
+    path: String,
+    instance: String,
+    mut known: ServedKey,
+    tx: watch::Sender<ServedKey>,
+) {
+    let mut backoff = Backoff::new();
+    // After a failure the daemon may have restarted with a new numbering of generations: read
+    // the key plainly once instead of trusting the old ETag.
+    let mut resync = false;
+    let mut problem: Option<String> = None;
+    let mut report = |now: Option<String>| {
+        match (&problem, &now) {
+            (Some(_), None) => say(format!(
+                "the daemon answers again; following rotations of {instance:?}"
+            )),
+            (old, Some(msg)) if old.as_ref() != Some(msg) => say(format!(
+                "{msg}; the command keeps its current key, retrying"
+            )),
+            _ => {}
+        }
+        problem = now;
+    };
+    while !tx.is_closed() {
+        let started = Instant::now();
+        let etag = format!("\"{}\"", known.generation);
+        let (query, headers, timeout): (String, Vec<(&str, &str)>, Duration) = if resync {
+            (path.clone(), vec![], READ_TIMEOUT)
+        } else {
+            (
+                format!("{path}?wait={}s", LONG_POLL.as_secs()),
+                vec![("if-none-match", etag.as_str())],
+                LONG_POLL + LONG_POLL_SLACK,
+            )
+        };
+        let outcome = client::request(&socket, Method::GET, &query, &headers, None, timeout).await;
+        // Whether this answer brought a new value for the command.
+        let mut rotated = false;
+        let failure = match outcome {
+            Ok(reply) if reply.status == StatusCode::OK => match ServedKey::from_reply(&reply) {
+                Ok(served) => {
+                    if served.key != known.key {
+                        rotated = true;
+                        let _ = tx.send(served.clone());
+                    }
+                    known = served;
+                    None
+                }
+                Err(e) => Some(format!("the daemon answered with {e}")),
+            },
+            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => None,
+            Ok(reply) if reply.status == StatusCode::NOT_FOUND => Some(format!(
+                "the daemon no longer serves {instance:?} (removed from its configuration?)"
+            )),
+            Ok(reply) => Some(format!(
+                "the daemon answered {} for {instance:?}: {}",
+                reply.status,
+                reply.error_message()
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        let failed = failure.is_some();
+        report(failure);
+        if failed {
+            resync = true;
+            tokio::time::sleep(backoff.next()).await;
+        } else if !resync && !rotated && started.elapsed() < MIN_POLL {
+            // A long poll that did not wait and brought nothing new: a daemon shutting down
+            // answers open polls at once, and one restarted renumbers its generations. Not a
+            // failure to report, but no reason to ask again straight away either.
+            tokio::time::sleep(backoff.next()).await;
+        } else {
+            resync = false;
+            backoff.reset();
+        }
+    }
+}
+
+/// The running command.
+struct Running {
+    child: tokio::process::Child,
+    /// Its pid, which is also its process group id.
+    pid: Pid,
+}
+
+fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, ExecError> {
+    let program = &args.command[0];
+    // Absolute, so it still points at the daemon if the command changes directory.
+    let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&args.command[1..])
+        .env(&args.env_var, key.expose())
+        .env("DD_DELEGATED_AUTH_SOCKET", &socket)
+        // Its own process group: exec is the one place signals come from (a terminal's Ctrl-C
+        // would otherwise reach it twice, directly and forwarded), and a restart can stop the
+        // whole group, shell pipelines included.
+        .process_group(0);
+    let child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    // A child not yet waited for always has its pid; never fall back to 0, which would make
+    // every signal below target exec's own process group.
+    let pid = child
+        .id()
+        .ok_or_else(|| ExecError::Wait(std::io::Error::other("the command's pid is unknown")))?;
+    Ok(Running {
+        child,
+        pid: Pid::from_raw(pid as i32),
+    })
+}
+
+fn signal_group(pid: Pid, sig: Signal) {
+    // ESRCH: the group is gone already (the command exited); nothing to do.
+    let _ = killpg(pid, sig);
+}
+
+async fn supervise(
+    socket: &Path,
+    args: &Args,
+    signals: &mut signal_hook_tokio::Signals,
+    rx: &mut watch::Receiver<ServedKey>,
+) -> Result<u8, ExecError> {
+    let first = rx.borrow_and_update().key.clone();
+    let mut running = start(socket, args, &first)?;
+    drop(first);
+    // The key the command is restarted with, while a restart is under way.
+    let mut pending: Option<Secret> = None;
+    // When the stopping command gets SIGKILL.
+    let mut kill_at: Option<Instant> = None;
+    // A forwarded SIGTERM/SIGINT: the command is being stopped for good.
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            biased;
+            status = running.child.wait() => {
+                let status = status.map_err(ExecError::Wait)?;
+                match pending.take() {
+                    Some(key) if !stopping => {
+                        kill_at = None;
+                        say(format!("restarting the command with the new key ({key})"));
+                        running = start(socket, args, &key)?;
+                    }
+                    _ => return Ok(exit_code(status)),
+                }
+            }
+            Some(raw) = signals.next() => {
+                let Ok(sig) = Signal::try_from(raw) else { continue };
+                signal_group(running.pid, sig);
+                if sig == Signal::SIGTERM || sig == Signal::SIGINT {
+                    stopping = true;
+                }
+            }
+            _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)).await }, if kill_at.is_some() => {
+                say(format!(
+                    "the command did not stop within {:?} of SIGTERM; sending SIGKILL",
+                    args.stop_timeout
+                ));
+                signal_group(running.pid, Signal::SIGKILL);
+                kill_at = None;
+            }
+            Ok(()) = rx.changed() => {
+                let new = rx.borrow_and_update().key.clone();
+                if stopping {
+                    continue;
+                }
+                match args.on_rotate {
+                    OnRotate::Restart => {
+                        if pending.is_none() {
+                            say(format!(
+                                "the key of {:?} changed ({new}); stopping the command to restart it",
+                                args.instance
+                            ));
+                            signal_group(running.pid, Signal::SIGTERM);
+                            kill_at = Some(Instant::now() + args.stop_timeout);
+                        }
+                        // A newer rotation during the stop replaces the key to start with.
+                        pending = Some(new);
+                    }
+                    OnRotate::Signal(sig) => {
+                        say(format!(
+                            "the key of {:?} changed ({new}); sending {sig} to the command",
+                            args.instance
+                        ));
+                        let _ = kill(running.pid, sig);
+                    }
+                    OnRotate::Nothing => say(format!(
+                        "the key of {:?} changed ({new}); the command keeps running (--on-rotate none)",
+                        args.instance
+                    )),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rotation_actions() {
+        assert_eq!(parse_on_rotate("restart"), Ok(OnRotate::Restart));
+        assert_eq!(parse_on_rotate("none"), Ok(OnRotate::Nothing));
+        for s in ["signal:HUP", "signal:SIGHUP", "signal:hup"] {
+            assert_eq!(
+                parse_on_rotate(s),
+                Ok(OnRotate::Signal(Signal::SIGHUP)),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            parse_on_rotate("signal:USR2"),
+            Ok(OnRotate::Signal(Signal::SIGUSR2))
+        );
+        assert!(parse_on_rotate("signal:NOPE").is_err());
+        assert!(parse_on_rotate("reload").is_err());
+        assert!(parse_on_rotate("signal:").is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        // Killed by SIGTERM (15): raw wait status is the signal number.
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn errors_map_to_the_products_exit_codes() {
+        let spawn = |kind| ExecError::Spawn {
+            program: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(spawn(std::io::ErrorKind::NotFound).exit_code(), 127);
+        assert_eq!(spawn(std::io::ErrorKind::PermissionDenied).exit_code(), 126);
+        let unreachable = ExecError::Daemon(ClientError::Unreachable {
+            path: "/s".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(unreachable.exit_code(), exit::UNREACHABLE);
+        let refused = ExecError::Refused {
+            instance: "nope".into(),
+            status: StatusCode::NOT_FOUND,
+            message: "no instance named \"nope\"".into(),
+        };
+        assert_eq!(refused.exit_code(), exit::FAILURE);
+        assert!(refused.to_string().contains("the command was not started"));
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(parse_env_name("DD_API_KEY").is_ok());
+        assert!(parse_env_name("").is_err());
+        assert!(parse_env_name("A=B").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(
+            first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN,
+            "{first:?}"
+        );
+        let mut last = first;
+        for _ in 0..10 {
+            last = b.next();
+        }
+        assert!(last >= BACKOFF_MAX / 2 && last <= BACKOFF_MAX, "{last:?}");
+        b.reset();
+        assert!(b.next() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn key_replies_are_read_without_echoing_the_body() {
+        let reply = |body: &str| Reply {
+            status: StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+        };
+        let k = ServedKey::from_reply(&reply(
+            r#"{"instance":"api_key","api_key":"abcdefghij12345","generation":7,"source":"fallback"}"#,
+        ))
+        .unwrap();
+        assert_eq!((k.generation, k.key.expose()), (7, "abcdefghij12345"));
+        let e = ServedKey::from_reply(&reply(r#"{"api_key":"secretsecret99"}"#)).unwrap_err();
+        assert!(!e.contains("secretsecret99"), "{e}");
+        assert!(ServedKey::from_reply(&reply(r#"{"api_key":"","generation":1}"#)).is_err());
+    }
+}
