@@ -191,23 +191,15 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The socket clients talk to: `--socket`, else `DD_DELEGATED_AUTH_SOCKET`, else the settings
-/// file's `socket.path` when it loads, else the default.
+/// The socket clients talk to: `--socket`, else what the settings file and
+/// `DD_DELEGATED_AUTH_SOCKET` say (see [`config::socket_path`]).
 fn socket_path(
     flag: &Option<PathBuf>,
     paths: &config::Paths,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> PathBuf {
-    if let Some(p) = flag {
-        return p.clone();
-    }
-    if let Some(p) = env("DD_DELEGATED_AUTH_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    match config::load(paths, env) {
-        Ok(cfg) => cfg.settings.socket.path,
-        Err(_) => PathBuf::from(config::DEFAULT_SOCKET_PATH),
-    }
+    flag.clone()
+        .unwrap_or_else(|| config::socket_path(paths, env))
 }
 
 fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {

@@ -666,7 +666,7 @@ async fn call_sts(http: &reqwest::Client, target: &str, proof: &Secret) -> StsAn
         Ok(url) => url,
         Err(e) => return unreachable(format!("the STS URL does not parse ({e})")),
     };
-    if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(&url)) {
+    if url.scheme() != "https" && !(url.scheme() == "http" && crate::exchange::is_loopback(&url)) {
         return unreachable(
             "refusing to send a signed request over plain http:// to a host that is not \
              loopback; use https://"
@@ -701,7 +701,7 @@ async fn call_sts(http: &reqwest::Client, target: &str, proof: &Secret) -> StsAn
     let clock = Instant::now();
     let response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return unreachable(reqwest_reason(&e)),
+        Err(e) => return unreachable(crate::exchange::transport_reason(&e, STS_TIMEOUT)),
     };
     let rtt = clock.elapsed();
     let status = response.status().as_u16();
@@ -721,7 +721,7 @@ async fn call_sts(http: &reqwest::Client, target: &str, proof: &Secret) -> StsAn
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => return unreachable(reqwest_reason(&e)),
+            Err(e) => return unreachable(crate::exchange::transport_reason(&e, STS_TIMEOUT)),
         }
     }
     StsAnswer::Answered {
@@ -1032,43 +1032,6 @@ fn unescape_xml(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
-}
-
-/// What a reqwest failure was, without the URL (its Display repeats it, with the query).
-fn reqwest_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return format!("no answer within {}s", STS_TIMEOUT.as_secs());
-    }
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !text.is_empty() && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    format!("{what} ({})", parts.join(": "))
-}
-
-/// 127.0.0.0/8, `::1` or `localhost`.
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
 }
 
 #[cfg(test)]

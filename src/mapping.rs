@@ -345,7 +345,7 @@ impl MappingClient {
         })?;
         match base.scheme() {
             "https" => {}
-            "http" if is_loopback(&base) => {}
+            "http" if crate::exchange::is_loopback(&base) => {}
             "http" => {
                 return Err(MappingError::Url(format!(
                     "refusing to send the API and application keys to {} over plain http://; \
@@ -481,7 +481,7 @@ impl MappingClient {
         tracing::debug!(%method, %origin, collection = kind.segment(), "Calling the mapping API.");
         let response = request.send().await.map_err(|e| MappingError::Transport {
             origin: origin.clone(),
-            reason: transport_reason(&e),
+            reason: crate::exchange::transport_reason(&e, REQUEST_TIMEOUT),
         })?;
         let status = response.status();
         let bytes = read_capped(response)
@@ -831,7 +831,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String>
     while let Some(chunk) = response.chunk().await.map_err(|e| {
         format!(
             "the connection broke while reading the answer ({})",
-            transport_reason(&e)
+            crate::exchange::transport_reason(&e, REQUEST_TIMEOUT)
         )
     })? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -843,43 +843,6 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String>
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// What a reqwest failure was, without the URL (its Display repeats it).
-fn transport_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return format!("no answer within {}s", REQUEST_TIMEOUT.as_secs());
-    }
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !text.is_empty() && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    format!("{what} ({})", parts.join(": "))
-}
-
-/// 127.0.0.0/8, `::1` or `localhost`.
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
 }
 
 #[cfg(test)]

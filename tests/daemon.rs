@@ -469,3 +469,30 @@ fn debug_logs_never_contain_a_whole_key() {
         );
     }
 }
+
+#[test]
+fn clients_find_the_socket_from_the_settings_file_even_when_datadog_yaml_is_broken() {
+    let settings = format!("{SETTINGS}socket: {{ path: \"@SOCKET@\" }}\n");
+    let d = Daemon::start(&static_config(KEY_A), &settings, base_env());
+    let args = |cmd: &'static str| {
+        vec![
+            cmd.to_owned(),
+            "--config".to_owned(),
+            d.config.to_str().unwrap().to_owned(),
+            "--settings".to_owned(),
+            d.settings.to_str().unwrap().to_owned(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cli(&a, &base_env())
+    };
+    let (code, out, err) = run(args("get"));
+    assert_eq!((code, out.trim()), (0, KEY_A), "{err}");
+    // The Agent's file breaks (the daemon keeps its last good config): clients still find it.
+    write_by_rename(&d.config, "api_key: [unclosed\n");
+    let (code, out, err) = run(args("get"));
+    assert_eq!((code, out.trim()), (0, KEY_A), "{err}");
+    let (code, _, err) = run(args("status"));
+    assert_eq!(code, 0, "{err}");
+}

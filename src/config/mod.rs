@@ -217,6 +217,26 @@ pub fn load(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     }
 }
 
+/// The socket clients should talk to, from the settings file alone (`DD_DELEGATED_AUTH_SOCKET`
+/// wins), without reading `datadog.yaml`: a client (`get`, `secret-helper`, `exec`) must find the
+/// daemon even when the Agent's file has problems, or cannot be read by the client's user. Falls
+/// back to the default path when the settings file is absent or unreadable.
+pub fn socket_path(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    let mut problems = Problems::default();
+    let raw = read_text(
+        &paths.settings,
+        settings::MAX_SETTINGS_FILE_BYTES,
+        "settings file",
+    )
+    .ok()
+    .and_then(|text| settings::parse(&text, &paths.settings, &mut problems))
+    .unwrap_or_default();
+    settings::validate(raw, &paths.settings, env, &mut problems)
+        .settings
+        .socket
+        .path
+}
+
 /// Why a file could not be read.
 enum ReadError {
     NotFound,

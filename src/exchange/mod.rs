@@ -472,8 +472,9 @@ fn check_url(raw: &str) -> Result<Url, ExchangeError> {
     }
 }
 
-/// 127.0.0.0/8, `::1` or `localhost`.
-fn is_loopback(url: &Url) -> bool {
+/// 127.0.0.0/8, `::1` or `localhost`: the only hosts plain `http://` may be used with (tests
+/// and local emulators). Shared by every client of the Datadog API and STS.
+pub fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
@@ -580,6 +581,24 @@ fn transport_error(e: &reqwest::Error, url: &Url) -> ExchangeError {
 /// `scheme://host[:port]` of a URL: enough to say where, without the path.
 fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
+}
+
+/// What a reqwest failure was, without the URL (reqwest's Display repeats it, query included),
+/// for clients that report transport failures as text (doctor, mapping).
+pub fn transport_reason(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}s", timeout.as_secs());
+    }
+    let chain = match std::error::Error::source(e) {
+        Some(source) => error_chain(source),
+        None => e.to_string(),
+    };
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    format!("{what} ({chain})")
 }
 
 /// The source chain of an error, without URLs (reqwest puts the URL in its own Display).
