@@ -159,10 +159,68 @@ fn same_content(path: &Path, key: &Secret) -> io::Result<bool> {
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Follows an instance and keeps its file current until `shutdown`.
+/// What the status shows of a sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkStatus {
+    /// Instance whose key is written.
+    pub instance: String,
+    /// Target file.
+    pub path: String,
+    /// Generation last written (or found already current).
+    pub generation: Option<u64>,
+    /// The last write error, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// The sinks of the configuration in force and how their last write went, for status: a sink
+/// that cannot write (a missing directory, a planted symlink, a full disk) must be visible
+/// without reading logs.
+#[derive(Debug, Default)]
+pub struct SinkBoard(std::sync::Mutex<std::collections::BTreeMap<PathBuf, SinkStatus>>);
+
+impl SinkBoard {
+    /// Starts over with `specs` (a reload).
+    pub fn reset(&self, specs: &[SinkSpec]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        for spec in specs {
+            map.insert(
+                spec.path.clone(),
+                SinkStatus {
+                    instance: spec.instance.clone(),
+                    path: spec.path.display().to_string(),
+                    ..SinkStatus::default()
+                },
+            );
+        }
+    }
+
+    fn record(&self, path: &Path, outcome: Result<u64, String>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = map.get_mut(path) {
+            match outcome {
+                Ok(generation) => {
+                    status.generation = Some(generation);
+                    status.last_error = None;
+                }
+                Err(e) => status.last_error = Some(e),
+            }
+        }
+    }
+
+    /// Every sink, sorted by path.
+    pub fn list(&self) -> Vec<SinkStatus> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    }
+}
+
+/// Follows an instance and keeps its file current until `shutdown`, recording each outcome on
+/// `board`.
 pub fn spawn(
     spec: SinkSpec,
     slot: Arc<Slot>,
+    board: Arc<SinkBoard>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -184,6 +242,7 @@ pub fn spawn(
                 match tokio::task::spawn_blocking(move || write_if_changed(&spec2, &key2)).await {
                     Ok(Ok(wrote)) => {
                         written_generation = Some(snap.generation);
+                        board.record(&spec.path, Ok(snap.generation));
                         retry = RETRY_MIN;
                         if wrote {
                             info!(instance = %spec.instance, path = %spec.path.display(), key = %key.value, "Wrote the key to the sink.");
@@ -191,10 +250,12 @@ pub fn spawn(
                     }
                     Ok(Err(e)) => {
                         error!(instance = %spec.instance, retry_in = ?retry, "{e}");
+                        board.record(&spec.path, Err(e.to_string()));
                         failed = true;
                     }
                     Err(e) => {
                         warn!(error = %e, "Sink write task failed.");
+                        board.record(&spec.path, Err(format!("the write task failed: {e}")));
                         failed = true;
                     }
                 }

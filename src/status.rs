@@ -79,6 +79,9 @@ pub struct StatusDoc {
     pub environment: EnvironmentStatus,
     /// Every instance.
     pub instances: Vec<InstanceDoc>,
+    /// File sinks and their last outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<crate::sink::SinkStatus>,
 }
 
 /// Configuration files and reload state.
@@ -215,7 +218,7 @@ pub fn instances(store: &KeyStore) -> Vec<InstanceDoc> {
 }
 
 /// Builds the whole status.
-pub fn build(info: &DaemonInfo, store: &KeyStore) -> StatusDoc {
+pub fn build(info: &DaemonInfo, store: &KeyStore, sinks: &crate::sink::SinkBoard) -> StatusDoc {
     let instances = instances(store);
     StatusDoc {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -234,6 +237,7 @@ pub fn build(info: &DaemonInfo, store: &KeyStore) -> StatusDoc {
         },
         environment: info.environment.clone(),
         instances,
+        sinks: sinks.list(),
     }
 }
 
@@ -330,6 +334,17 @@ pub fn render_text(doc: &StatusDoc) -> String {
             );
         }
     }
+    if !doc.sinks.is_empty() {
+        out.push_str("\nFile Sinks:\n");
+        for sink in &doc.sinks {
+            let state = match (&sink.last_error, sink.generation) {
+                (Some(e), _) => format!("FAILING: {e}"),
+                (None, Some(g)) => format!("current (generation {g})"),
+                (None, None) => "waiting for a key".to_owned(),
+            };
+            let _ = writeln!(out, "- {} ({}): {state}", sink.path, sink.instance);
+        }
+    }
     let c = &doc.config;
     out.push_str("\nConfiguration:\n");
     let _ = writeln!(out, "  datadog.yaml: {}", c.path);
@@ -385,7 +400,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let doc = build(&info, &store);
+        let doc = build(&info, &store, &crate::sink::SinkBoard::default());
         let text = render_text(&doc);
         assert!(text.contains("=== Delegated Authentication ==="));
         assert!(text.contains("AWS Region: us-east-1"));

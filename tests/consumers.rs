@@ -613,6 +613,22 @@ fn sink_refuses_a_planted_symlink_and_recovers_once_it_is_removed() {
             .is_symlink()
     );
     assert!(!d.logs().contains(KEY_A));
+    // Status shows the failing sink, so an operator sees it without reading logs.
+    let status = d.json("/v1/status");
+    let sink = &status["sinks"][0];
+    assert_eq!(sink["instance"], "api_key", "{status}");
+    assert!(
+        sink["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("symbolic link"),
+        "{status}"
+    );
+    let (_, text, _) = cli(
+        &["status", "--socket", d.socket.to_str().unwrap()],
+        &base_env(),
+    );
+    assert!(text.contains("FAILING"), "{text}");
 
     // The sink retries with backoff: removing the link lets the next attempt write the file.
     std::fs::remove_file(&path).unwrap();
@@ -620,6 +636,16 @@ fn sink_refuses_a_planted_symlink_and_recovers_once_it_is_removed() {
         "the sink file after the link is gone",
         Duration::from_secs(60),
         || (read(&path) == KEY_A).then_some(()),
+        || d.logs(),
+    );
+    wait_for(
+        "the sink shown as current",
+        Duration::from_secs(30),
+        || {
+            d.json("/v1/status")["sinks"][0]["last_error"]
+                .is_null()
+                .then_some(())
+        },
         || d.logs(),
     );
     assert!(

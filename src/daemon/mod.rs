@@ -364,6 +364,7 @@ impl Daemon {
             metrics,
             access: ArcSwap::from_pointee(applied.access),
             info: ArcSwap::from_pointee(info),
+            sinks: Arc::default(),
             rejections: Arc::new(ManagerRejections(manager.handle())),
             limits: Limits {
                 max_connections: cfg.settings.socket.max_connections,
@@ -382,7 +383,7 @@ impl Daemon {
         ));
         notify::spawn_watchdog(shutdown.clone());
 
-        let sinks = start_sinks(&applied.sinks, &store, &shutdown);
+        let sinks = start_sinks(&applied.sinks, &state);
         let mut daemon = Daemon {
             opts,
             log,
@@ -453,7 +454,7 @@ impl Daemon {
                 self.exchanger.replace(applied.exchanger);
                 self.manager.apply(applied.plans, applied.timing);
                 self.sinks.cancel();
-                self.sinks = start_sinks(&applied.sinks, &self.state.store, &self.state.shutdown);
+                self.sinks = start_sinks(&applied.sinks, &self.state);
                 self.exchanger.publish_environment(self.state.clone());
                 let mut info = DaemonInfo::clone(&self.state.info.load());
                 info.config_loaded_at = Some(SystemTime::now());
@@ -492,15 +493,12 @@ impl Daemon {
 
 /// Starts one task per sink; they stop when the returned token (a child of `shutdown`) is
 /// cancelled.
-fn start_sinks(
-    specs: &[SinkSpec],
-    store: &KeyStore,
-    shutdown: &CancellationToken,
-) -> CancellationToken {
-    let token = shutdown.child_token();
+fn start_sinks(specs: &[SinkSpec], state: &ServerState) -> CancellationToken {
+    let token = state.shutdown.child_token();
+    state.sinks.reset(specs);
     for spec in specs {
-        if let Some(slot) = store.get(&spec.instance) {
-            sink::spawn(spec.clone(), slot, token.clone());
+        if let Some(slot) = state.store.get(&spec.instance) {
+            sink::spawn(spec.clone(), slot, state.sinks.clone(), token.clone());
         }
     }
     token

@@ -104,6 +104,8 @@ pub struct ServerState {
     pub access: ArcSwap<AccessPolicy>,
     /// Daemon-wide status facts.
     pub info: ArcSwap<DaemonInfo>,
+    /// File sinks and their last outcome.
+    pub sinks: Arc<crate::sink::SinkBoard>,
     /// Where rejection reports go.
     pub rejections: Arc<dyn Rejections>,
     /// Limits in force.

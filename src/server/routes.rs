@@ -174,7 +174,7 @@ async fn route(
         "/v1/status" => get_only(Route::Status, &|| {
             json_response(
                 StatusCode::OK,
-                &status::build(&state.info.load(), &state.store),
+                &status::build(&state.info.load(), &state.store, &state.sinks),
             )
         }),
         "/v1/health/live" => get_only(Route::Live, &|| {
