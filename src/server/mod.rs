@@ -231,14 +231,7 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
 /// for up to `grace`. Long polls answer as soon as shutdown starts.
 pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Duration) {
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let tracker = TaskTracker::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.idle_timeout)
-        .max_buf_size(state.limits.max_header_bytes.max(8192))
-        .keep_alive(true);
 
     loop {
         let permit = tokio::select! {
@@ -272,11 +265,8 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
             }
         };
         let st = state.clone();
-        let service = service_fn(move |req| routes::handle(st.clone(), peer, req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
         tracker.spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = serve_connection(stream, st, peer).await {
                 debug!(error = %e, pid = ?peer.pid, uid = peer.uid, "Connection ended with an error.");
             }
             drop(permit);
@@ -284,9 +274,41 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
     }
     tracker.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = tracker.wait() => {}
         _ = tokio::time::sleep(grace) => {
             warn!(grace = ?grace, "Grace period ended with requests still in flight; closing them.");
         }
     }
+}
+
+/// Serves one accepted connection from `peer` (its `SO_PEERCRED`, which the access rules check)
+/// with the header, idle and body limits of `state.limits`, until the client closes it, it idles
+/// out, or `state.shutdown` is cancelled (then the request in flight finishes and the connection
+/// closes). [`serve`] runs this for every client; it is public so the fuzz harness drives the
+/// very same service over an in-memory stream.
+///
+/// # Errors
+/// The connection's HTTP or I/O error (a malformed request, a client gone mid-response, a
+/// header read timeout); the client has then had whatever answer hyper could give.
+pub async fn serve_connection<I>(io: I, state: Arc<ServerState>, peer: Peer) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.idle_timeout)
+        .max_buf_size(state.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let st = state.clone();
+    let service = service_fn(move |req| routes::handle(st.clone(), peer, req));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = state.shutdown.cancelled() => {}
+    }
+    // Finish the request in flight (long polls answer at once on shutdown), then close.
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
