@@ -13,7 +13,8 @@
 //!
 //! Hostile or slow clients are bounded: header bytes (431), body bytes (413), connection count,
 //! and idle time (a connection that sends no complete request head within the idle timeout is
-//! closed, which also ends slowloris attempts).
+//! closed, which also ends slowloris attempts; a request body that does not arrive within it
+//! gets 408 and the connection is closed).
 
 pub mod access;
 mod routes;
@@ -47,7 +48,7 @@ pub struct Limits {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// A connection with no complete request head for this long is closed (idle keep-alive and
-    /// slowloris alike).
+    /// slowloris alike); a request body that takes longer gets 408.
     pub idle_timeout: Duration,
     /// Request line plus headers (hyper's read buffer; at least 8 KiB).
     pub max_header_bytes: usize,
@@ -311,4 +312,108 @@ where
     // Finish the request in flight (long polls answer at once on shutdown), then close.
     conn.as_mut().graceful_shutdown();
     conn.await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::keystore::{KeySource, KeyState, ServedKey};
+    use crate::secret::Secret;
+
+    struct Reports;
+
+    impl Rejections for Reports {
+        fn report_rejected(&self, _instance: &str, _suffix: &str) -> RejectReply {
+            RejectReply::Scheduled
+        }
+    }
+
+    const PEER: Peer = Peer {
+        pid: None,
+        uid: 1000,
+        gid: 1000,
+    };
+
+    fn state() -> Arc<ServerState> {
+        let store = Arc::new(KeyStore::new());
+        store.set_instances(&["api_key".to_owned()])[0].update(|s| {
+            s.state = KeyState::Active;
+            s.served = Some(ServedKey {
+                value: Secret::from("0123456789abcdef0123456789abcdef"),
+                source: KeySource::Delegated,
+                obtained_at: SystemTime::now(),
+            });
+        });
+        Arc::new(ServerState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            access: ArcSwap::from_pointee(AccessPolicy::Open),
+            info: ArcSwap::from_pointee(DaemonInfo::default()),
+            rejections: Arc::new(Reports),
+            limits: Limits::default(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Writes `request` on a fresh connection (never half-closing it) and reads until the server
+    /// closes the connection.
+    async fn exchange(request: &[u8]) -> String {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut rx, mut tx) = tokio::io::split(client);
+        let serve = async {
+            let _ = serve_connection(server, state(), PEER).await;
+        };
+        let send = async {
+            tx.write_all(request).await.unwrap();
+            tx
+        };
+        let receive = async {
+            let mut out = Vec::new();
+            rx.read_to_end(&mut out).await.unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // Virtual time: a connection still open after a day is a hang, not a slow machine.
+        let ((), _tx, out) = tokio::time::timeout(Duration::from_secs(86_400), async {
+            tokio::join!(serve, send, receive)
+        })
+        .await
+        .expect("the server never closed the connection");
+        out
+    }
+
+    /// Found by the `server_http` fuzz target: a rejection report whose body is shorter than its
+    /// Content-Length held the connection (and one of `max_connections`) forever, because the
+    /// idle timeout only bounds the request head.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_gets_408_and_the_connection_closes() {
+        let started = tokio::time::Instant::now();
+        let reply = exchange(
+            b"POST /v1/keys/api_key/rejected HTTP/1.1\r\nContent-Length: 29\r\n\r\n\
+              {\"api_key_suffix\":\"bcdef\"}\r\n",
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+        assert!(reply.contains("\"request_timeout\""), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+        assert_eq!(started.elapsed(), Limits::default().idle_timeout);
+
+        // The complete request is answered at once.
+        let started = tokio::time::Instant::now();
+        let reply = exchange(
+            b"POST /v1/keys/api_key/rejected HTTP/1.1\r\nContent-Length: 26\r\n\r\n\
+              {\"api_key_suffix\":\"bcdef\"}",
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 202 "), "{reply}");
+        assert!(reply.contains("{\"refresh\":\"scheduled\"}"), "{reply}");
+        // Answered, then closed by the idle timeout while waiting for another request.
+        assert_eq!(started.elapsed(), Limits::default().idle_timeout);
+    }
 }
