@@ -245,7 +245,9 @@ pub fn matches(pattern: &str, arn: &str) -> bool {
 pub fn suggest_intake_pattern(caller_arn: &str) -> Option<String> {
     let resource = caller_arn.splitn(6, ':').nth(5)?;
     let suggestion = match resource.split('/').collect::<Vec<_>>()[..] {
-        ["assumed-role", role, _session] => {
+        // STS always names the session; without one the role-wide pattern would not match
+        // the caller it is suggested for (`*` stands for at least one character).
+        ["assumed-role", role, session] if !session.is_empty() => {
             let head = &caller_arn[..caller_arn.len() - resource.len()];
             format!("{head}assumed-role/{role}/{WILDCARD}")
         }
@@ -577,6 +579,14 @@ mod tests {
         // The suggestion always matches the identity it was made from.
         let arn = "arn:aws:sts::123456789012:assumed-role/R/eks-datadog-agent-xyz";
         assert!(matches(&suggest_intake_pattern(arn).unwrap(), arn));
+    }
+
+    /// Found by the `arn_pattern` fuzz target: an assumed-role ARN with an empty session got
+    /// `…/DatadogAgentRole/*` suggested, a pattern that does not match it.
+    #[test]
+    fn no_suggestion_for_an_assumed_role_without_a_session() {
+        let arn = "arn:aws:sts::123456789012:assumed-role/DatadogAgentRole/";
+        assert_eq!(suggest_intake_pattern(arn), None);
     }
 
     #[test]

@@ -210,10 +210,33 @@ struct Report {
 /// # Errors
 /// Every problem found, at once. Warnings are in [`Config::warnings`] on success.
 pub fn load(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    let report = load_report(paths, env);
-    match report.config {
-        Some(config) if report.errors.is_empty() => Ok(config),
-        _ => Err(ConfigErrors(report.errors)),
+    load_report(paths, env).into_result()
+}
+
+/// Validates already-read file contents exactly as [`load`] validates the files: `datadog_yaml`
+/// is the Agent's file, `settings_yaml` the daemon's (`None`: the file does not exist, which is
+/// an error only when `paths.settings_required`). `paths` only names the files in problems and
+/// in [`Config::paths`]; the one file still read from disk is `fallback_api_key_file`, when
+/// the settings name one. [`load`] is this function plus reading the two files.
+///
+/// # Errors
+/// Every problem found, at once. Warnings are in [`Config::warnings`] on success.
+pub fn load_from_strings(
+    paths: &Paths,
+    datadog_yaml: &str,
+    settings_yaml: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let settings = settings_yaml.ok_or(ReadError::NotFound);
+    validate_texts(paths, Ok(datadog_yaml), settings, env).into_result()
+}
+
+impl Report {
+    fn into_result(self) -> Result<Config, ConfigErrors> {
+        match self.config {
+            Some(config) if self.errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(self.errors)),
+        }
     }
 }
 
@@ -238,6 +261,7 @@ pub fn socket_path(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> PathB
 }
 
 /// Why a file could not be read.
+#[derive(Clone)]
 enum ReadError {
     NotFound,
     Other { message: String, fix: String },
@@ -292,19 +316,41 @@ fn read_text(path: &Path, limit: u64, what: &str) -> Result<String, ReadError> {
 }
 
 fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
+    let settings = read_text(
+        &paths.settings,
+        settings::MAX_SETTINGS_FILE_BYTES,
+        "settings file",
+    );
+    let agent = read_text(
+        &paths.config,
+        node::MAX_AGENT_FILE_BYTES,
+        "Agent configuration",
+    );
+    validate_texts(
+        paths,
+        agent.as_deref().map_err(ReadError::clone),
+        settings.as_deref().map_err(ReadError::clone),
+        env,
+    )
+}
+
+/// Validates the two files' contents (or why they could not be read): everything [`load`]
+/// does after reading them.
+fn validate_texts(
+    paths: &Paths,
+    agent_text: Result<&str, ReadError>,
+    settings_text: Result<&str, ReadError>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Report {
     let mut problems = Problems::default();
 
     // --- delegated-auth.yaml ---
     let mut settings_ok = true;
     let mut settings_file_present = false;
-    let raw_settings = match read_text(
-        &paths.settings,
-        settings::MAX_SETTINGS_FILE_BYTES,
-        "settings file",
-    ) {
+    let raw_settings = match settings_text {
         Ok(text) => {
             settings_file_present = true;
-            let raw = settings::parse(&text, &paths.settings, &mut problems);
+            let raw = settings::parse(text, &paths.settings, &mut problems);
             settings_ok = raw.is_some();
             raw.unwrap_or_default()
         }
@@ -342,12 +388,8 @@ fn load_report(paths: &Paths, env: &dyn Fn(&str) -> Option<String>) -> Report {
         });
 
     // --- datadog.yaml ---
-    let root = match read_text(
-        &paths.config,
-        node::MAX_AGENT_FILE_BYTES,
-        "Agent configuration",
-    ) {
-        Ok(text) => match node::parse(&text) {
+    let root = match agent_text {
+        Ok(text) => match node::parse(text) {
             Ok(root) => Some(root),
             Err(err) => {
                 let fix = err.fix.unwrap_or_else(|| {

@@ -1024,3 +1024,57 @@ fn docs_name_every_settings_key() {
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// load_from_strings: the same validation as load, without reading the two files
+
+#[test]
+fn load_from_strings_agrees_with_load() {
+    let agent = format!(
+        "api_key: {KEY}\ndelegated_auth:\n  org_uuid: {ORG}\nlogs_config:\n  api_key: {LOGS_KEY}\n"
+    );
+    let settings = "refresh:\n  interval: 10m\nsinks:\n  - instance: api_key\n    path: /run/k\n";
+    let f = fixture(&agent, Some(settings));
+    let env = env_of(&[("DD_SITE", "datadoghq.eu")]);
+    let from_files = load(&f.paths, &env).unwrap_or_else(|e| panic!("{e}"));
+    let from_strings =
+        load_from_strings(&f.paths, &agent, Some(settings), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(from_files, from_strings);
+    assert_eq!(from_strings.agent.site, "datadoghq.eu");
+
+    // Errors too, with the same file names and lines.
+    let bad = "sinks:\n  - instance: nope\n    path: /run/k\n";
+    let f = fixture(&agent, Some(bad));
+    let from_files = load(&f.paths, &no_env)
+        .expect_err("unknown sink instance")
+        .0;
+    let from_strings = load_from_strings(&f.paths, &agent, Some(bad), &no_env)
+        .expect_err("unknown sink instance")
+        .0;
+    assert_eq!(from_files, from_strings);
+}
+
+#[test]
+fn load_from_strings_without_settings_text_is_a_missing_settings_file() {
+    let agent = format!("api_key: {KEY}\n");
+    let mut paths = Paths {
+        config: PathBuf::from("/nonexistent/datadog.yaml"),
+        settings: PathBuf::from("/nonexistent/delegated-auth.yaml"),
+        settings_required: false,
+    };
+    let cfg = load_from_strings(&paths, &agent, None, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cfg.settings_file_present);
+    assert_eq!(
+        cfg.settings,
+        load_from_strings(&paths, &agent, Some(""), &no_env)
+            .unwrap()
+            .settings
+    );
+
+    paths.settings_required = true;
+    let errs = load_from_strings(&paths, &agent, None, &no_env)
+        .expect_err("a required settings file is missing")
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].message, "the settings file does not exist");
+}

@@ -13,7 +13,8 @@
 //!
 //! Hostile or slow clients are bounded: header bytes (431), body bytes (413), connection count,
 //! and idle time (a connection that sends no complete request head within the idle timeout is
-//! closed, which also ends slowloris attempts).
+//! closed, which also ends slowloris attempts; a request body that does not arrive within it
+//! gets 408 and the connection is closed).
 
 pub mod access;
 mod routes;
@@ -47,7 +48,7 @@ pub struct Limits {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// A connection with no complete request head for this long is closed (idle keep-alive and
-    /// slowloris alike).
+    /// slowloris alike); a request body that takes longer gets 408.
     pub idle_timeout: Duration,
     /// Request line plus headers (hyper's read buffer; at least 8 KiB).
     pub max_header_bytes: usize,
@@ -233,14 +234,7 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
 /// for up to `grace`. Long polls answer as soon as shutdown starts.
 pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Duration) {
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let tracker = TaskTracker::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.idle_timeout)
-        .max_buf_size(state.limits.max_header_bytes.max(8192))
-        .keep_alive(true);
 
     loop {
         let permit = tokio::select! {
@@ -274,11 +268,8 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
             }
         };
         let st = state.clone();
-        let service = service_fn(move |req| routes::handle(st.clone(), peer, req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
         tracker.spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = serve_connection(stream, st, peer).await {
                 debug!(error = %e, pid = ?peer.pid, uid = peer.uid, "Connection ended with an error.");
             }
             drop(permit);
@@ -286,9 +277,145 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
     }
     tracker.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = tracker.wait() => {}
         _ = tokio::time::sleep(grace) => {
             warn!(grace = ?grace, "Grace period ended with requests still in flight; closing them.");
         }
+    }
+}
+
+/// Serves one accepted connection from `peer` (its `SO_PEERCRED`, which the access rules check)
+/// with the header, idle and body limits of `state.limits`, until the client closes it, it idles
+/// out, or `state.shutdown` is cancelled (then the request in flight finishes and the connection
+/// closes). [`serve`] runs this for every client; it is public so the fuzz harness drives the
+/// very same service over an in-memory stream.
+///
+/// # Errors
+/// The connection's HTTP or I/O error (a malformed request, a client gone mid-response, a
+/// header read timeout); the client has then had whatever answer hyper could give.
+pub async fn serve_connection<I>(io: I, state: Arc<ServerState>, peer: Peer) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.idle_timeout)
+        .max_buf_size(state.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let st = state.clone();
+    let service = service_fn(move |req| routes::handle(st.clone(), peer, req));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = state.shutdown.cancelled() => {}
+    }
+    // Finish the request in flight (long polls answer at once on shutdown), then close.
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::keystore::{KeySource, KeyState, ServedKey};
+    use crate::secret::Secret;
+
+    struct Reports;
+
+    impl Rejections for Reports {
+        fn report_rejected(&self, _instance: &str, _suffix: &str) -> RejectReply {
+            RejectReply::Scheduled
+        }
+    }
+
+    const PEER: Peer = Peer {
+        pid: None,
+        uid: 1000,
+        gid: 1000,
+    };
+
+    fn state() -> Arc<ServerState> {
+        let store = Arc::new(KeyStore::new());
+        store.set_instances(&["api_key".to_owned()])[0].update(|s| {
+            s.state = KeyState::Active;
+            s.served = Some(ServedKey {
+                value: Secret::from("0123456789abcdef0123456789abcdef"),
+                source: KeySource::Delegated,
+                obtained_at: SystemTime::now(),
+            });
+        });
+        Arc::new(ServerState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            access: ArcSwap::from_pointee(AccessPolicy::Open),
+            info: ArcSwap::from_pointee(DaemonInfo::default()),
+            rejections: Arc::new(Reports),
+            limits: Limits::default(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Writes `request` on a fresh connection (never half-closing it) and reads until the server
+    /// closes the connection.
+    async fn exchange(request: &[u8]) -> String {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut rx, mut tx) = tokio::io::split(client);
+        let serve = async {
+            let _ = serve_connection(server, state(), PEER).await;
+        };
+        let send = async {
+            tx.write_all(request).await.unwrap();
+            tx
+        };
+        let receive = async {
+            let mut out = Vec::new();
+            rx.read_to_end(&mut out).await.unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // Virtual time: a connection still open after a day is a hang, not a slow machine.
+        let ((), _tx, out) = tokio::time::timeout(Duration::from_secs(86_400), async {
+            tokio::join!(serve, send, receive)
+        })
+        .await
+        .expect("the server never closed the connection");
+        out
+    }
+
+    /// Found by the `server_http` fuzz target: a rejection report whose body is shorter than its
+    /// Content-Length held the connection (and one of `max_connections`) forever, because the
+    /// idle timeout only bounds the request head.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_gets_408_and_the_connection_closes() {
+        let started = tokio::time::Instant::now();
+        let reply = exchange(
+            b"POST /v1/keys/api_key/rejected HTTP/1.1\r\nContent-Length: 29\r\n\r\n\
+              {\"api_key_suffix\":\"bcdef\"}\r\n",
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+        assert!(reply.contains("\"request_timeout\""), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+        assert_eq!(started.elapsed(), Limits::default().idle_timeout);
+
+        // The complete request is answered at once.
+        let started = tokio::time::Instant::now();
+        let reply = exchange(
+            b"POST /v1/keys/api_key/rejected HTTP/1.1\r\nContent-Length: 26\r\n\r\n\
+              {\"api_key_suffix\":\"bcdef\"}",
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 202 "), "{reply}");
+        assert!(reply.contains("{\"refresh\":\"scheduled\"}"), "{reply}");
+        // Answered, then closed by the idle timeout while waiting for another request.
+        assert_eq!(started.elapsed(), Limits::default().idle_timeout);
     }
 }

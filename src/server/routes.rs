@@ -30,7 +30,12 @@ enum ApiError {
     Forbidden(String),
     BadRequest(String),
     PayloadTooLarge(usize),
-    Unavailable { reason: String, retry_after: u64 },
+    /// The body did not arrive within the idle timeout (seconds).
+    BodyTimeout(u64),
+    Unavailable {
+        reason: String,
+        retry_after: u64,
+    },
     NotReady,
 }
 
@@ -65,6 +70,11 @@ impl ApiError {
                 "payload_too_large",
                 format!("request body over {max} bytes"),
             ),
+            ApiError::BodyTimeout(secs) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {secs}s; send it with the request"),
+            ),
             ApiError::Unavailable { reason, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -92,6 +102,11 @@ impl ApiError {
             ApiError::Unavailable { retry_after, .. } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            // The rest of the body may still come; the connection cannot carry another request.
+            ApiError::BodyTimeout(_) => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -389,9 +404,12 @@ async fn rejected(
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::PayloadTooLarge(max));
     }
-    let body = Limited::new(req.into_body(), max)
-        .collect()
+    // A body announced but never sent would hold the connection (and its slot) forever: the
+    // idle timeout bounds the head only, so it bounds the body here too.
+    let idle = state.limits.idle_timeout;
+    let body = tokio::time::timeout(idle, Limited::new(req.into_body(), max).collect())
         .await
+        .map_err(|_| ApiError::BodyTimeout(idle.as_secs()))?
         .map_err(|_| ApiError::PayloadTooLarge(max))?
         .to_bytes();
     let parsed: RejectBody = serde_json::from_slice(&body).map_err(|e| {
@@ -448,6 +466,7 @@ mod tests {
             ApiError::Forbidden("x".into()),
             ApiError::BadRequest("x".into()),
             ApiError::PayloadTooLarge(1),
+            ApiError::BodyTimeout(1),
             ApiError::Unavailable {
                 reason: "x".into(),
                 retry_after: 1,
@@ -466,6 +485,7 @@ mod tests {
                 (403, "forbidden"),
                 (400, "bad_request"),
                 (413, "payload_too_large"),
+                (408, "request_timeout"),
                 (503, "unavailable"),
                 (503, "not_ready"),
             ]
