@@ -230,6 +230,20 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
 /// Serves connections until `state.shutdown` is cancelled, then lets in-flight requests finish
 /// for up to `grace`. Long polls answer as soon as shutdown starts.
 pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Duration) {
+    let (_keep, rebound) = tokio::sync::mpsc::channel(1);
+    serve_rebindable(listener, rebound, state, grace).await;
+}
+
+/// Like [`serve`], and a listener received on `rebound` replaces the current one (the socket
+/// file was removed and bound again): connections already open are served to the end, new
+/// ones are accepted on the new listener.
+pub async fn serve_rebindable(
+    mut listener: UnixListener,
+    mut rebound: tokio::sync::mpsc::Receiver<UnixListener>,
+    state: Arc<ServerState>,
+    grace: Duration,
+) {
+    let mut rebind_open = true;
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let tracker = TaskTracker::new();
@@ -250,6 +264,13 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
         };
         let stream = tokio::select! {
             _ = state.shutdown.cancelled() => break,
+            new = rebound.recv(), if rebind_open => {
+                match new {
+                    Some(new) => listener = new,
+                    None => rebind_open = false,
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
                 Err(e) => {
