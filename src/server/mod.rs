@@ -211,8 +211,12 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
                 source,
             },
         )?;
-        // 1024 pending connections: a burst of consumers at boot should queue, not fail.
-        socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
+        // Pending connections queue here rather than fail: a burst of consumers at boot, or a
+        // rotation releasing every long poll at once (each consumer reconnects), must not meet
+        // a full backlog (a non-blocking connect then fails with EAGAIN). 1024 was overrun by
+        // 1,000 long polls reconnecting during a connection flood (tests/hostile.rs); 4096
+        // matches the default max_connections (the kernel caps it at net.core.somaxconn).
+        socket::listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
             .map_err(io_err("listen on", path))
     };
     if let Err(e) = secure() {
