@@ -1216,7 +1216,7 @@ mod tests {
     struct Fake {
         /// Steps, each for one org or (`None`) for any.
         script: Mutex<VecDeque<(Option<&'static str>, Step)>>,
-        otherwise: Otherwise,
+        otherwise: Mutex<Otherwise>,
         calls: Mutex<Vec<(Instant, ExchangeKey)>>,
     }
 
@@ -1231,9 +1231,14 @@ mod tests {
         ) -> Arc<Fake> {
             Arc::new(Fake {
                 script: Mutex::new(script.into_iter().collect()),
-                otherwise,
+                otherwise: Mutex::new(otherwise),
                 calls: Mutex::new(Vec::new()),
             })
+        }
+
+        /// Changes what the fake does once its script is used up (an outage ends).
+        fn set_otherwise(&self, otherwise: Otherwise) {
+            *lock(&self.otherwise) = otherwise;
         }
 
         fn calls(&self) -> Vec<(Instant, ExchangeKey)> {
@@ -1263,7 +1268,7 @@ mod tests {
                     .and_then(|i| script.remove(i))
                     .map(|(_, step)| step)
             };
-            let step = scripted.unwrap_or_else(|| match self.otherwise {
+            let step = scripted.unwrap_or_else(|| match *lock(&self.otherwise) {
                 Otherwise::Keys => ok(&format!("generated-managed-key-{n:06}")),
                 Otherwise::Fail(kind) => fail(kind),
             });
@@ -1676,6 +1681,106 @@ mod tests {
             }
         }
         assert!(gaps.len() >= 12);
+    }
+
+    /// An hour of server errors (the fault matrix's `datadog-500s-for-an-hour`, in virtual
+    /// time). The instance that had a managed key keeps serving it, unchanged, until a consumer
+    /// reports it rejected; from then on the fallback, never the rejected key. The instance that
+    /// never had a key is `unavailable` with its reason all along. Both keep retrying with the
+    /// backoff capped at `retry_max` (never giving up, never hammering), and both have a managed
+    /// key within `retry_max` of the recovery.
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_server_errors_is_ridden_out_and_recovery_is_prompt() {
+        const KEY1: &str = "managed-key-before-outage-1";
+        let fake = Fake::per_org([(Some(ORG), ok(KEY1))], Otherwise::Fail("unavailable"));
+        let mut h = Harness::new(fake);
+        h.apply(vec![
+            plan("api_key", Some(ORG), Some(FALLBACK)),
+            plan("logs_config.api_key", Some(OTHER_ORG), None),
+        ]);
+        let with = h.slot("api_key");
+        let without = h.slot("logs_config.api_key");
+        let active = until(&with, "active", |s| s.state == KeyState::Active).await;
+        let step = Duration::from_secs(10);
+        let check_without = |s: &Snapshot| {
+            assert_eq!(s.state, KeyState::Unavailable);
+            assert!(s.served.is_none());
+            let reason = s.status.reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("last exchange failed (unavailable)"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("no fallback api_key is configured"),
+                "{reason}"
+            );
+        };
+
+        // Ten minutes: the managed key, untouched.
+        while Instant::now() - h.t0 < Duration::from_secs(600) {
+            tokio::time::sleep(step).await;
+            let s = with.current();
+            assert_eq!(served(&s), (KEY1, KeySource::Delegated));
+            assert_eq!(s.generation, active.generation);
+            check_without(&without.current());
+        }
+        // A consumer reports it rejected: the forced refresh fails, so the fallback.
+        let rejected_at = Instant::now();
+        assert_eq!(
+            h.manager
+                .report_rejected("api_key", &KEY1[KEY1.len() - 5..]),
+            RejectOutcome::Scheduled
+        );
+        until(&with, "fallback", |s| s.state == KeyState::Fallback).await;
+        while Instant::now() - h.t0 < HOUR {
+            tokio::time::sleep(step).await;
+            let s = with.current();
+            assert_eq!(served(&s), (FALLBACK, KeySource::Fallback));
+            check_without(&without.current());
+        }
+        let (with_calls, without_calls): (Vec<_>, Vec<_>) = h
+            .fake
+            .calls()
+            .into_iter()
+            .partition(|(_, k)| k.org_uuid == ORG);
+        let cap = timing().retry_max;
+        let gaps = |calls: &[(Instant, ExchangeKey)], from: Instant| -> Vec<Duration> {
+            let times: Vec<Instant> = calls
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| *t >= from)
+                .collect();
+            times.windows(2).map(|w| w[1] - w[0]).collect()
+        };
+        for (who, calls, from) in [
+            ("never had a key", &without_calls, h.t0),
+            ("rejected", &with_calls, rejected_at),
+        ] {
+            let gaps = gaps(calls, from);
+            assert!(gaps.len() >= 9, "{who}: {} retries", gaps.len());
+            assert!(gaps.len() <= 600, "{who}: {} retries", gaps.len());
+            for gap in &gaps {
+                assert!(
+                    *gap >= timing().retry_min && *gap <= cap,
+                    "{who}: gap {gap:?}"
+                );
+            }
+        }
+        let s = without.current();
+        assert_eq!(s.status.consecutive_failures as usize, without_calls.len());
+        assert!(s.status.next_is_retry);
+
+        // The service is back: both have a managed key within retry_max.
+        h.fake.set_otherwise(Otherwise::Keys);
+        let recovered_from = Instant::now();
+        let s = until(&with, "active again", |s| s.state == KeyState::Active).await;
+        assert_ne!(served(&s).0, KEY1, "the rejected key is never served again");
+        assert!(Instant::now() - recovered_from <= cap);
+        until(&without, "active", |s| s.state == KeyState::Active).await;
+        assert!(Instant::now() - recovered_from <= cap);
+        let s = without.current();
+        assert_eq!(s.status.consecutive_failures, 0);
+        assert_eq!(s.status.last_error, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,8 +27,19 @@ impl LogHandle {
     }
 }
 
+/// The filter for `level`. At `debug` and `trace` the file watcher (`notify`) stays at `info`:
+/// at `trace` it logs every inotify event of the watched directories, and when the log itself
+/// is written to a file there, each of those lines is such an event, a loop that filled a disk
+/// and starved the daemon in the fault matrix (tests/faults.rs, `trace_logs_hold_no_secret`).
+fn directives(level: &str) -> String {
+    match level.trim() {
+        "debug" | "trace" => format!("{},notify=info", level.trim()),
+        other => other.to_owned(),
+    }
+}
+
 fn parse_filter(level: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder().parse(level).map_err(|e| {
+    EnvFilter::builder().parse(directives(level)).map_err(|e| {
         format!("invalid log level {level:?}: {e}; use error, warn, info, debug or trace")
     })
 }
@@ -46,4 +57,19 @@ pub fn init(level: &str, format: Format) -> Result<LogHandle, String> {
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogHandle(handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_levels_keep_the_file_watcher_at_info() {
+        assert_eq!(directives("trace"), "trace,notify=info");
+        assert_eq!(directives("debug"), "debug,notify=info");
+        assert_eq!(directives("warn"), "warn");
+        for level in ["trace", "debug", "info", "warn", "error", "off"] {
+            parse_filter(level).unwrap();
+        }
+    }
 }

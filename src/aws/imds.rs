@@ -212,6 +212,13 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> ImdsFailure {
                 _ => {}
             }
         }
+        if is_operation_timeout(e) {
+            // Each call's read timeout is ec2_metadata_timeout and its attempt timeout twice
+            // that, so an attempt only runs out while it waits for something else: the IMDSv2
+            // token another call is loading (concurrent calls share one token load, and a
+            // waiter whose load failed starts another). That is the unanswered token.
+            return ImdsFailure::TokenUnanswered;
+        }
         if let Some(connector) = e.downcast_ref::<ConnectorError>() {
             if connector.is_timeout() {
                 return if token {
@@ -233,6 +240,15 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> ImdsFailure {
     }
 }
 
+/// aws-smithy-runtime's operation (attempt) timeout. Its type is private; its Display is
+/// `operation attempt timeout (single attempt) occurred after …` or `operation timeout (all
+/// attempts including retries) occurred after …` (pinned by the test below and by
+/// `tests/faults.rs`, which reproduces it against a real IMDS emulator).
+fn is_operation_timeout(error: &(dyn StdError + 'static)) -> bool {
+    let text = error.to_string();
+    text.starts_with("operation attempt timeout") || text.starts_with("operation timeout")
+}
+
 /// An error and its sources on one line (aws-config's Display shows only the outermost layer).
 pub(crate) fn chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = error.to_string();
@@ -246,4 +262,40 @@ pub(crate) fn chain(error: &(dyn StdError + 'static)) -> String {
         current = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two calls share one token load that never answers (a container behind the hop limit):
+    /// one fails on the token's read timeout, the other on its own attempt timeout while
+    /// waiting. Both are the unanswered token.
+    #[tokio::test]
+    async fn a_call_waiting_on_an_unanswered_token_is_a_token_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let env = AwsEnv::from_pairs([(vars::EC2_METADATA_ENDPOINT, format!("http://{addr}"))]);
+        let imds = Imds::new(
+            &env,
+            &AwsOptions {
+                ec2_metadata_timeout: Duration::from_millis(200),
+                ..AwsOptions::default()
+            },
+        )
+        .unwrap();
+        let (a, b) = tokio::join!(
+            imds.get(SECURITY_CREDENTIALS_PATH),
+            imds.get(IDENTITY_DOCUMENT_PATH)
+        );
+        assert_eq!(a.unwrap_err(), ImdsFailure::TokenUnanswered);
+        assert_eq!(b.unwrap_err(), ImdsFailure::TokenUnanswered);
+        silent.abort();
+    }
 }

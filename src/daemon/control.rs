@@ -19,6 +19,9 @@ pub enum Control {
     Shutdown,
     /// SIGHUP or a change of a watched file: re-read the configuration.
     Reload(&'static str),
+    /// The socket file or its directory changed (removed by hand, or by a tmpfiles/systemd
+    /// cleanup of the runtime directory): check the socket is still ours, bind it again if gone.
+    CheckSocket,
 }
 
 /// Forwards SIGTERM/SIGINT/SIGHUP until the receiver is dropped.
@@ -48,6 +51,31 @@ pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 /// the returned value.
 pub fn watch_files(
     files: &[PathBuf],
+    tx: mpsc::Sender<Control>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    watch_paths(files, Control::Reload("file change"), tx)
+}
+
+/// Watches the socket file and its directory (through the directory's parent, which sees the
+/// directory being removed) and asks for a [`Control::CheckSocket`] after a debounced burst of
+/// events touching either. Call again after the directory was re-created: a watch ends with the
+/// directory it was on.
+pub fn watch_socket(
+    socket: &Path,
+    tx: mpsc::Sender<Control>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut paths = vec![socket.to_path_buf()];
+    if let Some(dir) = socket.parent().filter(|d| d.file_name().is_some()) {
+        paths.push(dir.to_path_buf());
+    }
+    watch_paths(&paths, Control::CheckSocket, tx)
+}
+
+/// Watches the directories of `files` for events touching their names, and sends `control`
+/// after each debounced burst.
+fn watch_paths(
+    files: &[PathBuf],
+    control: Control,
     tx: mpsc::Sender<Control>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let names: HashSet<OsString> = files
@@ -85,7 +113,7 @@ pub fn watch_files(
                     more = raw_rx.recv() => if more.is_none() { return },
                 }
             }
-            if tx.send(Control::Reload("file change")).await.is_err() {
+            if tx.send(control).await.is_err() {
                 return;
             }
         }

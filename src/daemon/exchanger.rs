@@ -126,13 +126,21 @@ impl Exchanger for AwsExchanger {
                     region,
                 })
             }
-            Err(e) => Err(ExchangeFailure {
-                kind: e.kind(),
-                message: e.to_string(),
-                retry_after: e.retry_after(),
-                credential_source: source,
-                endpoint: Some(url),
-            }),
+            Err(e) => {
+                if e.kind() == "unauthorized" {
+                    // The proof was refused: the cached credentials may be what is wrong (a
+                    // revoked session, a rotated instance profile). Ask the source again next
+                    // time instead of signing with them until they expire, hours later.
+                    parts.identity.invalidate().await;
+                }
+                Err(ExchangeFailure {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                    retry_after: e.retry_after(),
+                    credential_source: source,
+                    endpoint: Some(url),
+                })
+            }
         }
     }
 }

@@ -260,8 +260,30 @@ impl Rejections for ManagerRejections {
     }
 }
 
+/// The socket as bound, so that a removed socket file (or directory) can be noticed and bound
+/// again with the same mode and group.
+struct SocketBinding {
+    path: PathBuf,
+    mode: u32,
+    gid: Option<u32>,
+    /// (device, inode) of the socket file this daemon bound.
+    id: Option<(u64, u64)>,
+    /// Hands a new listener to the server.
+    rebind: mpsc::Sender<tokio::net::UnixListener>,
+    /// Something else sits at the path and was already reported.
+    foreign_reported: bool,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 struct Daemon {
     opts: RunOptions,
+    socket: SocketBinding,
     log: LogHandle,
     state: Arc<ServerState>,
     manager: Manager<AwsExchanger>,
@@ -314,7 +336,7 @@ impl Daemon {
         }
         let mut watched = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
         watched.extend(cfg.settings.fallback_api_key_file.clone());
-        let watcher = match control::watch_files(&watched, control_tx) {
+        let watcher = match control::watch_files(&watched, control_tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
@@ -374,7 +396,14 @@ impl Daemon {
             shutdown: shutdown.clone(),
         });
         applied.exchanger.publish_environment(state.clone());
-        let server = tokio::spawn(server::serve(listener, state.clone(), opts.grace));
+        let socket_id = file_id(&socket);
+        let (rebind, rebound) = mpsc::channel(1);
+        let server = tokio::spawn(server::serve_rebindable(
+            listener,
+            rebound,
+            state.clone(),
+            opts.grace,
+        ));
         info!(socket = %socket.display(), instances = cfg.instances.len(), version = env!("CARGO_PKG_VERSION"), "Listening.");
         notify::ready(&format!(
             "serving {} instance(s) on {}",
@@ -385,6 +414,14 @@ impl Daemon {
 
         let sinks = start_sinks(&applied.sinks, &state);
         let mut daemon = Daemon {
+            socket: SocketBinding {
+                path: socket.clone(),
+                mode: cfg.settings.socket.mode,
+                gid,
+                id: socket_id,
+                rebind,
+                foreign_reported: false,
+            },
             opts,
             log,
             state,
@@ -393,7 +430,7 @@ impl Daemon {
             config: cfg,
             sinks,
         };
-        let code = daemon.control_loop(control_rx).await;
+        let code = daemon.control_loop(control_rx, control_tx).await;
         drop(watcher);
 
         notify::stopping();
@@ -407,10 +444,36 @@ impl Daemon {
         code
     }
 
-    async fn control_loop(&mut self, mut rx: mpsc::Receiver<Control>) -> u8 {
+    async fn control_loop(
+        &mut self,
+        mut rx: mpsc::Receiver<Control>,
+        tx: mpsc::Sender<Control>,
+    ) -> u8 {
+        let watch_socket = |tx: mpsc::Sender<Control>, path: &Path| match control::watch_socket(
+            path, tx,
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "Cannot watch the socket file; if it is removed, SIGHUP binds it again.");
+                None
+            }
+        };
+        let mut socket_watcher = watch_socket(tx.clone(), &self.socket.path);
         while let Some(c) = rx.recv().await {
             match c {
-                Control::Reload(why) => self.reload(why).await,
+                Control::Reload(why) => {
+                    self.reload(why).await;
+                    if self.ensure_socket().await {
+                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+                    }
+                }
+                Control::CheckSocket => {
+                    if self.ensure_socket().await {
+                        // The old watch ended with the directory it was on.
+                        drop(socket_watcher.take());
+                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+                    }
+                }
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
                     let socket = PathBuf::from(&self.state.info.load().socket_path);
@@ -428,6 +491,47 @@ impl Daemon {
             }
         }
         exit::OK
+    }
+
+    /// Checks that the socket file this daemon bound is still at its path, and binds it again
+    /// when it (or its directory) was removed: consumers find the daemon where they expect it
+    /// without a restart. Something else at the path is left alone and reported once. Returns
+    /// whether the socket was bound again.
+    async fn ensure_socket(&mut self) -> bool {
+        let path = self.socket.path.clone();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) => {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let ours = meta.file_type().is_socket()
+                    && self.socket.id == Some((meta.dev(), meta.ino()));
+                if !ours && !self.socket.foreign_reported {
+                    error!(path = %path.display(), "The socket path now holds a file this daemon did not create; leaving it alone. Consumers cannot reach this daemon there: remove that file (the socket is then bound again) or restart the daemon.");
+                    self.socket.foreign_reported = true;
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match server::bind(&path, self.socket.mode, self.socket.gid) {
+                    Ok(listener) => {
+                        self.socket.id = file_id(&path);
+                        self.socket.foreign_reported = false;
+                        if self.socket.rebind.send(listener).await.is_err() {
+                            return false;
+                        }
+                        warn!(path = %path.display(), "The socket file was removed; bound it again. Consumers can connect again.");
+                        true
+                    }
+                    Err(e) => {
+                        error!(path = %path.display(), "The socket file was removed and cannot be bound again: {e}. Consumers cannot connect until this is fixed; the next SIGHUP tries again.");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Cannot check the socket file.");
+                false
+            }
+        }
     }
 
     async fn reload(&mut self, why: &'static str) {

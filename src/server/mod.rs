@@ -214,8 +214,12 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
                 source,
             },
         )?;
-        // 1024 pending connections: a burst of consumers at boot should queue, not fail.
-        socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
+        // Pending connections queue here rather than fail: a burst of consumers at boot, or a
+        // rotation releasing every long poll at once (each consumer reconnects), must not meet
+        // a full backlog (a non-blocking connect then fails with EAGAIN). 1024 was overrun by
+        // 1,000 long polls reconnecting during a connection flood (tests/hostile.rs); 4096
+        // matches the default max_connections (the kernel caps it at net.core.somaxconn).
+        socket::listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
             .map_err(io_err("listen on", path))
     };
     if let Err(e) = secure() {
@@ -233,6 +237,20 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
 /// Serves connections until `state.shutdown` is cancelled, then lets in-flight requests finish
 /// for up to `grace`. Long polls answer as soon as shutdown starts.
 pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Duration) {
+    let (_keep, rebound) = tokio::sync::mpsc::channel(1);
+    serve_rebindable(listener, rebound, state, grace).await;
+}
+
+/// Like [`serve`], and a listener received on `rebound` replaces the current one (the socket
+/// file was removed and bound again): connections already open are served to the end, new
+/// ones are accepted on the new listener.
+pub async fn serve_rebindable(
+    mut listener: UnixListener,
+    mut rebound: tokio::sync::mpsc::Receiver<UnixListener>,
+    state: Arc<ServerState>,
+    grace: Duration,
+) {
+    let mut rebind_open = true;
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     let tracker = TaskTracker::new();
 
@@ -246,6 +264,13 @@ pub async fn serve(listener: UnixListener, state: Arc<ServerState>, grace: Durat
         };
         let stream = tokio::select! {
             _ = state.shutdown.cancelled() => break,
+            new = rebound.recv(), if rebind_open => {
+                match new {
+                    Some(new) => listener = new,
+                    None => rebind_open = false,
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
                 Err(e) => {

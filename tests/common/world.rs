@@ -113,6 +113,7 @@ impl World {
                 .into_iter()
                 .map(|k| k.key),
         );
+        out.extend(proof_secrets(&self.dd));
         out
     }
 
@@ -162,4 +163,45 @@ pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every proof `dd` received, and the parts of each that are secret on their own: the
+/// base64 headers field (it carries the signature and the session token), the SigV4 signature
+/// hex and the session token. (The body and URL fields are the same for everyone.)
+pub fn proof_secrets(dd: &DatadogEmulator) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for proof in dd.exchanges().into_iter().filter_map(|r| r.proof) {
+        let fields: Vec<&str> = proof.split('|').collect();
+        if let Some(headers) = fields.get(1) {
+            out.push((*headers).to_owned());
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(headers)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            for (name, values) in decoded
+                .as_ref()
+                .and_then(|v| v.as_object())
+                .into_iter()
+                .flatten()
+            {
+                for value in values
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                {
+                    if name.eq_ignore_ascii_case("authorization") {
+                        if let Some((_, signature)) = value.split_once("Signature=") {
+                            out.push(signature.trim().to_owned());
+                        }
+                    } else if name.eq_ignore_ascii_case("x-amz-security-token") {
+                        out.push(value.to_owned());
+                    }
+                }
+            }
+        }
+        out.push(proof);
+    }
+    out
 }

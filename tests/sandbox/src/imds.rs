@@ -75,6 +75,8 @@ impl Default for ImdsOptions {
 
 struct State {
     options: ImdsOptions,
+    /// Added before every answer ([`ImdsEmulator::set_latency`]).
+    latency: Duration,
     expiration: SystemTime,
     tokens: HashMap<String, SystemTime>,
     requests: Vec<RecordedRequest>,
@@ -106,6 +108,7 @@ impl ImdsEmulator {
         let state = Arc::new(Mutex::new(State {
             expiration: SystemTime::now() + options.credential_ttl,
             options,
+            latency: Duration::ZERO,
             tokens: HashMap::new(),
             requests: Vec::new(),
         }));
@@ -142,6 +145,11 @@ impl ImdsEmulator {
         lock(&self.state).options.token_mode = mode;
     }
 
+    /// Answers every request only after `latency` (a slow or overloaded metadata service).
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state).latency = latency;
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state).requests.clone()
@@ -154,11 +162,14 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 async fn handle(state: &Mutex<State>, request: Request<Bytes>) -> Response<Full<Bytes>> {
-    let mode = {
+    let (mode, latency) = {
         let mut guard = lock(state);
         guard.requests.push(RecordedRequest::of(&request));
-        guard.options.token_mode
+        (guard.options.token_mode, guard.latency)
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let path = request.uri().path().to_owned();
     if path == "/latest/api/token" {
         if request.method() != Method::PUT {

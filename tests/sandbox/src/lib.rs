@@ -11,6 +11,8 @@
 //! - [`pod_identity`]: the EKS Pod Identity agent.
 //! - [`datadog`]: Datadog's API (exchange with proof verification, key validation, mapping API,
 //!   fault injection, request log).
+//! - [`net`]: a TCP forwarder and a `CONNECT` proxy that can be stopped and resumed, and a TLS
+//!   front with the self-signed test certificate.
 
 pub mod datadog;
 pub mod ecs;
@@ -18,6 +20,7 @@ mod error;
 pub mod http;
 pub mod imds;
 pub mod moto;
+pub mod net;
 pub mod pod_identity;
 pub mod sts;
 

@@ -204,6 +204,9 @@ pub struct RequestRecord {
     pub caller_arn: Option<String>,
     /// The key issued, for successful exchanges.
     pub issued_key: Option<String>,
+    /// The proof received (the value after `Authorization: Delegated `), for exchanges: tests
+    /// scan logs for it and its parts.
+    pub proof: Option<String>,
 }
 
 impl RequestRecord {
@@ -772,6 +775,7 @@ struct Answer {
     detail: Option<String>,
     caller_arn: Option<String>,
     issued_key: Option<String>,
+    proof: Option<String>,
 }
 
 impl Answer {
@@ -783,6 +787,7 @@ impl Answer {
             detail: None,
             caller_arn: None,
             issued_key: None,
+            proof: None,
         }
     }
 
@@ -863,6 +868,7 @@ fn finish(
         detail: answer.detail,
         caller_arn: answer.caller_arn,
         issued_key: answer.issued_key,
+        proof: answer.proof,
     });
     answer.response
 }
@@ -908,15 +914,29 @@ async fn exchange(
                 detail: None,
                 caller_arn: None,
                 issued_key: None,
+                proof: delegated_proof(&authorization),
             });
             tokio::time::sleep(delay).await;
             return Err(Disconnect);
         }
         Some(kind) => fault_answer(kind).org(org_hint),
     };
+    let answer = Answer {
+        proof: delegated_proof(&authorization),
+        ..answer
+    };
     let response = finish(shared, at, instant, method, INTAKE_KEY_PATH, answer);
     tokio::time::sleep(delay).await;
     Ok(response)
+}
+
+/// The proof of an `Authorization: Delegated <proof>` value.
+fn delegated_proof(authorization: &str) -> Option<String> {
+    authorization
+        .strip_prefix("Delegated ")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
 }
 
 /// The answer of an injected fault.
