@@ -380,6 +380,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             access: ArcSwap::from_pointee(AccessPolicy::Open),
             info: ArcSwap::from_pointee(DaemonInfo::default()),
+            sinks: Arc::default(),
             rejections: Arc::new(Reports),
             limits: Limits::default(),
             shutdown: CancellationToken::new(),
