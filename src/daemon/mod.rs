@@ -415,7 +415,10 @@ impl Daemon {
         let grace = daemon.opts.grace;
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
         daemon.manager.wait().await;
-        remove_socket(&socket);
+        // Only our own socket: the path may hold another daemon's by now (see ensure_socket).
+        if file_id(&socket).is_some() && file_id(&socket) == daemon.socket.id {
+            remove_socket(&socket);
+        }
         info!("Stopped.");
         code
     }
