@@ -1573,3 +1573,35 @@ fn imds_hop_limit_is_named_even_when_calls_share_the_token_wait() {
         assert!(reason.contains("hop"), "round {round}: {reason}");
     }
 }
+
+/// socket-path-taken-over: something else is put at the socket path (here a regular file
+/// renamed over it). The daemon leaves it alone and says so once; when it goes away the socket
+/// is bound again; a file that is not the daemon's is never removed at shutdown.
+#[test]
+fn a_foreign_file_at_the_socket_path_is_left_alone() {
+    let key = "takenOverFallbackKey0000000001";
+    let d = Daemon::start(&format!("api_key: {key}\n"), HOURLY, base_env());
+    let foreign = d.socket.with_extension("foreign");
+    std::fs::write(&foreign, "not a socket").unwrap();
+    std::fs::rename(&foreign, &d.socket).unwrap();
+    wait_log(&d, "did not create");
+    assert_eq!(std::fs::read_to_string(&d.socket).unwrap(), "not a socket");
+    std::fs::remove_file(&d.socket).unwrap();
+    eventually("the socket back", PATIENCE, || {
+        d.request(Method::GET, "/v1/health/live", &[], None)
+            .is_ok_and(|r| r.status == 200)
+            .then_some(())
+    });
+    assert_eq!(read(&d, "api_key").key(), Some(key));
+    std::fs::write(&foreign, "not a socket either").unwrap();
+    std::fs::rename(&foreign, &d.socket).unwrap();
+    let mut d = d;
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&d.socket).unwrap(),
+        "not a socket either",
+        "the daemon removed a file it did not create"
+    );
+    assert!(!d.logs().contains(key) && !d.logs().contains("panicked"));
+}

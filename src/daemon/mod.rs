@@ -453,6 +453,10 @@ impl Daemon {
             }
         };
         let mut socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        // Whatever happened to the socket before the watch began is only seen by a check.
+        if self.ensure_socket().await {
+            socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        }
         while let Some(c) = rx.recv().await {
             match c {
                 Control::Reload(why) => {
