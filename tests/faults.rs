@@ -261,9 +261,8 @@ fn report_rejected(d: &Daemon, instance: &str, key: &str) -> String {
         .to_owned()
 }
 
-/// A Datadog emulator (its own site) verifying proofs at `sts_url`, with the world's org and
-/// mapping registered under the same UUID and static key, so `w.datadog_yaml` works with it
-/// once `dd_url` is replaced.
+/// A Datadog emulator (its own site) verifying proofs at `sts_url`, with the world's org UUID
+/// and intake mapping registered (the fallback in `yaml_for` stays the world's static key).
 fn emulator_for(w: &World, sts_url: String) -> DatadogEmulator {
     let dd =
         w.rt.block_on(DatadogEmulator::start(DatadogOptions {
