@@ -261,9 +261,8 @@ fn report_rejected(d: &Daemon, instance: &str, key: &str) -> String {
         .to_owned()
 }
 
-/// A Datadog emulator (its own site) verifying proofs at `sts_url`, with the world's org and
-/// mapping registered under the same UUID and static key, so `w.datadog_yaml` works with it
-/// once `dd_url` is replaced.
+/// A Datadog emulator (its own site) verifying proofs at `sts_url`, with the world's org UUID
+/// and intake mapping registered (the fallback in `yaml_for` stays the world's static key).
 fn emulator_for(w: &World, sts_url: String) -> DatadogEmulator {
     let dd =
         w.rt.block_on(DatadogEmulator::start(DatadogOptions {
@@ -511,7 +510,6 @@ fn datadog_faults_at_startup_serve_the_fallback_then_the_managed_key() {
     for (name, fault, kind) in rows {
         w.dd.inject(fault.times(2));
         let d = Daemon::start(&w.datadog_yaml(""), HOURLY, w.static_env());
-        let mut saw_fallback = false;
         observe(
             &d,
             "api_key",
@@ -519,16 +517,11 @@ fn datadog_faults_at_startup_serve_the_fallback_then_the_managed_key() {
             |r| {
                 if r.is_fallback() {
                     assert_eq!(r.key(), Some(w.org.api_key.as_str()), "{name}");
-                    saw_fallback = true;
                 } else {
                     assert!(r.is_delegated(), "{name}: {r:?}");
                 }
             },
             Read::is_delegated,
-        );
-        assert!(
-            saw_fallback || exchanges_metric(&d, "api_key", kind) >= 1,
-            "{name}"
         );
         assert!(exchanges_metric(&d, "api_key", kind) >= 1, "{name}");
         assert!(w.dd.is_valid(read(&d, "api_key").key().unwrap()));
@@ -1578,4 +1571,36 @@ fn imds_hop_limit_is_named_even_when_calls_share_the_token_wait() {
         let reason = detection.reason.unwrap_or_default();
         assert!(reason.contains("hop"), "round {round}: {reason}");
     }
+}
+
+/// socket-path-taken-over: something else is put at the socket path (here a regular file
+/// renamed over it). The daemon leaves it alone and says so once; when it goes away the socket
+/// is bound again; a file that is not the daemon's is never removed at shutdown.
+#[test]
+fn a_foreign_file_at_the_socket_path_is_left_alone() {
+    let key = "takenOverFallbackKey0000000001";
+    let d = Daemon::start(&format!("api_key: {key}\n"), HOURLY, base_env());
+    let foreign = d.socket.with_extension("foreign");
+    std::fs::write(&foreign, "not a socket").unwrap();
+    std::fs::rename(&foreign, &d.socket).unwrap();
+    wait_log(&d, "did not create");
+    assert_eq!(std::fs::read_to_string(&d.socket).unwrap(), "not a socket");
+    std::fs::remove_file(&d.socket).unwrap();
+    eventually("the socket back", PATIENCE, || {
+        d.request(Method::GET, "/v1/health/live", &[], None)
+            .is_ok_and(|r| r.status == 200)
+            .then_some(())
+    });
+    assert_eq!(read(&d, "api_key").key(), Some(key));
+    std::fs::write(&foreign, "not a socket either").unwrap();
+    std::fs::rename(&foreign, &d.socket).unwrap();
+    let mut d = d;
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&d.socket).unwrap(),
+        "not a socket either",
+        "the daemon removed a file it did not create"
+    );
+    assert!(!d.logs().contains(key) && !d.logs().contains("panicked"));
 }

@@ -57,9 +57,9 @@ fn figures(mut samples: Vec<Duration>) -> Figures {
 }
 
 /// The well-behaved client: one connection per read (what a script or the secret helper does),
-/// `GET /v1/keys/api_key`, the whole answer read, a short pause. Returns each read's latency
-/// and checks each answer is the key.
-fn good_client(socket: &Path, samples: usize) -> Vec<Duration> {
+/// `GET /v1/keys/api_key`, the whole answer read, a short pause. Returns when each read started
+/// and its latency, and checks each answer is the key.
+fn good_client(socket: &Path, samples: usize) -> Vec<(Instant, Duration)> {
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
@@ -71,7 +71,7 @@ fn good_client(socket: &Path, samples: usize) -> Vec<Duration> {
         .unwrap();
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).unwrap();
-        out.push(started.elapsed());
+        out.push((started, started.elapsed()));
         let text = String::from_utf8_lossy(&answer);
         assert!(
             text.starts_with("HTTP/1.1 200"),
@@ -199,7 +199,12 @@ fn a_well_behaved_client_keeps_its_latency_under_attack() {
     let socket = d.socket.clone();
 
     // Quiet baseline, for comparison in the report.
-    let quiet = figures(good_client(&socket, SAMPLES / 4));
+    let quiet = figures(
+        good_client(&socket, SAMPLES / 4)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect(),
+    );
     let fds_before = open_fds(pid);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -378,8 +383,17 @@ fn a_well_behaved_client_keeps_its_latency_under_attack() {
     };
     // A rotation in the middle releases all long polls at once (and they come back).
     std::thread::sleep(Duration::from_secs(2));
+    let rotated_at = Instant::now();
     write_by_rename(&d.config, &config(KEY_B));
-    let under_attack = figures(measure.join().expect("the good client"));
+    let reads = measure.join().expect("the good client");
+    // Where the slowest read fell, relative to the rotation (negative: before it).
+    let (slowest_at, _) = *reads.iter().max_by_key(|(_, l)| *l).unwrap();
+    let slowest_offset_ms = if slowest_at >= rotated_at {
+        (slowest_at - rotated_at).as_millis() as i64
+    } else {
+        -((rotated_at - slowest_at).as_millis() as i64)
+    };
+    let under_attack = figures(reads.into_iter().map(|(_, l)| l).collect());
     let released = rotations.load(Ordering::Relaxed);
 
     stop.store(true, Ordering::Relaxed);
@@ -396,7 +410,7 @@ fn a_well_behaved_client_keeps_its_latency_under_attack() {
         quiet.p50, quiet.p99, quiet.max, under_attack.p50, under_attack.p99, under_attack.max
     );
     report.push_str(&format!(
-        "daemon fds: {fds_before} before, {fds_during} during the attack; long polls released by the rotation: {released}\n"
+        "daemon fds: {fds_before} before, {fds_during} during the attack; long polls released by the rotation: {released}; the slowest read started {slowest_offset_ms} ms from the rotation\n"
     ));
     for (name, t) in &tallies {
         report.push_str(&format!(

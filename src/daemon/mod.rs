@@ -439,7 +439,10 @@ impl Daemon {
         let grace = daemon.opts.grace;
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
         daemon.manager.wait().await;
-        remove_socket(&socket);
+        // Only our own socket: the path may hold another daemon's by now (see ensure_socket).
+        if file_id(&socket).is_some() && file_id(&socket) == daemon.socket.id {
+            remove_socket(&socket);
+        }
         info!("Stopped.");
         code
     }
@@ -459,6 +462,10 @@ impl Daemon {
             }
         };
         let mut socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        // Whatever happened to the socket before the watch began is only seen by a check.
+        if self.ensure_socket().await {
+            socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        }
         while let Some(c) = rx.recv().await {
             match c {
                 Control::Reload(why) => {
