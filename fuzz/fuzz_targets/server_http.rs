@@ -122,6 +122,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
             config_loaded_at: Some(SystemTime::now()),
             ..DaemonInfo::default()
         }),
+        sinks: Arc::default(),
         rejections: Arc::new(Reports(store)),
         limits: Limits::default(),
         shutdown: CancellationToken::new(),
