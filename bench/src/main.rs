@@ -2,7 +2,7 @@
 //! one table (see `docs/performance.md` for the method and the figures).
 //!
 //! ```text
-//! ddda-bench [--ci] [--daemon PATH] [--chart PNG] [--json FILE]
+//! ddda-bench [--ci [--release-thresholds]] [--only PARTS] [--daemon PATH] [--chart PNG] [--json FILE]
 //! ddda-bench reference-server SOCKET BODY_FILE ETAG      (internal: the reference server)
 //! ```
 //!
@@ -37,6 +37,9 @@ const CONNS: [usize; 3] = [1, 16, 64];
 const MIN_THROUGHPUT_RATIO: f64 = 0.8;
 /// §12: daemon p99 at most this multiple of the reference's.
 const MAX_P99_RATIO: f64 = 2.0;
+/// The CI gate's read thresholds on a debug build (see [`ReadGate::DEBUG`]).
+const DEBUG_MIN_THROUGHPUT_RATIO: f64 = 0.3;
+const DEBUG_MAX_P99_RATIO: f64 = 6.0;
 /// §12: 1,000 long-poll waiters see a rotation within this.
 const FAN_OUT_TARGET: Duration = Duration::from_millis(5);
 /// The CI gate's fan-out bound (debug build, loaded shared CI machine); see docs/performance.md.
@@ -54,6 +57,10 @@ const MAX_BINARY_BYTES: u64 = 15 * 1024 * 1024;
 
 struct Opts {
     ci: bool,
+    /// `--release-thresholds`: gate reads on §12's own ratios even in `--ci` (release build).
+    release_thresholds: bool,
+    /// `--only a,b`: run only these parts (reads, memory, startup, idle, managed, fleet).
+    only: Option<Vec<String>>,
     daemon: PathBuf,
     chart: Option<PathBuf>,
     json: Option<PathBuf>,
@@ -96,7 +103,9 @@ impl Plan {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: ddda-bench [--ci] [--daemon PATH] [--chart PNG] [--json FILE]");
+    eprintln!(
+        "usage: ddda-bench [--ci [--release-thresholds]] [--only reads,memory,startup,idle,managed,fleet] [--daemon PATH] [--chart PNG] [--json FILE]"
+    );
     ExitCode::from(2)
 }
 
@@ -116,6 +125,8 @@ fn main() -> ExitCode {
     }
     let mut opts = Opts {
         ci: false,
+        release_thresholds: false,
+        only: None,
         daemon: default_daemon(),
         chart: None,
         json: None,
@@ -124,6 +135,11 @@ fn main() -> ExitCode {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--ci" => opts.ci = true,
+            "--release-thresholds" => opts.release_thresholds = true,
+            "--only" => match it.next() {
+                Some(list) => opts.only = Some(list.split(',').map(str::to_owned).collect()),
+                None => return usage(),
+            },
             "--daemon" => match it.next() {
                 Some(p) => opts.daemon = p.into(),
                 None => return usage(),
@@ -185,10 +201,20 @@ fn step(what: &str) {
     eprintln!("==> {what}");
 }
 
+impl Opts {
+    fn runs(&self, part: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|p| p == part))
+    }
+}
+
+type Json = serde_json::Map<String, serde_json::Value>;
+
 async fn bench(opts: &Opts) -> std::io::Result<Report> {
     let plan = Plan::new(opts.ci);
     let mut report = Report::default();
-    let mut json = serde_json::Map::new();
+    let mut json = Json::new();
     let bin = &opts.daemon;
     if !bin.exists() {
         return Err(std::io::Error::other(format!(
@@ -197,14 +223,60 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         )));
     }
     machine(&mut report, bin, opts.ci);
+    if opts.runs("reads") {
+        step("key reads: daemon vs reference");
+        let gate = if opts.ci && !opts.release_thresholds {
+            ReadGate::DEBUG
+        } else {
+            ReadGate::SPEC
+        };
+        read_section(&mut report, &mut json, bin, &plan, opts.ci, gate).await?;
+    }
+    if opts.runs("memory") {
+        step("memory and size");
+        memory_section(&mut report, &mut json, bin).await?;
+    }
+    if opts.runs("startup") {
+        step("start-up");
+        startup_section(&mut report, &mut json, bin, &plan)?;
+    }
+    if opts.runs("idle") && !opts.ci {
+        step("idle wake-ups (static key)");
+        let d = tokio::task::block_in_place(|| scenarios::start_static(bin))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = scenarios::idle(d.pid(), plan.idle_window).await?;
+        idle_row(&mut report, "static key", &idle, false);
+        json.insert("idle_static_switches".into(), idle.switches.into());
+    }
+    if opts.runs("managed") {
+        step("managed keys: first key, idle wake-ups, rotation fan-out");
+        managed_section(&mut report, &mut json, bin, &plan, opts.ci).await?;
+    }
+    if opts.runs("fleet") {
+        step("fleet simulation");
+        let t = Instant::now();
+        let outcomes = fleet::run_all(42);
+        eprintln!("    simulated in {:.1} s", t.elapsed().as_secs_f64());
+        fleet_section(&mut report, &mut json, &outcomes);
+        if let Some(path) = &opts.chart {
+            chart::render(&outcomes, path).map_err(std::io::Error::other)?;
+            eprintln!("    chart written to {}", path.display());
+        }
+    }
+    if let Some(path) = &opts.json {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&serde_json::Value::Object(json))?,
+        )?;
+    }
+    Ok(report)
+}
 
-    step("key reads: daemon vs reference");
-    read_section(&mut report, &mut json, bin, &plan, opts.ci).await?;
-
-    step("memory");
+async fn memory_section(report: &mut Report, json: &mut Json, bin: &Path) -> std::io::Result<()> {
     let m = scenarios::memory(bin).await?;
+    let section = "Memory and size";
     report.check(
-        "Memory and size",
+        section,
         "RSS idle (static key)",
         mib(m.idle),
         "Vault Agent ~134 MB (peers.md)",
@@ -213,7 +285,7 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         false,
     );
     report.check(
-        "Memory and size",
+        section,
         format!("RSS, {CLIENTS} clients connected (idle keep-alive)"),
         mib(m.keepalive),
         "",
@@ -222,7 +294,7 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         false,
     );
     report.check(
-        "Memory and size",
+        section,
         format!("RSS, {CLIENTS} clients in a long poll"),
         mib(m.long_poll),
         "SPIRE ~3.5 GB at ~450 SDS streams (peers.md)",
@@ -231,7 +303,7 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         false,
     );
     report.info(
-        "Memory and size",
+        section,
         "RSS after the clients left / peak (VmHWM)",
         format!("{} / {}", mib(m.after), mib(m.peak)),
         "",
@@ -245,7 +317,7 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
     let release = bin.components().any(|c| c.as_os_str() == "release");
     if release {
         report.check(
-            "Memory and size",
+            section,
             "binary size (release profile: opt-level s, thin LTO, stripped)",
             format!("{:.1} MiB", size as f64 / 1048576.0),
             "",
@@ -255,7 +327,7 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         );
     } else {
         report.info(
-            "Memory and size",
+            section,
             "binary size",
             format!(
                 "{:.1} MiB (not a release build: not comparable)",
@@ -265,8 +337,15 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         );
     }
     json.insert("binary_bytes".into(), size.into());
+    Ok(())
+}
 
-    step("start-up");
+fn startup_section(
+    report: &mut Report,
+    json: &mut Json,
+    bin: &Path,
+    plan: &Plan,
+) -> std::io::Result<()> {
     let starts = tokio::task::block_in_place(|| scenarios::startup(bin, plan.startups))?;
     let med = |f: &dyn Fn(&scenarios::Startup) -> Duration| {
         let mut v: Vec<Duration> = starts.iter().map(f).collect();
@@ -276,7 +355,10 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
     let mean_stat = starts.iter().map(|s| s.cpu_stat).sum::<Duration>() / starts.len() as u32;
     report.info(
         "Start-up",
-        format!("exec → socket answering /v1/health/live (median of {})", starts.len()),
+        format!(
+            "exec → socket answering /v1/health/live (median of {})",
+            starts.len()
+        ),
         ms(med(&|s| s.wall)),
         "",
     );
@@ -286,42 +368,43 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
         format!("{} / {}", ms(med(&|s| s.cpu_sched)), ms(mean_stat)),
         "",
     );
+    report.info(
+        "Start-up",
+        "RSS at ready (median)",
+        mib(med(&|s| Duration::from_secs(s.rss)).as_secs()),
+        "",
+    );
     json.insert(
         "startup".into(),
         serde_json::json!(starts.iter().map(|s| serde_json::json!({
             "wall_us": s.wall.as_micros() as u64, "cpu_stat_us": s.cpu_stat.as_micros() as u64,
             "cpu_sched_us": s.cpu_sched.as_micros() as u64, "rss_kib": s.rss})).collect::<Vec<_>>()),
     );
+    Ok(())
+}
 
-    step("idle wake-ups (static key)");
-    if !opts.ci {
-        let d = scenarios::start_static(bin)?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle = scenarios::idle(d.pid(), plan.idle_window).await?;
-        idle_row(&mut report, "static key", &idle, false);
-        json.insert("idle_static_switches".into(), idle.switches.into());
-    }
+/// Thresholds of the key-read comparison.
+#[derive(Clone, Copy)]
+struct ReadGate {
+    min_throughput: f64,
+    max_p99: f64,
+    why: &'static str,
+}
 
-    step("managed keys: first key, idle wake-ups, rotation fan-out");
-    managed_section(&mut report, &mut json, bin, &plan, opts.ci).await?;
-
-    step("fleet simulation");
-    let t = Instant::now();
-    let outcomes = fleet::run_all(42);
-    eprintln!("    simulated in {:.1} s", t.elapsed().as_secs_f64());
-    fleet_section(&mut report, &mut json, &outcomes);
-    if let Some(path) = &opts.chart {
-        chart::render(&outcomes, path).map_err(std::io::Error::other)?;
-        eprintln!("    chart written to {}", path.display());
-    }
-
-    if let Some(path) = &opts.json {
-        std::fs::write(
-            path,
-            serde_json::to_vec_pretty(&serde_json::Value::Object(json))?,
-        )?;
-    }
-    Ok(report)
+impl ReadGate {
+    /// Product §12, for release builds.
+    const SPEC: ReadGate = ReadGate {
+        min_throughput: MIN_THROUGHPUT_RATIO,
+        max_p99: MAX_P99_RATIO,
+        why: "§12",
+    };
+    /// The CI gate on debug builds, where the daemon's own code is unoptimised while the
+    /// reference is little more than hyper: see docs/performance.md "CI gate".
+    const DEBUG: ReadGate = ReadGate {
+        min_throughput: DEBUG_MIN_THROUGHPUT_RATIO,
+        max_p99: DEBUG_MAX_P99_RATIO,
+        why: "debug-build gate",
+    };
 }
 
 fn machine(report: &mut Report, bin: &Path, ci: bool) {
@@ -347,6 +430,7 @@ async fn read_section(
     bin: &Path,
     plan: &Plan,
     ci: bool,
+    gate: ReadGate,
 ) -> std::io::Result<()> {
     let daemon = tokio::task::block_in_place(|| scenarios::start_static(bin))?;
     let (body, etag) = scenarios::key_answer(&daemon.socket).await?;
@@ -356,7 +440,7 @@ async fn read_section(
     for conns in CONNS {
         let mut p = scenarios::reads(&daemon.socket, &reference.socket, conns, plan.reads).await?;
         let ok = |p: &ReadPoint| {
-            p.throughput_ratio() >= MIN_THROUGHPUT_RATIO && p.p99_ratio() <= MAX_P99_RATIO
+            p.throughput_ratio() >= gate.min_throughput && p.p99_ratio() <= gate.max_p99
         };
         if ci && !ok(&p) {
             // One re-measurement before failing: a burst of other work on a shared CI machine
@@ -395,8 +479,8 @@ async fn read_section(
                 p.throughput_ratio()
             ),
             format!("{:.0}", ReadPoint::rps(&p.reference)),
-            "ratio ≥ 0.80",
-            p.throughput_ratio() >= MIN_THROUGHPUT_RATIO,
+            format!("ratio ≥ {:.2} ({})", gate.min_throughput, gate.why),
+            p.throughput_ratio() >= gate.min_throughput,
             true,
         );
         report.check(
@@ -413,8 +497,8 @@ async fn read_section(
                 ms(ReadPoint::pct(&p.reference, 50.0)),
                 ms(ReadPoint::pct(&p.reference, 99.0))
             ),
-            "p99 ratio ≤ 2.0",
-            p.p99_ratio() <= MAX_P99_RATIO,
+            format!("p99 ratio ≤ {:.1} ({})", gate.max_p99, gate.why),
+            p.p99_ratio() <= gate.max_p99,
             true,
         );
         json.insert(
