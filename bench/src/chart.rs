@@ -62,8 +62,8 @@ pub fn render(outcomes: &[Outcome], path: &Path) -> Result<(), String> {
     title
         .draw_text(
             &format!(
-                "Requests/s to the exchange endpoint, {} daemons, {}-minute refresh interval, 1-minute bins",
-                fleet::FLEET,
+                "Requests/s to the exchange endpoint: {} daemons, {}-minute refresh interval, 1-minute bins",
+                thousands(fleet::FLEET),
                 fleet::INTERVAL.as_secs() / 60
             ),
             &("sans-serif", 26).into_font().color(&BLACK),
@@ -76,6 +76,18 @@ pub fn render(outcomes: &[Outcome], path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn rate(load: &[u32]) -> Vec<(f64, f64)> {
@@ -105,6 +117,18 @@ fn draw_panel(
         .fold(ours_mean * target, f64::max)
         * 1.1;
     let mut caption = outcome.scenario.name.to_string();
+    // Scenarios whose daemons start over a window: the starts are exchanges too, so the load
+    // ramps up until the window ends; the ratios are taken after it.
+    let start_window = outcome.scenario.starts.iter().copied().fold(0.0, f64::max);
+    if start_window > 0.0 {
+        caption.push_str(&format!(
+            " (shaded: daemons starting, uniformly over hours 0–{:.0})",
+            start_window / 3600.0
+        ));
+    }
+    if outcome.scenario.outage.is_some() {
+        caption.push_str("; red band: every exchange fails");
+    }
     if restart_bin {
         caption.push_str(&format!(
             " (minute 0: {:.0} req/s for both, off scale)",
@@ -127,6 +151,18 @@ fn draw_panel(
         .axis_desc_style(("sans-serif", 16))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
+    if start_window > 0.0 {
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(0.0, 0.0), (start_window / 3600.0, y_max)],
+            TARGET.mix(0.08).filled(),
+        )))?;
+    }
+    if let Some((from, to)) = outcome.scenario.outage {
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(from / 3600.0, 0.0), (to / 3600.0, y_max)],
+            AGENT.mix(0.12).filled(),
+        )))?;
+    }
     chart
         .draw_series(LineSeries::new(agent, AGENT.stroke_width(2)))?
         .label(Policy::Agent.name())
@@ -143,12 +179,6 @@ fn draw_panel(
         ))?
         .label(format!("§12 target for ours: {target}× its mean"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], TARGET.stroke_width(2)));
-    if let Some((from, to)) = outcome.scenario.outage {
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(from / 3600.0, 0.0), (to / 3600.0, y_max)],
-            TARGET.mix(0.15).filled(),
-        )))?;
-    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -157,4 +187,14 @@ fn draw_panel(
         .label_font(("sans-serif", 15))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(100_000), "100,000");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1_000), "1,000");
+    }
 }

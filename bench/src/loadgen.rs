@@ -194,12 +194,27 @@ pub struct Run {
     pub latencies: Vec<Duration>,
     /// Answers that were not 200.
     pub errors: u64,
+    /// The server's context switches and CPU time (all threads) over the window, when its pid
+    /// was given.
+    pub server: Option<(u64, Duration)>,
 }
 
 impl Run {
     /// Requests per second.
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.window.as_secs_f64()
+    }
+
+    /// Server CPU time per request, when measured.
+    pub fn cpu_per_request(&self) -> Option<Duration> {
+        let (_, cpu) = self.server?;
+        Some(cpu / u32::try_from(self.requests.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// Server context switches per request, when measured.
+    pub fn switches_per_request(&self) -> Option<f64> {
+        let (switches, _) = self.server?;
+        Some(switches as f64 / self.requests.max(1) as f64)
     }
 
     /// The `p`-th percentile latency (`p` in `[0, 100]`).
@@ -218,13 +233,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Runs `conns` closed-loop connections sending `request` for `warmup + window`; only requests
-/// that start and finish inside the window are counted.
+/// that start and finish inside the window are counted. With `server_pid`, the server's context
+/// switches and CPU time over the window are sampled too.
 pub async fn run(
     socket: &Path,
     conns: usize,
     request: Vec<u8>,
     warmup: Duration,
     window: Duration,
+    server_pid: Option<u32>,
 ) -> io::Result<Run> {
     let request: Arc<[u8]> = request.into();
     // Connect everyone first, so connection set-up is not part of any measurement.
@@ -235,6 +252,19 @@ pub async fn run(
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + warmup;
     let measure_to = measure_from + window;
+    let probe = server_pid.map(|pid| {
+        tokio::spawn(async move {
+            let sample = || -> io::Result<(u64, Duration)> {
+                let switches = crate::procfs::switches(pid)?.iter().map(|t| t.switches).sum();
+                Ok((switches, crate::procfs::cpu_time_schedstat(pid)?))
+            };
+            tokio::time::sleep_until(measure_from.into()).await;
+            let a = sample()?;
+            tokio::time::sleep_until(measure_to.into()).await;
+            let b = sample()?;
+            Ok::<_, io::Error>((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+        })
+    });
     let mut tasks = Vec::with_capacity(conns);
     for mut c in connections {
         let request = request.clone();
@@ -268,11 +298,16 @@ pub async fn run(
         errors += e;
     }
     all.sort_unstable();
+    let server = match probe {
+        Some(p) => Some(p.await.map_err(io::Error::other)??),
+        None => None,
+    };
     Ok(Run {
         requests: all.len() as u64,
         window,
         latencies: all,
         errors,
+        server,
     })
 }
 

@@ -85,7 +85,11 @@ impl Server {
     }
 
     /// Starts this binary's `reference-server` serving `body` with `etag`.
-    pub fn reference(body: &[u8], etag: &str) -> io::Result<Server> {
+    pub fn reference(
+        body: &[u8],
+        etag: &str,
+        variant: crate::reference::Variant,
+    ) -> io::Result<Server> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("reference.sock");
         let body_file = dir.path().join("body.json");
@@ -97,6 +101,7 @@ impl Server {
             .arg(&socket)
             .arg(&body_file)
             .arg(etag)
+            .arg(variant.name())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -22,8 +22,41 @@ use tokio::net::UnixListener;
 /// Worker threads, as in the daemon's runtime.
 pub const WORKERS: usize = 2;
 
+/// How the reference configures hyper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `http1::Builder::new()`: the minimal server of product §12.
+    Minimal,
+    /// The daemon's hyper settings (`src/server/mod.rs` `serve`): a timer with a header-read
+    /// timeout, a bounded read buffer, keep-alive. Not a target; it splits the gap between
+    /// what hyper's configuration costs and what the daemon's own code costs.
+    DaemonSettings,
+}
+
+impl Variant {
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Minimal => "minimal",
+            Variant::DaemonSettings => "daemon-settings",
+        }
+    }
+
+    /// Parses [`Variant::name`].
+    pub fn parse(s: &str) -> Option<Variant> {
+        [Variant::Minimal, Variant::DaemonSettings]
+            .into_iter()
+            .find(|v| v.name() == s)
+    }
+}
+
 /// Runs the reference server until killed: `body_file` holds the body, `etag` the header value.
-pub fn main(socket: PathBuf, body_file: PathBuf, etag: String) -> std::io::Result<()> {
+pub fn main(
+    socket: PathBuf,
+    body_file: PathBuf,
+    etag: String,
+    variant: Variant,
+) -> std::io::Result<()> {
     let body = Bytes::from(std::fs::read(&body_file)?);
     let etag = HeaderValue::from_str(&etag).map_err(std::io::Error::other)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -33,10 +66,20 @@ pub fn main(socket: PathBuf, body_file: PathBuf, etag: String) -> std::io::Resul
     runtime.block_on(async move {
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)?;
+        let mut builder = http1::Builder::new();
+        if variant == Variant::DaemonSettings {
+            // The values of the daemon's defaults (`server::Limits::default()`).
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(60))
+                .max_buf_size(16 * 1024)
+                .keep_alive(true);
+        }
         loop {
             let (stream, _) = listener.accept().await?;
             let body = body.clone();
             let etag = etag.clone();
+            let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
                     let mut resp = Response::new(Full::new(body.clone()));
@@ -46,7 +89,7 @@ pub fn main(socket: PathBuf, body_file: PathBuf, etag: String) -> std::io::Resul
                     h.insert(ETAG, etag.clone());
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = http1::Builder::new()
+                let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

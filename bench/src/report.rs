@@ -116,8 +116,10 @@ pub fn ms(d: std::time::Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
-    } else {
+    } else if us >= 100.0 {
         format!("{us:.0} µs")
+    } else {
+        format!("{us:.1} µs")
     }
 }
 
@@ -150,7 +152,8 @@ mod tests {
     #[test]
     fn units() {
         use std::time::Duration;
-        assert_eq!(ms(Duration::from_micros(56)), "56 µs");
+        assert_eq!(ms(Duration::from_micros(56)), "56.0 µs");
+        assert_eq!(ms(Duration::from_micros(156)), "156 µs");
         assert_eq!(ms(Duration::from_micros(1234)), "1.23 ms");
         assert_eq!(mib(10 * 1024 + 512), "10.5 MiB");
     }

@@ -119,6 +119,20 @@ impl ReadPoint {
         )
     }
 
+    /// Median server CPU time per request.
+    pub fn cpu(runs: &[Run]) -> Duration {
+        Duration::from_secs_f64(median(
+            runs.iter()
+                .filter_map(|r| r.cpu_per_request().map(|d| d.as_secs_f64()))
+                .collect(),
+        ))
+    }
+
+    /// Median server context switches per request.
+    pub fn switches(runs: &[Run]) -> f64 {
+        median(runs.iter().filter_map(Run::switches_per_request).collect())
+    }
+
     /// Non-200 answers (must be zero).
     pub fn errors(&self) -> u64 {
         self.daemon
@@ -143,8 +157,8 @@ pub struct ReadPlan {
 /// Key reads at `conns` connections against both servers, interleaved so that a change of load
 /// on the machine hits both alike.
 pub async fn reads(
-    daemon: &Path,
-    reference: &Path,
+    daemon: &Server,
+    reference: &Server,
     conns: usize,
     plan: ReadPlan,
 ) -> io::Result<ReadPoint> {
@@ -160,8 +174,16 @@ pub async fn reads(
         } else {
             [(reference, false), (daemon, true)]
         };
-        for (socket, is_daemon) in order {
-            let run = loadgen::run(socket, conns, request.clone(), plan.warmup, plan.window).await?;
+        for (server, is_daemon) in order {
+            let run = loadgen::run(
+                &server.socket,
+                conns,
+                request.clone(),
+                plan.warmup,
+                plan.window,
+                Some(server.pid()),
+            )
+            .await?;
             if is_daemon {
                 point.daemon.push(run);
             } else {
