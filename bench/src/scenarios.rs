@@ -432,6 +432,9 @@ pub struct FanOut {
     pub delays: Vec<Duration>,
     /// First waiter's answer to each waiter's, sorted (no cross-process clock involved).
     pub spread: Vec<Duration>,
+    /// The daemon's CPU time (all threads) from the rejection report to the last answer: the
+    /// forced exchange plus answering every waiter.
+    pub daemon_cpu: Duration,
 }
 
 /// Parks [`CLIENTS`] long polls on `generation`, forces a rotation with a rejection report, and
@@ -461,6 +464,8 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         &format!("{KEY_PATH}/rejected"),
         &format!("{{\"api_key_suffix\":\"{}\"}}", start.suffix),
     );
+    let pid = start.server.pid();
+    let cpu_before = procfs::cpu_time_schedstat(pid)?;
     let a = loadgen::request(socket, &report).await?;
     if a.status != 202 || !String::from_utf8_lossy(&a.body).contains("scheduled") {
         return Err(err(format!(
@@ -483,6 +488,7 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         }
         arrivals.push(a.first_byte_at);
     }
+    let daemon_cpu = procfs::cpu_time_schedstat(pid)?.saturating_sub(cpu_before);
     let published = publication_time(&start.server.logs())?;
     let mut delays: Vec<Duration> = arrivals
         .iter()
@@ -495,7 +501,11 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         .map(|t| t.duration_since(first).unwrap_or(Duration::ZERO))
         .collect();
     spread.sort_unstable();
-    Ok(FanOut { delays, spread })
+    Ok(FanOut {
+        delays,
+        spread,
+        daemon_cpu,
+    })
 }
 
 /// The timestamp of the last "Obtained a managed key." line of a JSON log: the daemon writes it
