@@ -55,8 +55,8 @@ pub fn render(outcomes: &[Outcome], path: &Path) -> Result<(), String> {
     register_font()?;
     let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
     let panel_h = 420u32;
-    let root = BitMapBackend::new(path, (1400, panel_h * outcomes.len() as u32 + 60))
-        .into_drawing_area();
+    let root =
+        BitMapBackend::new(path, (1400, panel_h * outcomes.len() as u32 + 60)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (title, body) = root.split_vertically(60);
     title
@@ -82,7 +82,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

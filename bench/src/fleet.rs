@@ -123,7 +123,11 @@ impl Daemon {
                     *has_key = true;
                     pacer.after_success(false, rng.f64())
                 } else {
-                    let lane = if *has_key { Lane::Relaxed } else { Lane::Urgent };
+                    let lane = if *has_key {
+                        Lane::Relaxed
+                    } else {
+                        Lane::Urgent
+                    };
                     pacer.after_failure(lane, None, rng.f64(), rng.f64())
                 }
             }
@@ -182,6 +186,7 @@ impl Scenario {
                 ),
                 ("after the first interval (1–24 h)", HOUR, 24.0 * HOUR),
                 ("everything after the restart minute", BIN_SECS, 24.0 * HOUR),
+                ("last hour (23–24 h)", 23.0 * HOUR, 24.0 * HOUR),
             ],
         }
     }

@@ -255,7 +255,10 @@ pub async fn run(
     let probe = server_pid.map(|pid| {
         tokio::spawn(async move {
             let sample = || -> io::Result<(u64, Duration)> {
-                let switches = crate::procfs::switches(pid)?.iter().map(|t| t.switches).sum();
+                let switches = crate::procfs::switches(pid)?
+                    .iter()
+                    .map(|t| t.switches)
+                    .sum();
                 Ok((switches, crate::procfs::cpu_time_schedstat(pid)?))
             };
             tokio::time::sleep_until(measure_from.into()).await;

@@ -145,10 +145,11 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--ci" => opts.ci = true,
             "--release-thresholds" => opts.release_thresholds = true,
-            "--conns" => match it
-                .next()
-                .map(|l| l.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>())
-            {
+            "--conns" => match it.next().map(|l| {
+                l.split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<usize>, _>>()
+            }) {
                 Some(Ok(c)) if !c.is_empty() => opts.conns = c,
                 _ => return usage(),
             },
@@ -394,9 +395,14 @@ fn startup_section(
     );
     json.insert(
         "startup".into(),
-        serde_json::json!(starts.iter().map(|s| serde_json::json!({
+        serde_json::json!(
+            starts
+                .iter()
+                .map(|s| serde_json::json!({
             "wall_us": s.wall.as_micros() as u64, "cpu_stat_us": s.cpu_stat.as_micros() as u64,
-            "cpu_sched_us": s.cpu_sched.as_micros() as u64, "rss_kib": s.rss})).collect::<Vec<_>>()),
+            "cpu_sched_us": s.cpu_sched.as_micros() as u64, "rss_kib": s.rss}))
+                .collect::<Vec<_>>()
+        ),
     );
     Ok(())
 }
@@ -439,7 +445,11 @@ fn machine(report: &mut Report, bin: &Path, ci: bool) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|x| x.1.trim())
+        })
         .unwrap_or("unknown")
         .to_owned();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -646,6 +656,7 @@ async fn managed_section(
     let mut delays = Vec::new();
     let mut spreads = Vec::new();
     let mut cpus = Vec::new();
+    let mut firsts_answer = Vec::new();
     let mut rounds = 0;
     let mut attempts = 0;
     while rounds < plan.managed_rounds {
@@ -663,9 +674,10 @@ async fn managed_section(
         let f = scenarios::fan_out(&start).await?;
         let p99 = loadgen::percentile(&f.delays, 99.0);
         eprintln!(
-            "    round {}: first key {}, fan-out p50 {} p99 {} max {}",
+            "    round {}: first key {}, fan-out first {} p50 {} p99 {} max {}",
             rounds + 1,
             ms(start.first_key),
+            ms(loadgen::percentile(&f.delays, 0.0)),
             ms(loadgen::percentile(&f.delays, 50.0)),
             ms(p99),
             ms(loadgen::percentile(&f.delays, 100.0)),
@@ -675,6 +687,7 @@ async fn managed_section(
             continue;
         }
         cpus.push(f.daemon_cpu);
+        firsts_answer.push(loadgen::percentile(&f.delays, 0.0));
         delays.extend(f.delays);
         spreads.extend(f.spread);
         rounds += 1;
@@ -686,7 +699,9 @@ async fn managed_section(
     let n = firsts.len();
     report.info(
         "Start-up",
-        format!("exec → first managed key served, loopback moto + Datadog emulator (median of {n})"),
+        format!(
+            "exec → first managed key served, loopback moto + Datadog emulator (median of {n})"
+        ),
         ms(firsts[n / 2]),
         "Agent: blocks its start-up on this fetch (wire spec §3.2)",
     );
@@ -729,6 +744,16 @@ async fn managed_section(
     cpus.sort_unstable();
     report.info(
         section,
+        "publication → the first waiter's answer, per round",
+        firsts_answer
+            .iter()
+            .map(|d| ms(*d))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "",
+    );
+    report.info(
+        section,
         "daemon CPU from the report to the last answer (forced exchange + 1,000 answers; median)",
         ms(cpus[cpus.len() / 2]),
         "",
@@ -757,7 +782,10 @@ fn fleet_section(
     report.info(
         section,
         "mean load (req/s): ours / Agent",
-        format!("{:.1}", fleet::mean_per_bin(fleet::Policy::Ours) / fleet::BIN_SECS),
+        format!(
+            "{:.1}",
+            fleet::mean_per_bin(fleet::Policy::Ours) / fleet::BIN_SECS
+        ),
         format!(
             "{:.1}",
             fleet::mean_per_bin(fleet::Policy::Agent) / fleet::BIN_SECS
@@ -780,7 +808,8 @@ fn fleet_section(
                 MAX_STEADY_PEAK
             };
             let agent_text = format!("Agent {agent:.2}");
-            if gated_window || (!outage && label.starts_with("first")) || label.starts_with("after") {
+            if gated_window || (!outage && label.starts_with("first")) || label.starts_with("after")
+            {
                 report.check(
                     section,
                     measure,

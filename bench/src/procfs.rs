@@ -170,10 +170,7 @@ mod tests {
             switches: n,
         };
         let d = switch_delta(&[t("1", 10), t("2", 5)], &[t("1", 12), t("3", 4)]);
-        assert_eq!(
-            d.iter().map(|x| x.switches).collect::<Vec<_>>(),
-            vec![2, 4]
-        );
+        assert_eq!(d.iter().map(|x| x.switches).collect::<Vec<_>>(), vec![2, 4]);
         let d = switch_delta(&[t("1", 10)], &[t("1", 3)]);
         assert_eq!(d[0].switches, 0);
     }

@@ -513,9 +513,9 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
 pub fn publication_time(log: &str) -> io::Result<SystemTime> {
     let line = log
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "Obtained a managed key.")
-        .last()
+        .find(|v| v["message"] == "Obtained a managed key.")
         .ok_or_else(|| err(format!("no \"Obtained a managed key.\" in the log:\n{log}")))?;
     let ts = line["timestamp"]
         .as_str()
