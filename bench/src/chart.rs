@@ -131,8 +131,8 @@ fn draw_panel(
     }
     if restart_bin {
         caption.push_str(&format!(
-            " (minute 0: {:.0} req/s for both, off scale)",
-            ours[0].1
+            " (minute 0: the restart's own {} start-up exchanges, off scale)",
+            thousands(outcome.scenario.starts.len())
         ));
     }
     let mut chart = ChartBuilder::on(area)
