@@ -656,6 +656,7 @@ async fn managed_section(
     let mut delays = Vec::new();
     let mut spreads = Vec::new();
     let mut cpus = Vec::new();
+    let mut client_cpus = Vec::new();
     let mut firsts_answer = Vec::new();
     let mut rounds = 0;
     let mut attempts = 0;
@@ -687,6 +688,7 @@ async fn managed_section(
             continue;
         }
         cpus.push(f.daemon_cpu);
+        client_cpus.push(f.client_cpu);
         firsts_answer.push(loadgen::percentile(&f.delays, 0.0));
         delays.extend(f.delays);
         spreads.extend(f.spread);
@@ -742,6 +744,7 @@ async fn managed_section(
         "",
     );
     cpus.sort_unstable();
+    client_cpus.sort_unstable();
     report.info(
         section,
         "publication → the first waiter's answer, per round",
@@ -754,8 +757,12 @@ async fn managed_section(
     );
     report.info(
         section,
-        "daemon CPU from the report to the last answer (forced exchange + 1,000 answers; median)",
-        ms(cpus[cpus.len() / 2]),
+        "CPU from the report to the last answer, daemon (forced exchange + 1,000 answers) / client process (1,000 readers + emulator); medians",
+        format!(
+            "{} / {}",
+            ms(cpus[cpus.len() / 2]),
+            ms(client_cpus[client_cpus.len() / 2])
+        ),
         "",
     );
     json.insert(
@@ -767,6 +774,7 @@ async fn managed_section(
             "fan_out_p99_us": p99.as_micros() as u64,
             "fan_out_max_us": max.as_micros() as u64,
             "fan_out_daemon_cpu_us": cpus.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>(),
+            "fan_out_client_cpu_us": client_cpus.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>(),
         }),
     );
     drop(sandbox);

@@ -435,6 +435,9 @@ pub struct FanOut {
     /// The daemon's CPU time (all threads) from the rejection report to the last answer: the
     /// forced exchange plus answering every waiter.
     pub daemon_cpu: Duration,
+    /// The bench's own CPU time over the same span (the 1,000 clients reading their answers,
+    /// plus the Datadog emulator answering the exchange).
+    pub client_cpu: Duration,
 }
 
 /// Parks [`CLIENTS`] long polls on `generation`, forces a rotation with a rejection report, and
@@ -449,7 +452,13 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
     for _ in 0..CLIENTS {
         let mut c = Conn::connect(socket).await?;
         c.send(&poll).await?;
-        waiters.push(tokio::spawn(async move { c.read_answer().await }));
+        // Each task hands its connection back with the answer: a consumer keeps its keep-alive
+        // connection for its next long poll, and closing 1,000 connections in the middle of the
+        // fan-out would charge the daemon for their teardown.
+        waiters.push(tokio::spawn(async move {
+            let answer = c.read_answer().await;
+            (c, answer)
+        }));
     }
     // Let every request reach the daemon and park (1,000 accepts and parses take milliseconds;
     // the margin is for a loaded machine).
@@ -466,6 +475,7 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
     );
     let pid = start.server.pid();
     let cpu_before = procfs::cpu_time_schedstat(pid)?;
+    let client_before = procfs::cpu_time_schedstat(std::process::id())?;
     let a = loadgen::request(socket, &report).await?;
     if a.status != 202 || !String::from_utf8_lossy(&a.body).contains("scheduled") {
         return Err(err(format!(
@@ -475,11 +485,14 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         )));
     }
     let mut arrivals = Vec::with_capacity(CLIENTS);
+    let mut open = Vec::with_capacity(CLIENTS);
     for w in waiters {
-        let a = tokio::time::timeout(Duration::from_secs(60), w)
+        let (conn, a) = tokio::time::timeout(Duration::from_secs(60), w)
             .await
             .map_err(|_| err("a waiter saw no rotation within 60 s"))?
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::other)?;
+        open.push(conn);
+        let a = a?;
         if a.status != 200 || a.etag.as_deref() == Some(&format!("\"{}\"", start.generation)) {
             return Err(err(format!(
                 "a waiter got {} {:?} instead of the new key",
@@ -489,6 +502,8 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         arrivals.push(a.first_byte_at);
     }
     let daemon_cpu = procfs::cpu_time_schedstat(pid)?.saturating_sub(cpu_before);
+    let client_cpu = procfs::cpu_time_schedstat(std::process::id())?.saturating_sub(client_before);
+    drop(open);
     let published = publication_time(&start.server.logs())?;
     let mut delays: Vec<Duration> = arrivals
         .iter()
@@ -505,6 +520,7 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         delays,
         spread,
         daemon_cpu,
+        client_cpu,
     })
 }
 
