@@ -129,6 +129,34 @@ pub struct Snapshot {
     pub status: InstanceStatus,
     /// Set once the instance was removed by a reload; waiters wake up and answer 404.
     pub removed: bool,
+    /// The rendered answer of `GET /v1/keys/{instance}` for this snapshot, filled by the first
+    /// read: the snapshot is immutable, so the body is built once, not per request.
+    pub rendered: RenderCache,
+}
+
+/// A once-filled cache of a snapshot's rendered answer. Cloning gives an *empty* cache (a clone
+/// is about to become a different snapshot, whose answer differs), and `Debug` never shows the
+/// bytes (they hold the key).
+#[derive(Default)]
+pub struct RenderCache(std::sync::OnceLock<bytes::Bytes>);
+
+impl RenderCache {
+    /// The cached bytes, rendering them with `render` on first use.
+    pub fn get_or_render(&self, render: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.0.get_or_init(render).clone()
+    }
+}
+
+impl Clone for RenderCache {
+    fn clone(&self) -> Self {
+        RenderCache::default()
+    }
+}
+
+impl std::fmt::Debug for RenderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenderCache")
+    }
 }
 
 impl Snapshot {
@@ -269,6 +297,7 @@ impl KeyStore {
             served: None,
             status: InstanceStatus::default(),
             removed: false,
+            rendered: RenderCache::default(),
         };
         let (tx, _) = watch::channel(Arc::new(snapshot));
         Slot {

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::keystore::{KeySource, KeyState, KeyStore};
@@ -27,10 +28,20 @@ struct Histogram {
     sum: f64,
 }
 
+/// Route names of the request counter (the server's fixed set).
+const ROUTES: [&str; 8] = [
+    "keys", "key", "rejected", "status", "live", "ready", "metrics", "other",
+];
+/// Statuses the server answers with; anything else is counted in the (locked) overflow map.
+const STATUSES: [u16; 11] = [200, 202, 304, 400, 403, 404, 405, 408, 413, 431, 503];
+
 /// Event counters shared by the server, the refresh manager and the reload loop.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Requests by (route, status): plain atomics, because every key read bumps one and a
+    /// shared lock there cost measurable throughput (docs/performance.md).
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    requests_other: Mutex<BTreeMap<(&'static str, u16), u64>>,
     exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -51,7 +62,14 @@ impl Metrics {
     /// One request answered on the socket. `route` is a fixed route name, never the raw path,
     /// so hostile clients cannot grow the label set.
     pub fn request(&self, route: &'static str, status: u16) {
-        bump(&self.requests, (route, status));
+        let r = ROUTES.iter().position(|n| *n == route);
+        let s = STATUSES.iter().position(|c| *c == status);
+        match (r, s) {
+            (Some(r), Some(s)) => {
+                self.requests[r][s].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => bump(&self.requests_other, (route, status)),
+        }
     }
 
     /// One exchange finished with `outcome` (`success` or an error kind) after `elapsed`.
@@ -84,12 +102,20 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# TYPE delegated_auth_requests counter\n");
         out.push_str("# HELP delegated_auth_requests Requests answered on the socket, by route and status.\n");
-        for ((route, status), n) in self
-            .requests
+        let mut requests: BTreeMap<(&str, u16), u64> = self
+            .requests_other
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+            .clone();
+        for (r, row) in self.requests.iter().enumerate() {
+            for (s, n) in row.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    requests.insert((ROUTES[r], STATUSES[s]), n);
+                }
+            }
+        }
+        for ((route, status), n) in &requests {
             let _ = writeln!(
                 out,
                 "delegated_auth_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
