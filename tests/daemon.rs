@@ -496,3 +496,81 @@ fn clients_find_the_socket_from_the_settings_file_even_when_datadog_yaml_is_brok
     let (code, _, err) = run(args("status"));
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn systemd_notifications_watchdog_and_json_logs() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut env = base_env();
+    env.insert("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into());
+    env.insert("WATCHDOG_USEC".into(), "200000".into());
+    env.insert("WATCHDOG_PID".into(), "self".into());
+    let settings = "log: { level: info, format: json }\n";
+    let mut d = Daemon::start(&static_config(KEY_A), settings, env);
+
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    // READY with a status line, then watchdog pings at half the 200 ms interval.
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3) {
+        let n = notify.recv(&mut buf).expect("a notification within 30 s");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=serving 1 instance(s)"), "{seen}");
+
+    d.signal(Signal::SIGTERM);
+    loop {
+        let n = notify.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // Every log line is one JSON object with a message.
+    let logs = d.logs();
+    let lines: Vec<_> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["message"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    // A long poll keeps the graceful stop busy for its whole grace period (60 s here); the
+    // second SIGTERM must not wait for it.
+    let mut d = Daemon::spawn(
+        &static_config(KEY_A),
+        SETTINGS,
+        base_env(),
+        &["--grace", "60s"],
+    );
+    d.wait_live();
+    // Keep a request in flight that the graceful stop must wait for: a rejection report whose
+    // body never arrives holds its connection until the idle timeout (60 s by default).
+    let mut held = UnixStream::connect(&d.socket).unwrap();
+    held.write_all(
+        b"POST /v1/keys/api_key/rejected HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    d.signal(Signal::SIGTERM);
+    let started = std::time::Instant::now();
+    let code = d.wait_exit(Duration::from_secs(30));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second signal exits at once"
+    );
+    assert_eq!(code, Some(1));
+    assert!(d.logs().contains("Second stop signal"), "{}", d.logs());
+}

@@ -74,7 +74,16 @@ impl Daemon {
             .replace("@SOCKET@", socket.to_str().unwrap())
             .replace("@DIR@", dir.path().to_str().unwrap());
         std::fs::write(&settings, settings_text).unwrap();
-        let child = Command::new(BIN)
+        // systemd sets WATCHDOG_PID to the service's pid; a test asks for that with the value
+        // "self", which a shell turns into its own pid before exec'ing the daemon.
+        let mut command = if env.get("WATCHDOG_PID").is_some_and(|v| v == "self") {
+            let mut c = Command::new("sh");
+            c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&config)
             .arg("--settings")
