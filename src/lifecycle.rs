@@ -1831,19 +1831,33 @@ mod tests {
             RejectOutcome::Ignored,
             "a report about the replaced key is stale"
         );
-        let new_suffix = &second_key[second_key.len() - 5..];
+        // The re-phased refresh after a forced one may rotate the key at any time, so each
+        // report names the key served at that moment.
+        let served_suffix = || {
+            let s = slot.current();
+            s.served
+                .as_ref()
+                .expect("served")
+                .value
+                .suffix()
+                .to_string()
+        };
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(
-            h.manager.report_rejected("api_key", new_suffix),
+            h.manager.report_rejected("api_key", &served_suffix()),
             RejectOutcome::Throttled
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let calls = h.fake.calls().len();
+        let report_at = Instant::now();
         assert_eq!(
-            h.manager.report_rejected("api_key", new_suffix),
+            h.manager.report_rejected("api_key", &served_suffix()),
             RejectOutcome::Scheduled
         );
         settle().await;
-        assert_eq!(h.fake.calls().len(), 3);
+        let times = h.fake.times();
+        assert_eq!(times.len(), calls + 1);
+        assert_eq!(times[calls], report_at);
         let text = h.metrics.render(&h.store);
         for line in [
             "delegated_auth_rejection_reports_total{instance=\"api_key\",outcome=\"scheduled\"} 2",

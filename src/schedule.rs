@@ -51,14 +51,15 @@
 //!    60-minute interval accumulates a backlog of about `30 / 54 ≈ 55%` of its daemons. With
 //!    every one of them retrying within `retry_max` (5 minutes by default) of the recovery, the
 //!    first minutes carry about `30 / 5 = 6×` the mean load, more than the `2×` of product §12.
-//!    Any backoff that is short compared with the outage has the same problem (an exploratory
-//!    simulation of 100,000 daemons measured 4.5–12× for doubling backoffs capped anywhere
-//!    between 5 and 60 minutes), and spreading retries over a window that ignores each daemon's
-//!    phase still peaks near 2× because the retries overlap the refreshes of the daemons that did
-//!    not miss a beat. Going back to the daemon's own beat puts every retry where the missed
+//!    Longer caps do not save it: a backoff that starts at seconds keeps the daemons that failed
+//!    recently retrying fast, and the recovery peak grows like the logarithm of the outage. An
+//!    exploratory simulation (100,000 daemons, 1-minute bins, 30-minute outage) measured 12.8×
+//!    for doubling capped at 5 minutes, 6.1–6.3× with caps of 30 or 60 minutes, 4.5× even when
+//!    quadrupling. Spreading retries uniformly over up to an interval, ignoring each daemon's
+//!    phase, still peaked at 1.7–1.9×: the retries pile onto the refreshes of the daemons that
+//!    did not miss a beat. Going back to the daemon's own beat puts every retry where the missed
 //!    refresh would have been, so the recovery looks like the steady state (same simulation:
-//!    1.14×, of which about 0.1 is the quick retries of daemons that failed just before the
-//!    recovery).
+//!    1.14×, about 0.1 of it the quick retries of daemons that failed just before the end).
 //!    Success after a relaxed failure keeps the phase (steady draw); success after an urgent one
 //!    re-phases (rule 2), because many daemons may have been waiting for the same recovery.
 //!
@@ -172,6 +173,10 @@ pub enum Lane {
 /// The refresh policy of one exchange, with the state it needs between attempts.
 ///
 /// The caller owns the clock and the random generator; the pacer turns outcomes into delays.
+/// The first attempt is immediate (product §6). After each attempt, feed its outcome to
+/// [`Pacer::after_success`] or [`Pacer::after_failure`] and sleep the returned delay. Use
+/// [`Lane::Urgent`] while no managed key is held (or it was reported rejected),
+/// [`Lane::Relaxed`] otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pacer {
     interval: Duration,
