@@ -76,17 +76,10 @@ fn static_env_credentials_get_a_managed_key() {
 #[test]
 fn ec2_imds_credentials_and_region() {
     let w = World::start();
-    let imds =
-        w.rt.block_on(sandbox::imds::ImdsEmulator::start(
-            sandbox::imds::ImdsOptions {
-                region: "eu-west-1".into(),
-                credentials: Some(w.creds.clone()),
-                ..Default::default()
-            },
-        ))
-        .unwrap();
-    let mut env = base_env();
-    env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url());
+    let (imds, env) = w.imds(sandbox::imds::ImdsOptions {
+        region: "eu-west-1".into(),
+        ..Default::default()
+    });
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
     let status = detected_status(&d);

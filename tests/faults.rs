@@ -290,13 +290,6 @@ fn emulator_secrets(dd: &DatadogEmulator, org: &str) -> Vec<String> {
     out
 }
 
-/// The environment of a daemon whose only credential source is the given IMDS.
-fn imds_env(imds: &ImdsEmulator) -> HashMap<String, String> {
-    let mut env = base_env();
-    env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url());
-    env
-}
-
 // ---------------------------------------------------------------------------------------------
 // Datadog API faults.
 
@@ -758,16 +751,13 @@ fn sts_rejects_a_bad_signature() {
 #[test]
 fn imds_unanswered_or_slow() {
     let w = World::start();
-    let imds =
-        w.rt.block_on(ImdsEmulator::start(ImdsOptions {
-            credentials: Some(w.creds.clone()),
-            token_mode: TokenMode::NeverAnswer,
-            // Inside the re-resolution buffer: every exchange asks IMDS again.
-            credential_ttl: Duration::from_secs(240),
-            ..ImdsOptions::default()
-        }))
-        .unwrap();
-    let d = Daemon::start(&w.datadog_yaml(""), FAST, imds_env(&imds));
+    let (imds, env) = w.imds(ImdsOptions {
+        token_mode: TokenMode::NeverAnswer,
+        // Inside the re-resolution buffer: every exchange asks IMDS again.
+        credential_ttl: Duration::from_secs(240),
+        ..ImdsOptions::default()
+    });
+    let d = Daemon::start(&w.datadog_yaml(""), FAST, env);
     observe(
         &d,
         "api_key",
@@ -830,18 +820,15 @@ fn imds_unanswered_or_slow() {
 #[test]
 fn imds_credentials_rotate_and_are_replaced_after_a_refusal() {
     let w = World::start();
-    let imds =
-        w.rt.block_on(ImdsEmulator::start(ImdsOptions {
-            credentials: Some(w.creds.clone()),
-            credential_ttl: Duration::from_secs(3600),
-            ..ImdsOptions::default()
-        }))
-        .unwrap();
+    let (imds, env) = w.imds(ImdsOptions {
+        credential_ttl: Duration::from_secs(3600),
+        ..ImdsOptions::default()
+    });
     imds.set_credentials_expiring(
         w.creds.clone(),
         std::time::SystemTime::now() + Duration::from_secs(120),
     );
-    let d = Daemon::start(&w.datadog_yaml(""), FAST, imds_env(&imds));
+    let d = Daemon::start(&w.datadog_yaml(""), FAST, env);
     let key1 = managed(&w.dd, &d, "api_key");
     let rotated =
         w.rt.block_on(
@@ -926,15 +913,12 @@ fn imds_credentials_rotate_and_are_replaced_after_a_refusal() {
 #[test]
 fn imdsv1_only_when_configured() {
     let w = World::start();
-    let imds =
-        w.rt.block_on(ImdsEmulator::start(ImdsOptions {
-            allow_v1: true,
-            token_mode: TokenMode::Forbidden,
-            credentials: Some(w.creds.clone()),
-            ..ImdsOptions::default()
-        }))
-        .unwrap();
-    let d = Daemon::start(&w.datadog_yaml(""), HOURLY, imds_env(&imds));
+    let (imds, env) = w.imds(ImdsOptions {
+        allow_v1: true,
+        token_mode: TokenMode::Forbidden,
+        ..ImdsOptions::default()
+    });
+    let d = Daemon::start(&w.datadog_yaml(""), HOURLY, env.clone());
     observe(
         &d,
         "api_key",
@@ -965,7 +949,7 @@ fn imdsv1_only_when_configured() {
     eprintln!("scenario hygiene-imdsv1-off-by-default: ok");
 
     let settings = format!("{HOURLY}imds: {{ v1_fallback: true }}\n");
-    let d = Daemon::start(&w.datadog_yaml(""), &settings, imds_env(&imds));
+    let d = Daemon::start(&w.datadog_yaml(""), &settings, env);
     managed(&w.dd, &d, "api_key");
     assert!(
         imds.requests().iter().any(|r| r.method == "GET"
@@ -1510,15 +1494,12 @@ fn sink_write_failures_do_not_affect_the_socket() {
 #[test]
 fn trace_logs_hold_no_secret() {
     let w = World::start();
-    let imds =
-        w.rt.block_on(ImdsEmulator::start(ImdsOptions {
-            credentials: Some(w.creds.clone()),
-            credential_ttl: Duration::from_secs(240),
-            ..ImdsOptions::default()
-        }))
-        .unwrap();
+    let (_imds, env) = w.imds(ImdsOptions {
+        credential_ttl: Duration::from_secs(240),
+        ..ImdsOptions::default()
+    });
     let settings = "log: { level: trace }\nrefresh: { interval: 1s, startup_grace: 3s, retry_min: 100ms, retry_max: 500ms }\n";
-    let d = Daemon::start(&w.datadog_yaml(""), settings, imds_env(&imds));
+    let d = Daemon::start(&w.datadog_yaml(""), settings, env);
     let key1 = managed(&w.dd, &d, "api_key");
     observe(
         &d,

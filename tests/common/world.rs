@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sandbox::datadog::{DatadogEmulator, DatadogOptions, OrgHandle};
+use sandbox::imds::{ImdsEmulator, ImdsOptions};
 use sandbox::moto::{Moto, StaticCreds};
 
 use super::{Daemon, base_env};
@@ -94,6 +95,18 @@ impl World {
             self.creds.session_token.clone().unwrap_or_default(),
         );
         env
+    }
+
+    /// An IMDS emulator serving this world's role credentials (unless `opts` names others), and
+    /// the daemon environment that points the AWS SDK at it.
+    pub fn imds(&self, opts: ImdsOptions) -> (ImdsEmulator, HashMap<String, String>) {
+        let opts = ImdsOptions {
+            credentials: opts.credentials.or_else(|| Some(self.creds.clone())),
+            ..opts
+        };
+        let imds = self.rt.block_on(ImdsEmulator::start(opts)).unwrap();
+        let env = imds_env(&imds);
+        (imds, env)
     }
 
     /// Every secret of this world, for log scans: the role's secret key and token, the org's
@@ -204,4 +217,11 @@ pub fn proof_secrets(dd: &DatadogEmulator) -> Vec<String> {
         out.push(proof);
     }
     out
+}
+
+/// The environment of a daemon whose only credential source is the given IMDS.
+fn imds_env(imds: &ImdsEmulator) -> HashMap<String, String> {
+    let mut env = base_env();
+    env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url());
+    env
 }
