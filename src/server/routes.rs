@@ -242,8 +242,10 @@ async fn route(
     }
 }
 
-fn decode(segment: &str) -> String {
-    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+/// Percent-decodes a path segment; borrows (no allocation) when nothing is encoded, which is the
+/// key-read hot path for plain instance names.
+fn decode(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_decode_str(segment).decode_utf8_lossy()
 }
 
 /// `?wait=30s` (humantime) or `?wait=30` (seconds).
