@@ -188,16 +188,24 @@ impl Slot {
 
     /// Publishes a change. The generation is bumped only when what is served (value, source,
     /// state) changes, so status-only updates do not look like rotations to consumers.
+    ///
+    /// Only a new generation wakes the receivers (long polls, sinks, `exec`): every one of them
+    /// waits for a new generation, and a status-only update (a refresh starting, a failure
+    /// recorded) would otherwise wake each parked long poll just to park it again, right when
+    /// the rotation that does concern them is about to be fanned out. Readers of the current
+    /// snapshot (status, plain reads) see status-only updates at once all the same.
     pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
-        self.tx.send_modify(|current| {
+        self.tx.send_if_modified(|current| {
             let mut next = Snapshot::clone(current);
             change(&mut next);
-            next.generation = if next.serves_same_as(current) {
-                current.generation
-            } else {
+            let rotated = !next.serves_same_as(current);
+            next.generation = if rotated {
                 self.generations.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                current.generation
             };
             *current = Arc::new(next);
+            rotated
         });
     }
 
@@ -345,11 +353,17 @@ mod tests {
         serve(&slot, "aaaaaaaaaaaaaaaa", KeySource::Fallback);
         let g1 = slot.current().generation;
         assert!(g1 > g0);
+        let rx = slot.subscribe();
         slot.update(|s| s.status.consecutive_failures = 3);
         assert_eq!(
             slot.current().generation,
             g1,
             "status-only change keeps the ETag"
+        );
+        assert_eq!(slot.current().status.consecutive_failures, 3, "but is seen");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "and wakes no one waiting for a new generation"
         );
         serve(&slot, "aaaaaaaaaaaaaaaa", KeySource::Fallback);
         assert_eq!(
@@ -357,11 +371,13 @@ mod tests {
             g1,
             "same value again keeps the ETag"
         );
+        assert!(!rx.has_changed().unwrap());
         serve(&slot, "aaaaaaaaaaaaaaaa", KeySource::Delegated);
         assert!(
             slot.current().generation > g1,
             "a change of source is a change"
         );
+        assert!(rx.has_changed().unwrap(), "and wakes the waiters");
     }
 
     #[test]
