@@ -65,7 +65,7 @@ use tracing::{debug, info, warn};
 
 use crate::keystore::{InstanceStatus, KeySource, KeyState, KeyStore, ServedKey, Slot, Snapshot};
 use crate::metrics::Metrics;
-use crate::schedule::{self, Lane, Pacer};
+use crate::schedule::{self, Cause, Lane, Pacer};
 use crate::secret::Secret;
 
 /// Minimum time between two refreshes forced by rejection reports, per group (product §6; the
@@ -139,6 +139,8 @@ pub struct Exchanged {
 pub struct ExchangeFailure {
     /// `unauthorized`, `throttled`, `unavailable`, `invalid_response`, `credentials` or `config`.
     pub kind: &'static str,
+    /// Whether the Datadog API answered; decides whether quick retries are worth it.
+    pub cause: Cause,
     /// Operator-readable description with the fix, without secrets.
     pub message: String,
     /// The server's `Retry-After`, if any.
@@ -939,6 +941,7 @@ impl<E: Exchanger> Task<E> {
         let result = result.unwrap_or_else(|_| {
             Err(ExchangeFailure {
                 kind: "unavailable",
+                cause: Cause::Unanswered,
                 message: format!(
                     "the exchange did not finish within {}; check network access to AWS and to the Datadog API",
                     humantime::format_duration(ATTEMPT_TIMEOUT)
@@ -995,6 +998,7 @@ impl<E: Exchanger> Task<E> {
                 };
                 let delay = self.pacer.after_failure(
                     lane,
+                    failure.cause,
                     failure.retry_after,
                     self.rng.f64(),
                     self.rng.f64(),
@@ -1173,7 +1177,7 @@ mod tests {
     #[derive(Clone)]
     struct Step {
         wait: Wait,
-        outcome: Result<String, (&'static str, Option<Duration>)>,
+        outcome: Result<String, (&'static str, Cause, Option<Duration>)>,
     }
 
     fn ok(key: &str) -> Step {
@@ -1183,17 +1187,31 @@ mod tests {
         }
     }
 
+    /// A failure of this kind. `unavailable` stands for a request that got no answer (a
+    /// refused connection); [`server_error`] for the server answering 5xx.
     fn fail(kind: &'static str) -> Step {
+        let cause = match kind {
+            "unavailable" | "credentials" | "config" => Cause::Unanswered,
+            _ => Cause::Answered,
+        };
         Step {
             wait: Wait::No,
-            outcome: Err((kind, None)),
+            outcome: Err((kind, cause, None)),
+        }
+    }
+
+    /// The Datadog API answered 5xx.
+    fn server_error() -> Step {
+        Step {
+            wait: Wait::No,
+            outcome: Err(("unavailable", Cause::Answered, None)),
         }
     }
 
     fn throttled(retry_after: Duration) -> Step {
         Step {
             wait: Wait::No,
-            outcome: Err(("throttled", Some(retry_after))),
+            outcome: Err(("throttled", Cause::Answered, Some(retry_after))),
         }
     }
 
@@ -1208,8 +1226,8 @@ mod tests {
     enum Otherwise {
         /// A new key each time.
         Keys,
-        /// Fail with this kind.
-        Fail(&'static str),
+        /// Fail like this step.
+        Fail(Step),
     }
 
     /// In-memory exchanger: plays a script, records when it was called and for what.
@@ -1270,7 +1288,7 @@ mod tests {
             };
             let step = scripted.unwrap_or_else(|| match *lock(&self.otherwise) {
                 Otherwise::Keys => ok(&format!("generated-managed-key-{n:06}")),
-                Otherwise::Fail(kind) => fail(kind),
+                Otherwise::Fail(ref step) => step.clone(),
             });
             let endpoint = format!("{}/api/v2/intake-key", key.target);
             async move {
@@ -1287,8 +1305,9 @@ mod tests {
                         endpoint,
                         region: Some("us-east-1".to_string()),
                     }),
-                    Err((kind, retry_after)) => Err(ExchangeFailure {
+                    Err((kind, cause, retry_after)) => Err(ExchangeFailure {
                         kind,
+                        cause,
                         message: format!("scripted {kind} failure"),
                         retry_after,
                         credential_source: Some("static environment".to_string()),
@@ -1448,7 +1467,7 @@ mod tests {
                 (Some(ORG), ok("managed-key-second-0002")),
                 (Some(OTHER_ORG), fail("unavailable")),
             ],
-            Otherwise::Fail("unavailable"),
+            Otherwise::Fail(fail("unavailable")),
         );
         let mut h = Harness::new(fake);
         h.apply(vec![
@@ -1587,7 +1606,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_without_a_key_back_off_exponentially_with_full_jitter_and_a_cap() {
-        let mut h = Harness::new(Fake::new([], Otherwise::Fail("unavailable")));
+        let mut h = Harness::new(Fake::new([], Otherwise::Fail(fail("unavailable"))));
         h.apply(vec![plan("api_key", Some(ORG), None)]);
         tokio::time::sleep(2 * HOUR).await;
         let times = h.call_offsets();
@@ -1649,7 +1668,7 @@ mod tests {
     async fn the_last_managed_key_is_kept_through_failures() {
         let fake = Fake::new(
             [ok("managed-key-kept-00001")],
-            Otherwise::Fail("unavailable"),
+            Otherwise::Fail(fail("unavailable")),
         );
         let mut h = Harness::new(fake);
         h.apply(vec![plan("api_key", Some(ORG), Some(FALLBACK))]);
@@ -1683,6 +1702,34 @@ mod tests {
         assert!(gaps.len() >= 12);
     }
 
+    /// Server errors while a healthy managed key is served: no quick retries (every daemon of
+    /// the fleet gets the same 5xx), one attempt per beat, the key kept all along.
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_with_a_managed_key_wait_for_the_next_beat() {
+        let fake = Fake::new(
+            [ok("managed-key-kept-00002")],
+            Otherwise::Fail(server_error()),
+        );
+        let mut h = Harness::new(fake);
+        h.apply(vec![plan("api_key", Some(ORG), Some(FALLBACK))]);
+        let slot = h.slot("api_key");
+        let active = until(&slot, "active", |s| s.state == KeyState::Active).await;
+        tokio::time::sleep(5 * HOUR).await;
+        let s = slot.current();
+        assert_eq!(served(&s), ("managed-key-kept-00002", KeySource::Delegated));
+        assert_eq!(s.generation, active.generation);
+        assert_eq!(s.status.last_error_kind, Some("unavailable"));
+        let times = h.call_offsets();
+        let gaps: Vec<Duration> = times[1..].windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 3, "{gaps:?}");
+        for (i, gap) in gaps.iter().enumerate() {
+            assert!(
+                *gap >= HOUR.mul_f64(schedule::STEADY_FLOOR) && *gap <= HOUR,
+                "attempt {i} after a server error: {gap:?}"
+            );
+        }
+    }
+
     /// An hour of server errors (the fault matrix's `datadog-500s-for-an-hour`, in virtual
     /// time). The instance that had a managed key keeps serving it, unchanged, until a consumer
     /// reports it rejected; from then on the fallback, never the rejected key. The instance that
@@ -1692,7 +1739,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_hour_of_server_errors_is_ridden_out_and_recovery_is_prompt() {
         const KEY1: &str = "managed-key-before-outage-1";
-        let fake = Fake::per_org([(Some(ORG), ok(KEY1))], Otherwise::Fail("unavailable"));
+        let fake = Fake::per_org([(Some(ORG), ok(KEY1))], Otherwise::Fail(server_error()));
         let mut h = Harness::new(fake);
         h.apply(vec![
             plan("api_key", Some(ORG), Some(FALLBACK)),
@@ -2173,7 +2220,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_fallback_on_reload_is_served_without_a_new_exchange() {
-        let mut h = Harness::new(Fake::new([], Otherwise::Fail("unauthorized")));
+        let mut h = Harness::new(Fake::new([], Otherwise::Fail(fail("unauthorized"))));
         h.apply(vec![plan("api_key", Some(ORG), Some(FALLBACK))]);
         let slot = h.slot("api_key");
         let before = until(&slot, "fallback", |s| s.state == KeyState::Fallback).await;

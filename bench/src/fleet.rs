@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use datadog_delegated_auth::schedule::{self, Lane, Pacer};
+use datadog_delegated_auth::schedule::{self, Cause, Lane, Pacer};
 
 /// Daemons in the fleet.
 pub const FLEET: usize = 100_000;
@@ -117,7 +117,8 @@ impl Daemon {
         match self {
             // As `lifecycle.rs` `settle`: success → `after_success(forced = false)` (a first key
             // re-phases inside the pacer); failure → the relaxed lane while a managed key is
-            // served (no rejection reports in the simulation), the urgent lane otherwise.
+            // served (no rejection reports in the simulation), the urgent lane otherwise. An
+            // outage is the API answering 5xx (`Cause::Answered`), as Datadog's do.
             Daemon::Ours { pacer, has_key } => {
                 if ok {
                     *has_key = true;
@@ -128,7 +129,7 @@ impl Daemon {
                     } else {
                         Lane::Urgent
                     };
-                    pacer.after_failure(lane, None, rng.f64(), rng.f64())
+                    pacer.after_failure(lane, Cause::Answered, None, rng.f64(), rng.f64())
                 }
             }
             // As `delegatedauth.go` (wire spec §3.2): the start-up fetch is followed by

@@ -13,6 +13,7 @@ use crate::aws::{self, AwsEnv, AwsOptions, Identity};
 use crate::config::Config;
 use crate::exchange::{self, ClientOptions, ExchangeClient};
 use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger};
+use crate::schedule::Cause;
 use crate::server::ServerState;
 use crate::status::EnvironmentStatus;
 
@@ -94,6 +95,7 @@ impl Exchanger for AwsExchanger {
             .await
             .map_err(|e| ExchangeFailure {
                 kind: "credentials",
+                cause: Cause::Unanswered,
                 message: e.to_string(),
                 retry_after: None,
                 credential_source: parts.identity.source().map(|s| s.to_string()),
@@ -110,6 +112,7 @@ impl Exchanger for AwsExchanger {
         )
         .map_err(|e| ExchangeFailure {
             kind: "config",
+            cause: Cause::Unanswered,
             message: e.to_string(),
             retry_after: None,
             credential_source: source.clone(),
@@ -135,6 +138,7 @@ impl Exchanger for AwsExchanger {
                 }
                 Err(ExchangeFailure {
                     kind: e.kind(),
+                    cause: e.cause(),
                     message: e.to_string(),
                     retry_after: e.retry_after(),
                     credential_source: source,

@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 pub use api_base::{ApiBase, api_base, intake_key_url};
 pub use response::{error_detail, parse_response, parse_retry_after};
 
+use crate::schedule::Cause;
 use crate::secret::Secret;
 
 /// The whole exchange (connect, send, read the answer) must finish within this: the Agent's
@@ -199,6 +200,8 @@ pub enum ExchangeError {
     Unavailable {
         /// What happened, including the status and server detail when there was an answer.
         reason: String,
+        /// The HTTP status, when the server answered (408 or 5xx); `None` when no answer came.
+        status: Option<u16>,
     },
     /// An answer that cannot be used: a bad 200 body, an oversized body, an unexpected status.
     #[error("the Datadog API gave an unusable answer: {reason}")]
@@ -233,6 +236,23 @@ impl ExchangeError {
             ExchangeError::Unavailable { .. } => "unavailable",
             ExchangeError::InvalidResponse { .. } => "invalid_response",
             ExchangeError::InsecureUrl { .. } | ExchangeError::Client { .. } => "config",
+        }
+    }
+
+    /// Whether the Datadog API answered (an error status or an unusable body) or the request got
+    /// no answer at all. The retry policy retries quickly only in the second case: an answer
+    /// from the server is what every daemon of the fleet gets.
+    pub fn cause(&self) -> Cause {
+        match self {
+            ExchangeError::Unauthorized { .. }
+            | ExchangeError::Throttled { .. }
+            | ExchangeError::InvalidResponse { .. }
+            | ExchangeError::Unavailable {
+                status: Some(_), ..
+            } => Cause::Answered,
+            ExchangeError::Unavailable { status: None, .. }
+            | ExchangeError::InsecureUrl { .. }
+            | ExchangeError::Client { .. } => Cause::Unanswered,
         }
     }
 
@@ -430,6 +450,7 @@ fn classify(
         },
         408 | 500..=599 => ExchangeError::Unavailable {
             reason: with_detail(format!("{status_line} from {}", origin(url))),
+            status: Some(code),
         },
         300..=399 => ExchangeError::InvalidResponse {
             reason: format!(
@@ -575,6 +596,7 @@ fn transport_error(e: &reqwest::Error, url: &Url) -> ExchangeError {
     };
     ExchangeError::Unavailable {
         reason: format!("{target}: {what}; check network access (and proxy settings) to it"),
+        status: None,
     }
 }
 
@@ -856,7 +878,8 @@ mod tests {
     }
 
     #[test]
-    fn kinds() {
+    fn kinds_and_causes() {
+        use Cause::{Answered, Unanswered};
         let cases = [
             (
                 ExchangeError::Unauthorized {
@@ -864,6 +887,7 @@ mod tests {
                     detail: None,
                 },
                 "unauthorized",
+                Answered,
             ),
             (
                 ExchangeError::Throttled {
@@ -871,20 +895,43 @@ mod tests {
                     detail: None,
                 },
                 "throttled",
+                Answered,
             ),
             (
-                ExchangeError::Unavailable { reason: "x".into() },
+                ExchangeError::Unavailable {
+                    reason: "x".into(),
+                    status: Some(503),
+                },
                 "unavailable",
+                Answered,
+            ),
+            (
+                ExchangeError::Unavailable {
+                    reason: "x".into(),
+                    status: None,
+                },
+                "unavailable",
+                Unanswered,
             ),
             (
                 ExchangeError::InvalidResponse { reason: "x".into() },
                 "invalid_response",
+                Answered,
             ),
-            (ExchangeError::InsecureUrl { url: "x".into() }, "config"),
-            (ExchangeError::Client { reason: "x".into() }, "config"),
+            (
+                ExchangeError::InsecureUrl { url: "x".into() },
+                "config",
+                Unanswered,
+            ),
+            (
+                ExchangeError::Client { reason: "x".into() },
+                "config",
+                Unanswered,
+            ),
         ];
-        for (err, kind) in cases {
+        for (err, kind, cause) in cases {
             assert_eq!(err.kind(), kind);
+            assert_eq!(err.cause(), cause, "{err}");
         }
     }
 }
