@@ -11,6 +11,7 @@ use common::{Daemon, base_env, cli};
 use datadog_delegated_auth::client;
 use http::Method;
 use sandbox::datadog::Fault;
+use sandbox::net::{Relay, RelayKind, TlsFront};
 
 /// Waits for a managed key on `instance`, checks it really works at the emulator (for `org`),
 /// and returns the key answer.
@@ -193,6 +194,76 @@ fn eks_irsa_web_identity_credentials() {
         "{arn}"
     );
     w.assert_no_secrets_in_log(&d, &[]);
+}
+
+/// IRSA behind a corporate proxy: AssumeRoleWithWebIdentity, the one AWS call that leaves the
+/// host, goes through `proxy.*` like the exchange (as in the Agent). Plain HTTP: the STS host
+/// does not resolve, so only the proxy (`proxy.http`, a forwarder to moto) can reach it.
+/// HTTPS: the call opens a `CONNECT` tunnel through `proxy.https` naming the real STS host.
+#[test]
+fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
+    let w = World::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94aWVkIn0.sig").unwrap();
+    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
+    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
+    let forward =
+        w.rt.block_on(Relay::start(RelayKind::Forward, moto))
+            .unwrap();
+    let irsa_env = |sts: &str| {
+        let mut env = base_env();
+        env.insert(
+            "AWS_ROLE_ARN".into(),
+            "arn:aws:iam::123456789012:role/DatadogAgentRole".into(),
+        );
+        env.insert(
+            "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+            token.display().to_string(),
+        );
+        env.insert("AWS_ROLE_SESSION_NAME".into(), "proxied-agent".into());
+        env.insert("AWS_ENDPOINT_URL_STS".into(), sts.to_owned());
+        env.insert("AWS_REGION".into(), "us-east-1".into());
+        env
+    };
+
+    let sts = format!("http://sts.proxied.invalid:{}", moto.port());
+    let proxy = format!("proxy:\n  http: {}\n", forward.url());
+    let d = Daemon::start(&w.datadog_yaml(&proxy), SETTINGS, irsa_env(&sts));
+    managed_key(&w, &d, "api_key", &w.org.uuid);
+    assert!(
+        forward.accepted() >= 1,
+        "the STS call did not use proxy.http"
+    );
+    let arn = w.dd.exchanges().last().unwrap().caller_arn.clone().unwrap();
+    assert!(
+        arn.ends_with("assumed-role/DatadogAgentRole/proxied-agent"),
+        "{arn}"
+    );
+    w.assert_no_secrets_in_log(&d, &[]);
+    drop(d);
+
+    // HTTPS through a CONNECT proxy that leads to a server with a certificate for another
+    // name: the tunnel is asked for the STS host, and TLS verification then refuses it.
+    let front = w.rt.block_on(TlsFront::start(moto)).unwrap();
+    let connect =
+        w.rt.block_on(Relay::start(RelayKind::Connect, front.addr()))
+            .unwrap();
+    let proxy = format!("proxy:\n  https: {}\n", connect.url());
+    let d = Daemon::start(
+        &w.datadog_yaml(&proxy),
+        SETTINGS,
+        irsa_env("https://sts.us-east-1.amazonaws.com"),
+    );
+    eventually("a CONNECT to STS", Duration::from_secs(30), || {
+        connect
+            .connects()
+            .iter()
+            .any(|c| c.starts_with("sts.us-east-1.amazonaws.com:443"))
+            .then_some(())
+    });
+    let v = d.wait_key("api_key", "the fallback", |v| v["source"] == "fallback");
+    assert_eq!(v["api_key"], w.org.api_key.as_str());
 }
 
 #[test]

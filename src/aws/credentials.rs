@@ -19,6 +19,8 @@ use aws_config::web_identity_token::{StaticConfiguration, WebIdentityTokenCreden
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::error::CredentialsError;
+use aws_smithy_http_client::{Connector, proxy::ProxyConfig, tls};
+use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector, http_client_fn};
 use aws_types::region::Region;
 
 use super::AwsOptions;
@@ -26,6 +28,7 @@ use super::env::{AwsEnv, vars};
 use super::imds::{
     Imds, ImdsFailure, SECURITY_CREDENTIALS_PATH, chain, classify, is_token_failure,
 };
+use crate::exchange::{ProxySettings, redact_userinfo};
 use crate::secret::Secret;
 
 /// Bound on one AssumeRoleWithWebIdentity call (token file read + STS round trip). The Agent's
@@ -348,6 +351,66 @@ pub(crate) enum Provider {
     None(String),
 }
 
+/// The HTTP client of IRSA's AssumeRoleWithWebIdentity call when a proxy applies to it, `None`
+/// when it goes direct (aws-config's default client, which never proxies).
+///
+/// This is the one AWS call that leaves the host (IMDS and the container endpoints are
+/// link-local), so it follows the exchange's proxy rule ([`ProxySettings::resolve`]: `proxy.*`
+/// of `datadog.yaml`, else `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, loopback always direct), as
+/// the Agent's IRSA client does. The proxy is chosen by the STS endpoint's scheme: `proxy.https`
+/// for the real STS, `proxy.http` for a plain `AWS_ENDPOINT_URL_STS` (a local emulator).
+///
+/// # Errors
+/// A proxy URL aws-config cannot use (only `http://` and `https://` proxies are supported for
+/// this call), as a detail naming the setting and the fix.
+fn web_identity_http_client(
+    env: &AwsEnv,
+    opts: &AwsOptions,
+) -> Result<Option<SharedHttpClient>, String> {
+    let proxies = ProxySettings::resolve(&opts.proxy, |name| env.get(name).map(str::to_owned));
+    let plain = env
+        .get(vars::ENDPOINT_URL_STS)
+        .or_else(|| env.get(vars::ENDPOINT_URL))
+        .is_some_and(|url| url.trim().to_ascii_lowercase().starts_with("http://"));
+    let (which, url) = if plain {
+        ("proxy.http", &proxies.http)
+    } else {
+        ("proxy.https", &proxies.https)
+    };
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let config = if plain {
+        ProxyConfig::http(url.as_str())
+    } else {
+        ProxyConfig::https(url.as_str())
+    }
+    .map_err(|e| {
+        format!(
+            "{which} (or its environment variable) {} cannot be used for the \
+             AssumeRoleWithWebIdentity call to STS ({e}); use an http:// or https:// proxy, or \
+             list the STS host in proxy.no_proxy",
+            redact_userinfo(url)
+        )
+    })?
+    .no_proxy(proxies.no_proxy.join(","));
+    Ok(Some(http_client_fn(move |settings, components| {
+        let mut builder = Connector::builder()
+            .connector_settings(settings.clone())
+            .proxy_config(config.clone());
+        if let Some(sleep) = components.sleep_impl() {
+            builder = builder.sleep_impl(sleep);
+        }
+        SharedHttpConnector::new(
+            builder
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build(),
+        )
+    })))
+}
+
 /// Variables aws-config's container provider reads from the process itself.
 const CONTAINER_PROCESS_VARS: [&str; 4] = [
     vars::CONTAINER_RELATIVE_URI,
@@ -406,8 +469,18 @@ impl Provider {
                     .or_else(|| env.get(vars::REGION).map(str::to_owned))
                     .or_else(|| env.get(vars::DEFAULT_REGION).map(str::to_owned))
                     .unwrap_or_else(|| WEB_IDENTITY_FALLBACK_REGION.to_owned());
-                let config =
+                let mut config =
                     ProviderConfig::without_region().with_region(Some(Region::new(region)));
+                match web_identity_http_client(env, opts) {
+                    Ok(Some(client)) => config = config.with_http_client(client),
+                    Ok(None) => {}
+                    Err(detail) => {
+                        return Provider::Misconfigured(CredentialError::Provider {
+                            credential_source: source,
+                            detail,
+                        });
+                    }
+                }
                 let provider = WebIdentityTokenCredentialsProvider::builder()
                     .static_configuration(StaticConfiguration {
                         web_identity_token_file: token_file.clone(),
@@ -629,6 +702,43 @@ mod tests {
 
     fn opts() -> AwsOptions {
         AwsOptions::default()
+    }
+
+    #[test]
+    fn irsa_sts_proxy_follows_the_endpoint_scheme_and_the_proxy_rule() {
+        let with = |http: Option<&str>, https: Option<&str>| AwsOptions {
+            proxy: crate::exchange::ClientOptions {
+                proxy_http: http.map(str::to_owned),
+                proxy_https: https.map(str::to_owned),
+                ..Default::default()
+            },
+            ..opts()
+        };
+        let real = AwsEnv::default();
+        let local = AwsEnv::from_pairs([("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5000")]);
+        let proxied = |env: &AwsEnv, o: &AwsOptions| {
+            web_identity_http_client(env, o)
+                .expect("a usable proxy")
+                .is_some()
+        };
+        assert!(!proxied(&real, &opts()), "no proxy configured: direct");
+        assert!(proxied(&real, &with(None, Some("http://proxy:3128"))));
+        assert!(
+            !proxied(&real, &with(Some("http://proxy:3128"), None)),
+            "proxy.http does not apply to the real, HTTPS STS"
+        );
+        assert!(proxied(&local, &with(Some("http://proxy:3128"), None)));
+        assert!(!proxied(&local, &with(None, Some("http://proxy:3128"))));
+        // The environment applies when datadog.yaml says nothing, as for the exchange.
+        let env_proxy = AwsEnv::from_pairs([("HTTPS_PROXY", "http://envproxy:8080")]);
+        assert!(proxied(&env_proxy, &opts()));
+
+        let err =
+            web_identity_http_client(&real, &with(None, Some("socks5://user:hunter2@proxy:1080")))
+                .unwrap_err();
+        assert!(err.starts_with("proxy.https"), "{err}");
+        assert!(err.contains("socks5://***@proxy:1080"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

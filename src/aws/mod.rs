@@ -63,6 +63,11 @@ pub struct AwsOptions {
     pub provider_explicit: bool,
     /// `delegated_auth.aws.region`.
     pub configured_region: Option<String>,
+    /// `proxy.*` of `datadog.yaml` (only the proxy fields are used here): IRSA's
+    /// AssumeRoleWithWebIdentity is the one AWS call that leaves the host, and it goes through
+    /// the same proxy as the exchange. IMDS and the container endpoints are link-local and
+    /// never proxied.
+    pub proxy: crate::exchange::ClientOptions,
 }
 
 impl AwsOptions {
@@ -78,6 +83,10 @@ impl AwsOptions {
             imds_allowed: agent.aws_metadata_enabled(),
             provider_explicit: agent.provider == crate::config::Provider::Aws,
             configured_region: agent.aws_region.clone(),
+            proxy: crate::exchange::ClientOptions::from_agent(
+                agent,
+                crate::exchange::DEFAULT_TIMEOUT,
+            ),
         }
     }
 }
@@ -91,6 +100,7 @@ impl Default for AwsOptions {
             imds_allowed: true,
             provider_explicit: false,
             configured_region: None,
+            proxy: crate::exchange::ClientOptions::default(),
         }
     }
 }

@@ -63,7 +63,7 @@ const MAX_REDIRECTS: usize = 10;
 const ALWAYS_DIRECT: &str = "localhost,127.0.0.0/8,::1";
 
 /// HTTP client settings, from `datadog.yaml` (`proxy.*`, `skip_ssl_validation`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
     /// `proxy.http`: proxy URL for `http://` destinations.
     pub proxy_http: Option<String>,
@@ -638,7 +638,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Replaces `user:password@` in a URL-ish string (proxy URLs may carry credentials).
-fn redact_userinfo(raw: &str) -> String {
+pub(crate) fn redact_userinfo(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://").map(|i| i + 3) else {
         return raw.to_owned();
     };
