@@ -371,6 +371,61 @@ fn ecs_sidecar_is_locked_down() {
         reservation <= limit,
         "memoryReservation {reservation} > memory {limit}"
     );
+    let measured = MeasuredMemory::load();
+    measured.check(
+        "ECS sidecar",
+        u64::from(reservation) << 20,
+        u64::from(limit) << 20,
+    );
+}
+
+/// The daemon's memory as the last full benchmark run measured it (`docs/bench.json`, written
+/// by `scripts/bench`): the deployment sizes must follow it, not guesses.
+struct MeasuredMemory {
+    idle: u64,
+    peak: u64,
+}
+
+impl MeasuredMemory {
+    /// Headroom of a request or reservation over the idle RSS.
+    const REQUEST_HEADROOM: f64 = 1.25;
+    /// Headroom of a hard limit over the peak with 1,000 connected clients.
+    const LIMIT_HEADROOM: f64 = 2.0;
+
+    fn load() -> Self {
+        let bench: serde_json::Value = serde_json::from_str(&read("docs/bench.json"))
+            .unwrap_or_else(|e| panic!("docs/bench.json does not parse: {e}"));
+        let kib = |name: &str| {
+            bench["memory_kib"][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("docs/bench.json has no memory_kib.{name}"))
+                * 1024
+        };
+        let peak = ["peak", "long_poll_1000", "keepalive_1000", "after"]
+            .into_iter()
+            .map(kib)
+            .max()
+            .unwrap_or_default();
+        MeasuredMemory {
+            idle: kib("idle"),
+            peak,
+        }
+    }
+
+    fn check(&self, what: &str, request: u64, limit: u64) {
+        assert!(
+            request as f64 >= self.idle as f64 * Self::REQUEST_HEADROOM,
+            "{what}: a memory request of {request} B leaves too little over the measured idle \
+             RSS of {} B",
+            self.idle
+        );
+        assert!(
+            limit as f64 >= self.peak as f64 * Self::LIMIT_HEADROOM,
+            "{what}: a memory limit of {limit} B is less than twice the measured peak of {} B \
+             with 1,000 clients",
+            self.peak
+        );
+    }
 }
 
 #[test]
@@ -830,6 +885,17 @@ fn eks_resources_are_requested_and_bounded() {
             c.name
         );
     }
+    let daemon = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "delegated-auth")
+        .expect("the delegated-auth container");
+    let r = daemon.resources.as_ref().expect("resources");
+    MeasuredMemory::load().check(
+        "EKS delegated-auth container",
+        quantity_bytes(&r.requests["memory"]),
+        quantity_bytes(&r.limits["memory"]),
+    );
 }
 
 #[test]
