@@ -138,11 +138,21 @@ pub struct Snapshot {
 /// is about to become a different snapshot, whose answer differs), and `Debug` never shows the
 /// bytes (they hold the key).
 #[derive(Default)]
-pub struct RenderCache(std::sync::OnceLock<bytes::Bytes>);
+pub struct RenderCache(std::sync::OnceLock<Rendered>);
+
+/// A snapshot's answer as the server sends it: cloning it only bumps reference counts, so a
+/// read (or a rotation fanned out to a thousand long polls) allocates nothing for it.
+#[derive(Clone)]
+pub struct Rendered {
+    /// The JSON body.
+    pub body: bytes::Bytes,
+    /// The `ETag` header value (`"<generation>"`).
+    pub etag: bytes::Bytes,
+}
 
 impl RenderCache {
-    /// The cached bytes, rendering them with `render` on first use.
-    pub fn get_or_render(&self, render: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+    /// The cached answer, rendering it with `render` on first use.
+    pub fn get_or_render(&self, render: impl FnOnce() -> Rendered) -> Rendered {
         self.0.get_or_init(render).clone()
     }
 }
