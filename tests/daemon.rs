@@ -55,6 +55,14 @@ fn serves_static_keys_with_etag_and_404s_unknown_instances() {
         &base_env(),
     );
     assert_eq!((code, out.trim()), (0, KEY_A));
+
+    // The log goes to a file here, as to journald: plain text, no terminal colour codes.
+    let logs = d.logs();
+    assert!(logs.contains("Listening."), "{logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "colour codes in a log that is not a terminal: {logs:?}"
+    );
 }
 
 #[test]

@@ -671,6 +671,16 @@ async fn managed_section(
             let idle = scenarios::idle(start.server.pid(), plan.idle_window).await?;
             idle_row(report, "managed key (refresh timer armed)", &idle, true);
             json.insert("idle_managed_switches".into(), idle.switches.into());
+            // The static figure of §12 is a daemon that never talks to Datadog; a managed one
+            // also holds the TLS client, its root store and the AWS credential provider.
+            let rss = procfs::rss_kib(start.server.pid())?;
+            report.info(
+                "Memory and size",
+                "RSS idle, managed key (after the first exchange, static-env credentials)",
+                mib(rss),
+                "",
+            );
+            json.insert("managed_idle_rss_kib".into(), rss.into());
         }
         let f = scenarios::fan_out(&start).await?;
         let p99 = loadgen::percentile(&f.delays, 99.0);

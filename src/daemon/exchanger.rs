@@ -22,7 +22,9 @@ const USER_AGENT: &str = concat!("datadog-delegated-auth/", env!("CARGO_PKG_VERS
 
 struct Parts {
     identity: Identity,
-    client: ExchangeClient,
+    /// `None` when no instance uses delegated auth: a static-key daemon never talks to Datadog,
+    /// so it builds no TLS client and keeps no root certificate store in memory.
+    client: Option<ExchangeClient>,
 }
 
 /// Identity + exchange client, swappable on reload.
@@ -34,13 +36,22 @@ impl AwsExchanger {
     /// Builds the parts from a validated configuration and the process environment.
     pub fn new(cfg: &Config) -> Result<Self, String> {
         let a = &cfg.agent;
-        if a.skip_ssl_validation {
-            warn!(
-                "skip_ssl_validation is set: the TLS certificate of the Datadog API is NOT verified. Anyone on the network path can steal managed keys. Unset it unless you know why it is needed."
-            );
-        }
-        let client = ExchangeClient::new(&ClientOptions::from_agent(a, exchange::DEFAULT_TIMEOUT))
-            .map_err(|e| format!("cannot build the HTTPS client for the Datadog API: {e}"))?;
+        let delegated = cfg.instances.iter().any(|i| i.delegated.is_some());
+        let client = if delegated {
+            if a.skip_ssl_validation {
+                warn!(
+                    "skip_ssl_validation is set: the TLS certificate of the Datadog API is NOT verified. Anyone on the network path can steal managed keys. Unset it unless you know why it is needed."
+                );
+            }
+            Some(
+                ExchangeClient::new(&ClientOptions::from_agent(a, exchange::DEFAULT_TIMEOUT))
+                    .map_err(|e| {
+                        format!("cannot build the HTTPS client for the Datadog API: {e}")
+                    })?,
+            )
+        } else {
+            None
+        };
         let identity = Identity::new(AwsOptions::from_config(cfg), AwsEnv::from_process());
         for w in identity.warnings() {
             warn!("{w}");
@@ -88,6 +99,18 @@ impl Exchanger for AwsExchanger {
     async fn exchange(&self, key: &ExchangeKey) -> Result<Exchanged, ExchangeFailure> {
         let parts = self.parts.load_full();
         let url = exchange::intake_key_url(&key.target);
+        let Some(client) = parts.client.as_ref() else {
+            // The manager only exchanges for delegated instances, and the client exists whenever
+            // one does; a reload swaps both together.
+            return Err(ExchangeFailure {
+                kind: "config",
+                cause: Cause::Unanswered,
+                message: "no instance of the configuration in force uses delegated auth".to_owned(),
+                retry_after: None,
+                credential_source: None,
+                endpoint: Some(url),
+            });
+        };
         let started = Instant::now();
         let creds = parts
             .identity
@@ -119,7 +142,7 @@ impl Exchanger for AwsExchanger {
             endpoint: Some(url.clone()),
         })?;
         debug!(url = %url, region = ?region, "Getting API key with cloud auth proof.");
-        match parts.client.exchange(&url, &proof).await {
+        match client.exchange(&url, &proof).await {
             Ok(api_key) => {
                 debug!(url = %url, elapsed = ?started.elapsed(), key = %api_key, "Successfully parsed delegated API key.");
                 Ok(Exchanged {
