@@ -334,8 +334,11 @@ fn soak() {
         unexplained.is_empty(),
         "exchange failures not injected: {unexplained:#?}\n{report}"
     );
+    // A key per 2 s interval if nothing failed. With a healthy key, an error answered by the
+    // API waits for the next beat (schedule.rs, rule 3), and faults arrive about as often as
+    // beats here, so about half the beats fail: one key per two intervals is the floor.
     assert!(
-        issued as u64 >= duration.as_secs() / 2,
+        issued as u64 >= duration.as_secs() / 4,
         "keys kept rotating\n{report}"
     );
     assert!(
