@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use common::world::{SESSION, SETTINGS, World, eventually, uuid};
-use common::{Daemon, base_env, cli};
+use common::{Daemon, base_env, cli, irsa_env};
 use datadog_delegated_auth::client;
 use http::Method;
 use sandbox::datadog::Fault;
@@ -170,21 +170,7 @@ fn eks_irsa_web_identity_credentials() {
     .unwrap();
     // AssumeRoleWithWebIdentity is unsigned; moto only answers unsigned calls it was told to.
     w.rt.block_on(w.moto.reset_auth(4)).unwrap();
-    let mut env = base_env();
-    env.insert(
-        "AWS_ROLE_ARN".into(),
-        "arn:aws:iam::123456789012:role/DatadogAgentRole".into(),
-    );
-    env.insert(
-        "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
-        token.display().to_string(),
-    );
-    env.insert(
-        "AWS_ROLE_SESSION_NAME".into(),
-        "eks-datadog-agent-xyz".into(),
-    );
-    env.insert("AWS_ENDPOINT_URL_STS".into(), w.moto.url());
-    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let env = irsa_env(&token, "eks-datadog-agent-xyz", &w.moto.url());
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
     assert_eq!(detected_status(&d)["environment"]["kind"], "eks-irsa");
@@ -211,25 +197,14 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
     let forward =
         w.rt.block_on(Relay::start(RelayKind::Forward, moto))
             .unwrap();
-    let irsa_env = |sts: &str| {
-        let mut env = base_env();
-        env.insert(
-            "AWS_ROLE_ARN".into(),
-            "arn:aws:iam::123456789012:role/DatadogAgentRole".into(),
-        );
-        env.insert(
-            "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
-            token.display().to_string(),
-        );
-        env.insert("AWS_ROLE_SESSION_NAME".into(), "proxied-agent".into());
-        env.insert("AWS_ENDPOINT_URL_STS".into(), sts.to_owned());
-        env.insert("AWS_REGION".into(), "us-east-1".into());
-        env
-    };
 
     let sts = format!("http://sts.proxied.invalid:{}", moto.port());
     let proxy = format!("proxy:\n  http: {}\n", forward.url());
-    let d = Daemon::start(&w.datadog_yaml(&proxy), SETTINGS, irsa_env(&sts));
+    let d = Daemon::start(
+        &w.datadog_yaml(&proxy),
+        SETTINGS,
+        irsa_env(&token, "proxied-agent", &sts),
+    );
     managed_key(&w, &d, "api_key", &w.org.uuid);
     assert!(
         forward.accepted() >= 1,
@@ -253,7 +228,11 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
     let d = Daemon::start(
         &w.datadog_yaml(&proxy),
         SETTINGS,
-        irsa_env("https://sts.us-east-1.amazonaws.com"),
+        irsa_env(
+            &token,
+            "proxied-agent",
+            "https://sts.us-east-1.amazonaws.com",
+        ),
     );
     eventually("a CONNECT to STS", Duration::from_secs(30), || {
         connect

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::world::{PATTERN, World, eventually, uuid};
-use common::{Daemon, base_env, write_by_rename};
+use common::{Daemon, base_env, irsa_env, write_by_rename};
 use datadog_delegated_auth::client;
 use http::Method;
 use sandbox::datadog::{DatadogEmulator, DatadogOptions, Fault, Outcome};
@@ -1073,18 +1073,7 @@ fn web_identity_token_missing_then_sts_refusing() {
     let w = World::start();
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    let mut env = base_env();
-    env.insert(
-        "AWS_ROLE_ARN".into(),
-        "arn:aws:iam::123456789012:role/DatadogAgentRole".into(),
-    );
-    env.insert(
-        "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
-        token.display().to_string(),
-    );
-    env.insert("AWS_ROLE_SESSION_NAME".into(), "eks-faults".into());
-    env.insert("AWS_ENDPOINT_URL_STS".into(), w.moto.url());
-    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let env = irsa_env(&token, "eks-faults", &w.moto.url());
     let d = Daemon::start(&w.datadog_yaml(""), FAST, env);
     observe(
         &d,

@@ -38,6 +38,24 @@ pub fn base_env() -> HashMap<String, String> {
     env
 }
 
+/// [`base_env`] plus an EKS IRSA identity: the role the moto world trusts, the projected token
+/// file, the session name, and STS at `sts_url` (moto, or a name only a proxy can reach).
+pub fn irsa_env(token_file: &Path, session: &str, sts_url: &str) -> HashMap<String, String> {
+    let mut env = base_env();
+    env.insert(
+        "AWS_ROLE_ARN".into(),
+        "arn:aws:iam::123456789012:role/DatadogAgentRole".into(),
+    );
+    env.insert(
+        "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+        token_file.display().to_string(),
+    );
+    env.insert("AWS_ROLE_SESSION_NAME".into(), session.into());
+    env.insert("AWS_ENDPOINT_URL_STS".into(), sts_url.into());
+    env.insert("AWS_REGION".into(), "us-east-1".into());
+    env
+}
+
 impl Daemon {
     /// Writes the files and starts `run`; waits until the socket answers.
     pub fn start(datadog_yaml: &str, settings_yaml: &str, env: HashMap<String, String>) -> Daemon {
