@@ -582,3 +582,70 @@ fn a_second_stop_signal_exits_at_once() {
     assert_eq!(code, Some(1));
     assert!(d.logs().contains("Second stop signal"), "{}", d.logs());
 }
+
+/// Context switches of the daemon's file-watcher threads (`notify-rs inotify loop`), from
+/// `/proc/<pid>/task/*/status`.
+fn watcher_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("notify-rs") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// The socket watcher sees its own directory being removed without watching that directory's
+/// parent, which is typically `/run`: files coming and going there (other daemons' pid files
+/// and sockets) must not wake an idle daemon.
+#[test]
+fn files_next_to_the_socket_directory_do_not_wake_an_idle_daemon() {
+    // The socket in a directory of its own, beside nothing the daemon watches for other reasons
+    // (the harness puts it next to the configuration files, whose directory is watched).
+    let parent = tempfile::tempdir().unwrap();
+    let socket = parent.path().join("run/delegated-auth.sock");
+    let d = Daemon::spawn_at(
+        &static_config(KEY_A),
+        SETTINGS,
+        base_env(),
+        &[],
+        Some(socket),
+    );
+    d.wait_live();
+    let pid = d.child.as_ref().unwrap().id();
+    let parent = parent.path().to_path_buf();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = watcher_switches(pid);
+    for i in 0..50 {
+        let noise = parent.join(format!(".ddda-noise-{}-{i}", std::process::id()));
+        std::fs::write(&noise, b"x").unwrap();
+        std::fs::remove_file(&noise).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let woke = watcher_switches(pid) - before;
+    assert!(
+        woke <= 2,
+        "the file watchers woke {woke} times for files that are not the daemon's"
+    );
+    // ... while the removal of the socket directory itself is still seen.
+    std::fs::remove_dir_all(d.socket.parent().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the socket was not bound again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

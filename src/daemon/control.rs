@@ -56,19 +56,19 @@ pub fn watch_files(
     watch_paths(files, Control::Reload("file change"), tx)
 }
 
-/// Watches the socket file and its directory (through the directory's parent, which sees the
-/// directory being removed) and asks for a [`Control::CheckSocket`] after a debounced burst of
-/// events touching either. Call again after the directory was re-created: a watch ends with the
-/// directory it was on.
+/// Watches the socket file through its directory, and the directory itself (inotify reports the
+/// removal of a watched directory to its own watch), and asks for a [`Control::CheckSocket`]
+/// after a debounced burst of events touching either. Call again after the directory was
+/// re-created: a watch ends with the directory it was on.
+///
+/// The directory's parent is not watched: it is typically `/run`, where other daemons create
+/// and remove files all day, and every such event would wake the watcher thread of an
+/// otherwise idle daemon.
 pub fn watch_socket(
     socket: &Path,
     tx: mpsc::Sender<Control>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let mut paths = vec![socket.to_path_buf()];
-    if let Some(dir) = socket.parent().filter(|d| d.file_name().is_some()) {
-        paths.push(dir.to_path_buf());
-    }
-    watch_paths(&paths, Control::CheckSocket, tx)
+    watch_paths(&[socket.to_path_buf()], Control::CheckSocket, tx)
 }
 
 /// Watches the directories of `files` for events touching their names, and sends `control`
@@ -89,11 +89,17 @@ fn watch_paths(
             _ => PathBuf::from("."),
         })
         .collect();
+    // Events on a watched directory itself (removed, moved away) concern us too.
+    let watched = dirs.clone();
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
-                if event.paths.iter().any(|p| relevant(p, &names)) {
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| relevant(p, &names) || watched.contains(p))
+                {
                     let _ = raw_tx.send(());
                 }
             }
