@@ -48,8 +48,9 @@ use crate::status::DaemonInfo;
 pub struct Limits {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
-    /// A connection with no complete request head for this long is closed (idle keep-alive and
-    /// slowloris alike); a request body that takes longer gets 408.
+    /// A connection with no request in flight for this long since its last answer (or since it
+    /// was accepted) is closed: idle keep-alive and slowloris heads alike. A request body that
+    /// takes longer gets 408.
     pub idle_timeout: Duration,
     /// Request line plus headers (hyper's read buffer; at least 8 KiB).
     pub max_header_bytes: usize,
