@@ -175,3 +175,53 @@ fn the_socket_appears_at_its_path_only_with_its_final_permissions() {
         .collect();
     assert_eq!(names, vec!["s.sock"]);
 }
+
+/// The daemon clears its dumpable flag: its `/proc/PID` files belong to root, so another
+/// process of the daemon's own uid cannot read its memory or environment, and a crash leaves
+/// no core file with keys.
+#[test]
+fn the_process_is_not_dumpable() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to run the daemon as another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Sticky, as /tmp: the socket directory check accepts it.
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o1777)).unwrap();
+    let config_file = dir.path().join("datadog.yaml");
+    let settings = dir.path().join("delegated-auth.yaml");
+    std::fs::write(&config_file, config(KEY_A)).unwrap();
+    std::fs::write(&settings, LOG).unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(common::BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--settings")
+        .arg(&settings)
+        .arg("--socket")
+        .arg(&socket)
+        .env_clear()
+        .envs(base_env())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // setpriv exec'd the daemon: same pid.
+    let environ = std::fs::metadata(format!("/proc/{}/environ", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        environ.uid(),
+        0,
+        "/proc/PID/environ belongs to the daemon's uid: the process is dumpable"
+    );
+}
