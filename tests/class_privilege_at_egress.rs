@@ -225,3 +225,56 @@ fn the_process_is_not_dumpable() {
         "/proc/PID/environ belongs to the daemon's uid: the process is dumpable"
     );
 }
+
+/// `user:password@` in `dd_url` or an endpoint URL is a secret too: it never appears in logs,
+/// the socket's documents, metrics, `status` or `check-config`, nor in an instance name.
+#[test]
+fn url_userinfo_is_masked_everywhere() {
+    let org = "11111111-2222-3333-4444-555555555555";
+    let yaml = format!(
+        "api_key: {KEY_A}\ndd_url: http://alice:hunter2@127.0.0.1:9\ndelegated_auth:\n  org_uuid: {org}\n\
+         additional_endpoints:\n  \"http://bob:hunter3@127.0.0.1:9\":\n    - \"DELA({org}, aws)\"\n"
+    );
+    let mut env = base_env();
+    env.insert("AWS_ACCESS_KEY_ID".into(), "AKIAEXAMPLEEXAMPLE00".into());
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        "secretsecretsecretsecretsecret00".into(),
+    );
+    let d = Daemon::start(
+        &yaml,
+        "log: { level: trace }\nrefresh: { startup_grace: 1s, retry_min: 1s, retry_max: 2s }\n",
+        env.clone(),
+    );
+    let masked = "additional_endpoints[http://***@127.0.0.1:9][0]";
+    d.wait_error(masked, "127.0.0.1:9");
+    d.wait_error("api_key", "127.0.0.1:9");
+    let socket = d.socket.to_str().unwrap().to_owned();
+    let mut seen = vec![
+        d.logs(),
+        String::from_utf8_lossy(&d.get("/v1/status").body).into_owned(),
+        String::from_utf8_lossy(&d.get("/v1/keys").body).into_owned(),
+        String::from_utf8_lossy(&d.get("/metrics").body).into_owned(),
+        common::cli(&["status", "--socket", &socket], &env).1,
+        common::cli(&["status", "--json", "--socket", &socket], &env).1,
+    ];
+    let (_, out, err) = common::cli(
+        &[
+            "check-config",
+            "--config",
+            d.config.to_str().unwrap(),
+            "--settings",
+            d.settings.to_str().unwrap(),
+        ],
+        &env,
+    );
+    seen.push(out + &err);
+    for text in &seen {
+        assert!(!text.contains("hunter"), "a URL password leaked:\n{text}");
+        assert!(
+            !text.contains("alice") && !text.contains("bob:"),
+            "a URL user leaked:\n{text}"
+        );
+    }
+    assert!(seen[2].contains(masked), "{}", seen[2]);
+}
