@@ -361,3 +361,32 @@ fn one_uid_flooding_the_socket_does_not_starve_another() {
         "{metrics}"
     );
 }
+
+/// A key no consumer could use (600 KB, non-ASCII) is an invalid answer: never served, the
+/// fallback is, and the reason says why.
+#[test]
+fn implausible_managed_keys_are_invalid_responses() {
+    use sandbox::datadog::Fault;
+    let world = common::world::World::start();
+    for (body_key, needle) in [
+        ("k".repeat(600 * 1024), "bytes long"),
+        (
+            "0123456789abcdef0123456789abcdé".to_owned(),
+            "printable ASCII",
+        ),
+    ] {
+        world.dd.inject(
+            Fault::status(200)
+                .body(format!(
+                    r#"{{"data":{{"attributes":{{"api_key":"{body_key}"}}}}}}"#
+                ))
+                .times(1000),
+        );
+        let d = Daemon::start(&world.datadog_yaml(""), SETTINGS, world.static_env());
+        let error = d.wait_error("api_key", needle);
+        assert!(!error.contains(&body_key[..16]), "{error}");
+        let served = d.wait_key("api_key", "the fallback", |v| v["source"] == "fallback");
+        assert_eq!(served["api_key"], world.org.api_key.as_str());
+        world.dd.clear_faults();
+    }
+}
