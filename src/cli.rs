@@ -74,7 +74,7 @@ enum Command {
         /// Wait (up to --timeout) for the daemon to start and a key to be served.
         #[arg(long)]
         wait: bool,
-        /// How long --wait waits.
+        /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// Print the whole JSON answer.
@@ -163,7 +163,8 @@ pub fn main() -> ExitCode {
         } => with_runtime(get(
             socket_path(&cli.socket, &paths, &env),
             instance,
-            wait.then_some(timeout),
+            wait,
+            timeout,
             json,
         )),
         Command::Health { ready } => {
@@ -278,11 +279,22 @@ async fn status(socket: PathBuf, json: bool) -> u8 {
     }
 }
 
-async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bool) -> u8 {
+async fn get(socket: PathBuf, instance: String, wait: bool, timeout: Duration, json: bool) -> u8 {
     let path = format!("/v1/keys/{}", client::encode_instance(&instance));
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    // Every request and pause fits in what is left of --timeout: a hung daemon costs the
+    // caller --timeout, not one more request timeout past it.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     loop {
-        let outcome = client::request(&socket, Method::GET, &path, &[], None, CLIENT_TIMEOUT).await;
+        let outcome = client::request(
+            &socket,
+            Method::GET,
+            &path,
+            &[],
+            None,
+            CLIENT_TIMEOUT.min(left()),
+        )
+        .await;
         let retry = match &outcome {
             Ok(reply) if reply.status == StatusCode::OK => {
                 // Never print an empty line for a key a script would then use.
@@ -306,7 +318,7 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
             Err(ClientError::Unreachable { .. }) => true,
             Err(_) => false,
         };
-        let waiting = deadline.is_some_and(|d| tokio::time::Instant::now() < d);
+        let waiting = wait && !left().is_zero();
         if !(retry && waiting) {
             return match outcome {
                 Ok(reply) => {
@@ -318,7 +330,7 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
         }
         // Waiting for the daemon to start or the first key: a short, bounded retry loop on the
         // client side only; the daemon itself never polls.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(250).min(left())).await;
     }
 }
 

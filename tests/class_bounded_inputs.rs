@@ -390,3 +390,32 @@ fn implausible_managed_keys_are_invalid_responses() {
         world.dd.clear_faults();
     }
 }
+
+/// A daemon that accepts connections and never answers costs `get` its `--timeout`, not one
+/// more request timeout past it.
+#[test]
+fn get_against_a_hung_daemon_returns_within_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hung.sock");
+    // Bound and listening, never accepting: connections queue and are never answered.
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for extra in [&["--wait"][..], &[][..]] {
+        let started = Instant::now();
+        let mut args = vec![
+            "get",
+            "--timeout",
+            "2s",
+            "--socket",
+            socket.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = cli(&args, &base_env());
+        let took = started.elapsed();
+        assert_ne!(code, 0, "{out}");
+        assert!(out.is_empty());
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            "{extra:?}: took {took:?}; {err}"
+        );
+    }
+}

@@ -278,3 +278,32 @@ fn url_userinfo_is_masked_everywhere() {
     }
     assert!(seen[2].contains(masked), "{}", seen[2]);
 }
+
+/// `access:` left empty names no reader: like `access: []`, every read is refused, with the same
+/// warning (it is not the absence of rules, which would let any local user read).
+#[test]
+fn an_access_key_left_empty_refuses_every_read_with_a_warning() {
+    let d = Daemon::start(&config(KEY_A), &format!("{LOG}access:\n"), base_env());
+    assert_eq!(d.get("/v1/keys/api_key").status, 403);
+    assert!(
+        d.logs()
+            .contains("the access list is empty, so every key read will be refused"),
+        "{}",
+        d.logs()
+    );
+    let (code, out, err) = common::cli(
+        &[
+            "check-config",
+            "--config",
+            d.config.to_str().unwrap(),
+            "--settings",
+            d.settings.to_str().unwrap(),
+        ],
+        &base_env(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("access list is empty"),
+        "{out}{err}"
+    );
+}
