@@ -29,7 +29,9 @@ fn socket_mode_and_group_changes_apply_on_reload() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let meta = std::fs::metadata(&d.socket).unwrap();
-        if (meta.mode() & 0o777, meta.gid()) == (0o600, 1) {
+        if (meta.mode() & 0o777, meta.gid()) == (0o600, 1)
+            && d.logs().contains("Configuration reloaded")
+        {
             break;
         }
         assert!(
@@ -83,4 +85,40 @@ fn a_fallback_key_file_named_by_a_reload_is_watched() {
     d.wait_key("api_key", "the edited second fallback", |v| {
         v["api_key"] == third
     });
+}
+
+/// What a reload cannot apply to the running daemon is not reported as applied: each such
+/// change is named, in the log and in status, as waiting for a restart.
+#[test]
+fn settings_that_need_a_restart_are_named_not_silently_dropped() {
+    let d = Daemon::start(&format!("api_key: {KEY_A}\n"), LOG, base_env());
+    write_by_rename(
+        &d.settings,
+        "log: { level: debug, format: json }\nsocket: { max_connections: 100, idle_timeout: 5s }\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let warnings = d.json("/v1/status")["config"]["warnings"].to_string();
+        if [
+            "log.format",
+            "socket.max_connections",
+            "socket.idle_timeout",
+        ]
+        .iter()
+        .all(|k| warnings.contains(&format!("{k}: changed; takes effect at the next restart")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status warnings: {warnings}; log:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.logs().contains("it takes effect at the next restart"),
+        "{}",
+        d.logs()
+    );
 }

@@ -538,12 +538,15 @@ impl Daemon {
                 }
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
-                    let socket = self.socket.path.clone();
+                    let (socket, id) = (self.socket.path.clone(), self.socket.id);
                     tokio::spawn(async move {
                         while let Some(c) = rx.recv().await {
                             if c == Control::Shutdown {
                                 warn!("Second stop signal: exiting now.");
-                                remove_socket(&socket);
+                                // Only our own socket, as on a graceful stop.
+                                if id.is_some() && file_id(&socket) == id {
+                                    remove_socket(&socket);
+                                }
                                 std::process::exit(i32::from(exit::FAILURE));
                             }
                         }
@@ -685,8 +688,12 @@ impl Daemon {
         };
         match result {
             Ok((cfg, applied)) => {
-                if socket_path(&self.opts, &cfg) != socket_path(&self.opts, &self.config) {
-                    warn!("socket.path changed: the new path takes effect at the next restart.");
+                let pending = restart_only_changes(&self.opts, &self.config, &cfg);
+                for key in &pending {
+                    warn!(
+                        key,
+                        "This setting changed; it takes effect at the next restart (the running daemon keeps its current value)."
+                    );
                 }
                 if let Err(e) = self.log.set_level(&cfg.settings.log.level) {
                     warn!("{e}");
@@ -706,6 +713,11 @@ impl Daemon {
                     .warnings
                     .iter()
                     .map(|w| format!("{}: {}", w.key, w.message))
+                    .chain(
+                        pending
+                            .iter()
+                            .map(|key| format!("{key}: changed; takes effect at the next restart")),
+                    )
                     .collect();
                 self.state.info.store(Arc::new(info));
                 self.state.metrics.reload("success");
@@ -732,6 +744,32 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Settings a reload cannot apply to the running daemon, changed between `old` and `new`: the
+/// socket's path (consumers find the daemon where it is), the server's limits (fixed for the
+/// connections and the accept loop they bound) and the log format (the subscriber is installed
+/// once). Everything else a reload applies.
+fn restart_only_changes(opts: &RunOptions, old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.settings, &new.settings);
+    [
+        (
+            "socket.path",
+            socket_path(opts, old) != socket_path(opts, new),
+        ),
+        (
+            "socket.max_connections",
+            o.socket.max_connections != n.socket.max_connections,
+        ),
+        (
+            "socket.idle_timeout",
+            o.socket.idle_timeout != n.socket.idle_timeout,
+        ),
+        ("log.format", o.log.format != n.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Watches the configuration files; a failure leaves SIGHUP as the way to reload.
