@@ -266,3 +266,51 @@ pub fn cli(args: &[&str], env: &HashMap<String, String>) -> (i32, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Context switches of each thread of `pid` (`/proc/<pid>/task/*/status`), by thread id.
+/// Reading `/proc` does not wake the process.
+pub fn context_switches(pid: u32) -> HashMap<String, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let n = std::fs::read_to_string(task.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+            (task.file_name().to_string_lossy().into_owned(), n)
+        })
+        .collect()
+}
+
+/// Wake-ups of `pid` between a [`context_switches`] snapshot and now: the switches of threads
+/// that lived through the window, plus those of threads started in it.
+pub fn wakeups_since(pid: u32, before: &HashMap<String, u64>) -> u64 {
+    context_switches(pid)
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
+}
+
+impl Daemon {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `delegated_auth_config_reloads_total` by result: (success, failure).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        let text = String::from_utf8_lossy(&self.get("/metrics").body).into_owned();
+        let count = |result: &str| {
+            let prefix = format!("delegated_auth_config_reloads_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (count("success"), count("failure"))
+    }
+}
