@@ -8,6 +8,7 @@
 # stand-in base images stay cached between runs.
 #
 # Needs from the caller: $repo, $work, $scratch, $target_dir, and the functions step/pass/fail.
+# shellcheck disable=SC2154  # those variables
 
 readonly RELEASE_BIN_TRIPLE=x86_64-unknown-linux-gnu
 # Bumped whenever make_base_images changes what it makes: cached stand-ins of another recipe are
