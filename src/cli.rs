@@ -74,7 +74,7 @@ enum Command {
         /// Wait (up to --timeout) for the daemon to start and a key to be served.
         #[arg(long)]
         wait: bool,
-        /// How long --wait waits.
+        /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// Print the whole JSON answer.
@@ -104,8 +104,21 @@ enum Command {
     Version,
 }
 
+/// Clears the process's dumpable flag before any key is in memory: other processes of the same
+/// uid can then neither read `/proc/PID/mem` or `environ` nor ptrace it, and a crash leaves no
+/// core file holding keys. Every command holds keys (`exec` and `secret-helper` too), so all
+/// do this. A child started by `exec` is dumpable again after its `execve`, as it should be.
+fn forbid_core_dumps_and_tracing() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!(
+            "warning: cannot clear the dumpable flag (PR_SET_DUMPABLE: {e}); other processes of this user may read keys from its memory"
+        );
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    forbid_core_dumps_and_tracing();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -150,7 +163,8 @@ pub fn main() -> ExitCode {
         } => with_runtime(get(
             socket_path(&cli.socket, &paths, &env),
             instance,
-            wait.then_some(timeout),
+            wait,
+            timeout,
             json,
         )),
         Command::Health { ready } => {
@@ -265,11 +279,22 @@ async fn status(socket: PathBuf, json: bool) -> u8 {
     }
 }
 
-async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bool) -> u8 {
+async fn get(socket: PathBuf, instance: String, wait: bool, timeout: Duration, json: bool) -> u8 {
     let path = format!("/v1/keys/{}", client::encode_instance(&instance));
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    // Every request and pause fits in what is left of --timeout: a hung daemon costs the
+    // caller --timeout, not one more request timeout past it.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     loop {
-        let outcome = client::request(&socket, Method::GET, &path, &[], None, CLIENT_TIMEOUT).await;
+        let outcome = client::request(
+            &socket,
+            Method::GET,
+            &path,
+            &[],
+            None,
+            CLIENT_TIMEOUT.min(left()),
+        )
+        .await;
         let retry = match &outcome {
             Ok(reply) if reply.status == StatusCode::OK => {
                 // Never print an empty line for a key a script would then use.
@@ -293,7 +318,7 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
             Err(ClientError::Unreachable { .. }) => true,
             Err(_) => false,
         };
-        let waiting = deadline.is_some_and(|d| tokio::time::Instant::now() < d);
+        let waiting = wait && !left().is_zero();
         if !(retry && waiting) {
             return match outcome {
                 Ok(reply) => {
@@ -305,7 +330,7 @@ async fn get(socket: PathBuf, instance: String, wait: Option<Duration>, json: bo
         }
         // Waiting for the daemon to start or the first key: a short, bounded retry loop on the
         // client side only; the daemon itself never polls.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(250).min(left())).await;
     }
 }
 

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -42,6 +42,17 @@ use crate::secret::Secret;
 /// The largest request read from stdin. The Agent sends a few handles (tens of bytes each);
 /// its own output cap is 1 MiB, so a request over that is not from an Agent.
 pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+
+/// Most distinct handles answered: an Agent asks for the few `ENC[...]` values of its
+/// configuration. With [`MAX_HANDLE_BYTES`] this keeps the answer (handles are echoed, errors
+/// are a few hundred bytes) well under the Agent's 1 MiB output cap, however large the request.
+pub const MAX_HANDLES: usize = 512;
+
+/// Longest handle looked up: instance names are far shorter.
+pub const MAX_HANDLE_BYTES: usize = 512;
+
+/// Requests to the daemon in flight at once, so one answer never floods the socket.
+const CONCURRENT_LOOKUPS: usize = 16;
 
 /// Default total time budget: below the Agent's default `secret_backend_timeout` (30 s) and
 /// Vector's exec backend default `timeout` (5 s, same protocol), so our answer (with per-handle
@@ -81,6 +92,16 @@ pub enum RequestError {
         "the request on stdin is larger than {MAX_REQUEST_BYTES} bytes; the Agent sends a short JSON list of handles"
     )]
     TooLarge,
+    /// More distinct handles than any Agent asks for.
+    #[error(
+        "the request asks for {0} distinct handles; an Agent asks for a few (at most {MAX_HANDLES} are answered)"
+    )]
+    TooManyHandles(usize),
+    /// A handle far longer than any instance name.
+    #[error(
+        "the request has a handle of {0} bytes; handles are instance names (at most {MAX_HANDLE_BYTES} bytes)"
+    )]
+    HandleTooLong(usize),
     /// Not the protocol's JSON.
     #[error(
         "the request on stdin is not a secret backend request ({0}); expected {{\"version\":\"1.0\",\"secrets\":[\"api_key\"]}}"
@@ -187,12 +208,11 @@ pub async fn resolve(
     deadline: Instant,
 ) -> BTreeMap<String, Outcome> {
     let mut set = tokio::task::JoinSet::new();
-    let mut unique: Vec<&String> = handles.iter().collect();
-    unique.sort();
-    unique.dedup();
-    for handle in unique {
-        let (socket, handle) = (socket.to_path_buf(), handle.clone());
+    let lookups = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS));
+    for handle in unique_handles(handles) {
+        let (socket, handle, lookups) = (socket.to_path_buf(), handle.clone(), lookups.clone());
         set.spawn(async move {
+            let _turn = lookups.acquire().await;
             let outcome = resolve_one(&socket, handle.trim(), deadline).await;
             (handle, outcome)
         });
@@ -211,6 +231,28 @@ pub async fn resolve(
         });
     }
     answers
+}
+
+/// Refuses what no Agent asks for and whose answer could pass the Agent's output cap: too
+/// many distinct handles, or a handle far longer than any instance name (handles are echoed
+/// in the answer).
+fn check_bounds(request: Request) -> Result<Request, RequestError> {
+    let n = unique_handles(&request.secrets).len();
+    if n > MAX_HANDLES {
+        return Err(RequestError::TooManyHandles(n));
+    }
+    if let Some(long) = request.secrets.iter().find(|h| h.len() > MAX_HANDLE_BYTES) {
+        return Err(RequestError::HandleTooLong(long.len()));
+    }
+    Ok(request)
+}
+
+/// The distinct handles of a request, sorted.
+fn unique_handles(handles: &[String]) -> Vec<&String> {
+    let mut unique: Vec<&String> = handles.iter().collect();
+    unique.sort();
+    unique.dedup();
+    unique
 }
 
 async fn resolve_one(socket: &Path, instance: &str, deadline: Instant) -> Outcome {
@@ -303,7 +345,10 @@ pub fn main(
     err: &mut dyn Write,
 ) -> u8 {
     let started = Instant::now();
-    let request = match read_request(input, args.timeout).and_then(|b| parse_request(&b)) {
+    let request = match read_request(input, args.timeout)
+        .and_then(|b| parse_request(&b))
+        .and_then(check_bounds)
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "datadog-delegated-auth secret-helper: {e}");

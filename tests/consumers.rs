@@ -1281,3 +1281,66 @@ fn the_guides_key_watcher_runs_its_command_on_rotation() {
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait();
 }
+
+/// A crash between a sink's temporary write and its rename leaves a file holding a whole key:
+/// the daemon removes such files of its own at start (and on each write).
+#[test]
+fn sink_temporaries_left_by_a_crash_are_removed_at_start() {
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("api_key");
+    let stale = keys.path().join(".api_key.tmp-4242-1234567890");
+    std::fs::write(&stale, KEY_B).unwrap();
+    let (group, _) = sink_group();
+    let d = Daemon::start(
+        &static_config(KEY_A),
+        &sink_settings(&path, &group),
+        base_env(),
+    );
+    wait_for(
+        "the sink file",
+        Duration::from_secs(30),
+        || (read(&path) == KEY_A).then_some(()),
+        || d.logs(),
+    );
+    assert_eq!(leftovers(keys.path()), Vec::<String>::new());
+    assert!(
+        d.logs().contains("Removed a temporary key file"),
+        "{}",
+        d.logs()
+    );
+}
+
+/// However many handles it is asked for, the helper's answer stays under the Agent's 1 MiB
+/// output cap: at most `MAX_HANDLES` distinct handles of at most `MAX_HANDLE_BYTES` are
+/// answered; a request past either bound is refused whole.
+#[test]
+fn secret_helper_answers_stay_under_the_agents_output_cap() {
+    use datadog_delegated_auth::secret_helper::{MAX_HANDLE_BYTES, MAX_HANDLES};
+    let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
+    let request = |handles: Vec<String>| {
+        serde_json::json!({"version": "1.0", "secrets": handles})
+            .to_string()
+            .into_bytes()
+    };
+    // The most handles answered, each unknown and as long as a handle may be.
+    let mut handles: Vec<String> = (0..MAX_HANDLES - 1)
+        .map(|i| format!("{i:0>width$}", width = MAX_HANDLE_BYTES))
+        .collect();
+    handles.push("api_key".into());
+    let (code, out, err, _) = secret_helper(&d.socket, &["--timeout", "20s"], &request(handles));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() < 1024 * 1024, "{} bytes", out.len());
+    let answer: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(answer["api_key"]["value"], KEY_A);
+    assert_eq!(answer.as_object().unwrap().len(), MAX_HANDLES);
+    // More distinct handles than that: refused whole, with the reason, nothing on stdout.
+    let many: Vec<String> = (0..50_000).map(|i| format!("h{i}")).collect();
+    let (code, out, err, _) = secret_helper(&d.socket, &[], &request(many));
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("50000 distinct handles"), "{err}");
+    let (code, out, err, _) = secret_helper(&d.socket, &[], &request(vec!["x".repeat(900 * 1024)]));
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("handle of 921600 bytes"), "{err}");
+}

@@ -216,12 +216,24 @@ impl std::fmt::Display for LogFormat {
 // ---------------------------------------------------------------------------------------------
 // Raw serde structs (the file as written).
 
+/// A key that is present, whatever its value (null included): `Some(value)`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSettings {
     socket: Option<RawSocket>,
-    access: Option<Spanned<Vec<Spanned<RawAccessRule>>>>,
+    /// `Some(None)`: the key is there with no value (`access:` alone), which is not the same
+    /// as no key at all.
+    #[serde(default, deserialize_with = "present")]
+    access: Option<Option<Spanned<Vec<Spanned<RawAccessRule>>>>>,
     fallback_api_key_file: Option<Spanned<String>>,
     refresh: Option<RawRefresh>,
     sinks: Option<Vec<Spanned<RawSink>>>,
@@ -539,17 +551,23 @@ pub(crate) fn validate(
         .unwrap_or(false);
 
     // access
-    if let Some(rules) = &raw.access {
+    // `access:` with no value is an empty list: what was written names no reader, so nobody
+    // reads (failing closed, as `access: []`), with the same warning.
+    let access = raw.access.as_ref().map(|rules| match rules {
+        Some(rules) => (rules.value.as_slice(), line(rules)),
+        None => (&[][..], None),
+    });
+    if let Some((rules, rules_line)) = access {
         let mut list = Vec::new();
-        if rules.value.is_empty() {
+        if rules.is_empty() {
             c.warn(
                 "access",
-                line(rules),
+                rules_line,
                 "the access list is empty, so every key read will be refused",
                 "add rules, or remove `access` to let whoever can open the socket read keys",
             );
         }
-        for (i, rule) in rules.value.iter().enumerate() {
+        for (i, rule) in rules.iter().enumerate() {
             let key = format!("access[{i}]");
             let r = &rule.value;
             if r.instances.is_empty() {
@@ -1079,6 +1097,13 @@ log: { level: info, format: text }   # or json; env DD_LOG_LEVEL
     fn access_warnings() {
         let (_, problems) = run("access: []\n", &[]);
         assert_eq!(keys(&problems.warnings), vec!["access"]);
+        // Left empty: the same list, the same warning, nobody reads.
+        let (s, problems) = run("access:\n", &[]);
+        assert_eq!(keys(&problems.warnings), vec!["access"]);
+        assert_eq!(s.unwrap().settings.access, Some(Vec::new()));
+        let (s, problems) = run("log: { level: info }\n", &[]);
+        assert!(problems.warnings.is_empty());
+        assert_eq!(s.unwrap().settings.access, None);
         let (_, problems) = run("access:\n  - instances: []\n", &[]);
         assert_eq!(keys(&problems.errors), vec!["access[0].instances"]);
         assert_eq!(keys(&problems.warnings), vec!["access[0]"]);

@@ -151,6 +151,9 @@ struct Applied {
     access: AccessPolicy,
     exchanger: Arc<AwsExchanger>,
     sinks: Vec<SinkSpec>,
+    /// `socket.mode` and the resolved `socket.group`.
+    socket_mode: u32,
+    socket_gid: Option<u32>,
 }
 
 fn resolve_uid(id: &IdRef) -> Result<u32, String> {
@@ -267,9 +270,25 @@ fn sink_specs(cfg: &Config) -> Result<Vec<SinkSpec>, Vec<String>> {
 fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
     let access = access_policy(cfg);
     let sinks = sink_specs(cfg);
-    let (access, sinks) = match (access, sinks) {
-        (Ok(a), Ok(s)) => (a, s),
-        (a, s) => return Err(a.err().into_iter().chain(s.err()).flatten().collect()),
+    let gid = cfg
+        .settings
+        .socket
+        .group
+        .as_ref()
+        .map(resolve_gid)
+        .transpose()
+        .map_err(|e| vec![format!("socket.group: {e}")]);
+    let (access, sinks, socket_gid) = match (access, sinks, gid) {
+        (Ok(a), Ok(s), Ok(g)) => (a, s, g),
+        (a, s, g) => {
+            return Err(a
+                .err()
+                .into_iter()
+                .chain(s.err())
+                .chain(g.err())
+                .flatten()
+                .collect());
+        }
     };
     let exchanger = AwsExchanger::new(cfg).map_err(|e| vec![e])?;
     Ok(Applied {
@@ -282,6 +301,8 @@ fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
         access,
         exchanger: Arc::new(exchanger),
         sinks,
+        socket_mode: cfg.settings.socket.mode,
+        socket_gid,
     })
 }
 
@@ -362,20 +383,7 @@ impl Daemon {
             }
         };
         let socket = socket_path(&opts, &cfg);
-        let gid = match cfg
-            .settings
-            .socket
-            .group
-            .as_ref()
-            .map(resolve_gid)
-            .transpose()
-        {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("error: socket.group: {e}");
-                return exit::CONFIG;
-            }
-        };
+        let gid = applied.socket_gid;
         // Signal handlers and the file watcher exist before anyone can learn we are up (the
         // socket, READY=1): a SIGHUP sent right after start must reload, not kill us, and an
         // edit made right after start must not be missed.
@@ -435,6 +443,7 @@ impl Daemon {
             rejections: Arc::new(ManagerRejections(manager.handle())),
             limits: Limits {
                 max_connections: cfg.settings.socket.max_connections,
+                max_connections_per_uid: server::per_uid_share(cfg.settings.socket.max_connections),
                 idle_timeout: cfg.settings.socket.idle_timeout,
                 ..Limits::default()
             },
@@ -529,12 +538,15 @@ impl Daemon {
                 }
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
-                    let socket = self.socket.path.clone();
+                    let (socket, id) = (self.socket.path.clone(), self.socket.id);
                     tokio::spawn(async move {
                         while let Some(c) = rx.recv().await {
                             if c == Control::Shutdown {
                                 warn!("Second stop signal: exiting now.");
-                                remove_socket(&socket);
+                                // Only our own socket, as on a graceful stop.
+                                if id.is_some() && file_id(&socket) == id {
+                                    remove_socket(&socket);
+                                }
                                 std::process::exit(i32::from(exit::FAILURE));
                             }
                         }
@@ -587,6 +599,34 @@ impl Daemon {
         }
     }
 
+    /// Applies a changed `socket.mode` or `socket.group`: a new socket with the new permissions
+    /// replaces the old one at the same path (see [`server::rebind`]); connections already
+    /// open are served to their end.
+    async fn apply_socket_permissions(
+        &mut self,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<(), Vec<String>> {
+        if (mode, gid) == (self.socket.mode, self.socket.gid) {
+            return Ok(());
+        }
+        let path = self.socket.path.clone();
+        let listener = server::rebind(&path, mode, gid).map_err(|e| {
+            vec![format!(
+                "socket.mode/socket.group: the new permissions cannot be applied: {e}"
+            )]
+        })?;
+        self.socket.mode = mode;
+        self.socket.gid = gid;
+        self.socket.id = file_id(&path);
+        self.socket.foreign_reported = false;
+        if self.socket.rebind.send(listener).await.is_err() {
+            return Err(vec!["the server has stopped".to_owned()]);
+        }
+        info!(path = %path.display(), mode = format!("{mode:04o}"), gid = ?gid, "Applied the new socket mode and group.");
+        Ok(())
+    }
+
     async fn reload(&mut self, trigger: control::Trigger, tx: &mpsc::Sender<Control>) {
         let paths = self.opts.paths.clone();
         let watched = self.files.paths.clone();
@@ -635,14 +675,25 @@ impl Daemon {
         };
         info!(trigger = trigger.as_str(), "Reloading the configuration.");
         let result = match loaded {
-            Ok(Ok(cfg)) => prepare(&cfg).map(|a| (cfg, a)),
+            Ok(Ok(cfg)) => match prepare(&cfg) {
+                // The socket first, since it can fail: nothing else changes if it does.
+                Ok(a) => self
+                    .apply_socket_permissions(a.socket_mode, a.socket_gid)
+                    .await
+                    .map(|()| (cfg, a)),
+                Err(e) => Err(e),
+            },
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Err(e) => Err(vec![e]),
         };
         match result {
             Ok((cfg, applied)) => {
-                if socket_path(&self.opts, &cfg) != socket_path(&self.opts, &self.config) {
-                    warn!("socket.path changed: the new path takes effect at the next restart.");
+                let pending = restart_only_changes(&self.opts, &self.config, &cfg);
+                for key in &pending {
+                    warn!(
+                        key,
+                        "This setting changed; it takes effect at the next restart (the running daemon keeps its current value)."
+                    );
                 }
                 if let Err(e) = self.log.set_level(&cfg.settings.log.level) {
                     warn!("{e}");
@@ -662,6 +713,11 @@ impl Daemon {
                     .warnings
                     .iter()
                     .map(|w| format!("{}: {}", w.key, w.message))
+                    .chain(
+                        pending
+                            .iter()
+                            .map(|key| format!("{key}: changed; takes effect at the next restart")),
+                    )
                     .collect();
                 self.state.info.store(Arc::new(info));
                 self.state.metrics.reload("success");
@@ -688,6 +744,32 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Settings a reload cannot apply to the running daemon, changed between `old` and `new`: the
+/// socket's path (consumers find the daemon where it is), the server's limits (fixed for the
+/// connections and the accept loop they bound) and the log format (the subscriber is installed
+/// once). Everything else a reload applies.
+fn restart_only_changes(opts: &RunOptions, old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.settings, &new.settings);
+    [
+        (
+            "socket.path",
+            socket_path(opts, old) != socket_path(opts, new),
+        ),
+        (
+            "socket.max_connections",
+            o.socket.max_connections != n.socket.max_connections,
+        ),
+        (
+            "socket.idle_timeout",
+            o.socket.idle_timeout != n.socket.idle_timeout,
+        ),
+        ("log.format", o.log.format != n.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Watches the configuration files; a failure leaves SIGHUP as the way to reload.

@@ -16,6 +16,10 @@ const MAX_DETAIL_CHARS: usize = 512;
 /// See [`MAX_DETAIL_CHARS`].
 const MAX_DETAIL_TOTAL_CHARS: usize = 1024;
 
+/// The longest API key accepted from an exchange. Datadog's API keys are 32 characters; the
+/// margin is for formats to come, the bound for the consumers (headers, environments, files).
+pub const MAX_API_KEY_BYTES: usize = 256;
+
 /// The managed API key in a 200 answer, `data.attributes.api_key` of
 /// `{"data":{"id":…,"type":"intake_api_key","attributes":{"api_key":"…","org_id":…}}}`. Extra
 /// fields are ignored, as in the Agent.
@@ -55,13 +59,19 @@ pub fn parse_response(body: &[u8]) -> Result<Secret, ExchangeError> {
     if key.is_empty() {
         return Err(invalid("api_key is empty in response"));
     }
-    if key
-        .expose()
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    // Only what an API key can be: it goes into HTTP headers, environment variables (`exec`)
+    // and files, where anything else breaks the consumer (a 600 KB key made exec fail with
+    // E2BIG).
+    if key.expose().len() > MAX_API_KEY_BYTES {
+        return Err(invalid(&format!(
+            "`data.attributes.api_key` is {} bytes long; an API key is at most {MAX_API_KEY_BYTES}",
+            key.expose().len()
+        )));
+    }
+    if !key.expose().bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(
-            "`data.attributes.api_key` contains whitespace or control characters",
+            "`data.attributes.api_key` contains characters other than printable ASCII \
+             (whitespace, control characters or non-ASCII)",
         ));
     }
     Ok(key)
@@ -197,7 +207,21 @@ mod tests {
             ("array", "[]"),
             ("empty body", ""),
             ("truncated", r#"{"data":{"attributes":{"api_key":"abc"#),
+            (
+                "non-ASCII",
+                r#"{"data":{"attributes":{"api_key":"abcé0123"}}}"#,
+            ),
+            ("tab", r#"{"data":{"attributes":{"api_key":"abc\tdef"}}}"#),
         ];
+        let long = format!(
+            r#"{{"data":{{"attributes":{{"api_key":"{}"}}}}}}"#,
+            "k".repeat(MAX_API_KEY_BYTES + 1)
+        );
+        let err = parse_response(long.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), "invalid_response");
+        assert!(err.to_string().contains("257 bytes long"), "{err}");
+        let longest = long.replace(&format!("{}\"", "k".repeat(2)), "\"");
+        assert!(parse_response(longest.as_bytes()).is_ok());
         for (name, body) in bad {
             let err = parse_response(body.as_bytes()).expect_err(name);
             assert_eq!(err.kind(), "invalid_response", "{name}");
