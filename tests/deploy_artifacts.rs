@@ -1,11 +1,14 @@
 //! Structure checks of the deployment artifacts (product §10), read as the tools read them.
 //!
-//! No container engine or cluster runs in CI, so these tests hold the artifacts to the properties
-//! the deployments rely on: the ECS task definition (`packaging/ecs/task-definition.json`), the
-//! EKS manifests (`packaging/eks/*.yaml`), the image (`packaging/Dockerfile`) and the daemon
-//! settings baked into it (`packaging/container/delegated-auth.yaml`), and the systemd unit with
-//! its tmpfiles.d entry. They also cross-check the artifacts against each other: the uid the
-//! image runs as, the socket directory every side mounts, and the key file the Agent reads.
+//! These tests hold the artifacts to the properties the deployments rely on, statically and in
+//! seconds: the ECS task definition (`packaging/ecs/task-definition.json`), the EKS manifests
+//! (`packaging/eks/*.yaml`), the image (`packaging/Dockerfile`) and the daemon settings baked into
+//! it (`packaging/container/delegated-auth.yaml`), and the systemd unit with its tmpfiles.d entry.
+//! They also cross-check the artifacts against each other: the uid the image runs as, the socket
+//! directory every side mounts, and the key file the Agent reads. `scripts/check-deploy` then runs
+//! them for real (the packages under a booted systemd, the image under podman as the task
+//! definition runs it); no cluster can be had, so the EKS manifests are validated there and their
+//! pod played by `scripts/check-kube-play`.
 //! Field-name typos are caught separately by `scripts/check-deploy` (botocore's ECS model,
 //! `kubernetes-validate --strict`, hadolint, `systemd-analyze verify`).
 
