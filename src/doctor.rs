@@ -524,7 +524,7 @@ fn config_check<'c>(
                                 cfg.paths.config.display()
                             ),
                             "set delegated_auth.org_uuid in datadog.yaml (or a product \
-                             section's delegated_auth.org_uuid, or a DELA(...) directive)",
+                             section's delegated_auth.org_uuid, or a DELA[...] directive)",
                         ),
                         None,
                     );

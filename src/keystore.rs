@@ -34,6 +34,10 @@ pub enum KeyState {
     Fallback,
     /// Nothing can be served.
     Unavailable,
+    /// The configuration entry is inert (a bad directive, an endpoint without a domain or host,
+    /// a directive on the TCP logs transport: wire spec §10.2). It never serves a key; the
+    /// status says what is wrong and how to fix it.
+    Invalid,
 }
 
 impl KeyState {
@@ -44,6 +48,7 @@ impl KeyState {
             KeyState::Active => "active",
             KeyState::Fallback => "fallback",
             KeyState::Unavailable => "unavailable",
+            KeyState::Invalid => "invalid",
         }
     }
 }
@@ -108,8 +113,10 @@ pub struct InstanceStatus {
     pub last_error_kind: Option<&'static str>,
     /// Where the fallback key comes from (`api_key`, `fallback_api_key_file`, …), if any.
     pub fallback_origin: Option<String>,
-    /// Why the instance is in fallback or unavailable.
+    /// Why the instance is in fallback, unavailable or invalid.
     pub reason: Option<String>,
+    /// For an invalid instance: how to fix its configuration entry.
+    pub fix: Option<String>,
     /// Other instances sharing this instance's exchange (same org, endpoint and region).
     pub shared_with: Vec<String>,
 }
@@ -328,7 +335,12 @@ impl KeyStore {
     pub fn is_ready(&self) -> bool {
         self.slots.load().values().all(|slot| {
             let s = slot.current();
-            matches!(s.state, KeyState::Active | KeyState::Fallback)
+            // An invalid entry never serves a key, and waiting for it would keep the daemon
+            // unready for good: it does not count (wire spec §10.2, everything else runs).
+            matches!(
+                s.state,
+                KeyState::Active | KeyState::Fallback | KeyState::Invalid
+            )
         })
     }
 }

@@ -110,7 +110,7 @@ pub struct ConfigStatus {
 pub struct InstanceDoc {
     /// Instance name.
     pub name: String,
-    /// `pending`, `active`, `fallback` or `unavailable`.
+    /// `pending`, `active`, `fallback`, `unavailable` or `invalid`.
     pub state: String,
     /// `delegated` or `fallback` when a key is served.
     pub source: Option<String>,
@@ -146,8 +146,11 @@ pub struct InstanceDoc {
     pub error: Option<String>,
     /// Where the fallback key comes from.
     pub fallback_origin: Option<String>,
-    /// Why the instance is in fallback or unavailable.
+    /// Why the instance is in fallback or unavailable, or what is wrong with an invalid entry.
     pub reason: Option<String>,
+    /// For an invalid entry: how to fix it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
     /// Instances sharing this one's exchange.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
@@ -203,6 +206,7 @@ impl InstanceDoc {
             error,
             fallback_origin: st.fallback_origin.clone(),
             reason: st.reason.clone(),
+            fix: st.fix.clone(),
             shared_with: st.shared_with.clone(),
         }
     }
@@ -322,6 +326,9 @@ pub fn render_text(doc: &StatusDoc) -> String {
         }
         if let Some(r) = &i.reason {
             let _ = writeln!(out, "    Reason: {r}");
+        }
+        if let Some(f) = &i.fix {
+            let _ = writeln!(out, "    Fix: {f}");
         }
         if let Some(e) = &i.error {
             let _ = writeln!(out, "    Error: {e}");

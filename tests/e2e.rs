@@ -394,6 +394,118 @@ fn a_dela_directive_is_exchanged_against_its_own_site() {
     w.assert_no_secrets_in_log(&d, &extra);
 }
 
+/// Wire spec §10.1/§10.2: the newest Agent's `DELA[...]` form is exchanged like `DELA(...)`,
+/// and a bad directive, a blank endpoint or a directive on the TCP logs transport makes only its
+/// own entry inert: the daemon starts, serves everything else, and shows those entries as
+/// `invalid` with the problem and the fix, never with a key.
+#[test]
+fn bracket_directives_run_and_bad_entries_stay_inert() {
+    let w = World::start();
+    let eu = w.another_site();
+    let eu_org = eu.add_org(&uuid());
+    eu.add_intake_mapping(&eu_org.uuid, common::world::PATTERN);
+    let yaml = w.datadog_yaml(&format!(
+        "additional_endpoints:\n  \"{url}\":\n    - \"DELA[{org}, aws]\"\n    - \"DELA[{org}, aws)\"\n  \"\": [\"DELA[{org}, aws]\"]\n\
+         logs_config:\n  additional_endpoints:\n    - api_key: \"DELA[{org}, aws]\"\n      host: {url}\n",
+        url = eu.url(),
+        org = eu_org.uuid
+    ));
+    let d = Daemon::start(&yaml, SETTINGS, w.static_env());
+    let good = format!("additional_endpoints[{}][0]", eu.url());
+    let v = d.wait_key(&good, "the bracket directive's managed key", |v| {
+        v["source"] == "delegated"
+    });
+    assert_eq!(
+        eu.key_org(v["api_key"].as_str().unwrap()).as_deref(),
+        Some(eu_org.uuid.as_str())
+    );
+    managed_key(&w, &d, "api_key", &w.org.uuid);
+
+    let mixed = format!("additional_endpoints[{}][1]", eu.url());
+    let inert = [
+        (mixed.as_str(), "mixes the two forms", "DELA["),
+        (
+            "additional_endpoints[][0]",
+            "has no domain",
+            "endpoint's URL",
+        ),
+        (
+            "logs_config.additional_endpoints[0]",
+            "not supported over TCP",
+            "force_use_http",
+        ),
+    ];
+    let list = d.json("/v1/keys");
+    for (name, problem, fix) in inert {
+        let doc = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {list}"));
+        assert_eq!(doc["state"], "invalid", "{doc}");
+        assert!(doc["key"].is_null() && doc["source"].is_null(), "{doc}");
+        assert!(doc["reason"].as_str().unwrap().contains(problem), "{doc}");
+        assert!(doc["fix"].as_str().unwrap().contains(fix), "{doc}");
+        let r = d.get(&format!("/v1/keys/{}", client::encode_instance(name)));
+        assert_eq!(r.status, 503, "never a key for {name}");
+        assert!(!String::from_utf8_lossy(&r.body).contains("api_key\":\""));
+        // One warning per load, naming the entry.
+        let logs = d.logs();
+        let warned = logs
+            .lines()
+            .filter(|l| l.contains("stays inert") && l.contains(name))
+            .count();
+        assert_eq!(warned, 1, "{name}:\n{logs}");
+    }
+    assert_eq!(
+        d.get("/v1/health/ready").status,
+        200,
+        "invalid entries do not block readiness"
+    );
+    let metrics = String::from_utf8(d.get("/metrics").body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("\ndelegated_auth_invalid_entries 3\n"),
+        "{metrics}"
+    );
+    let (code, out, _) = cli(
+        &["status", "--socket", d.socket.to_str().unwrap()],
+        &base_env(),
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "- {mixed}\n    Status: Pending (invalid)\n    Reason: "
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("    Fix: set logs_config.force_use_http: true"),
+        "{out}"
+    );
+
+    // The same file fails check-config, so CI catches it.
+    let (code, _, err) = cli(
+        &[
+            "check-config",
+            "--config",
+            d.config.to_str().unwrap(),
+            "--settings",
+            d.settings.to_str().unwrap(),
+        ],
+        &base_env(),
+    );
+    assert_eq!(code, 78, "{err}");
+    assert_eq!(
+        err.matches("(this entry is inert; the rest runs)").count(),
+        3,
+        "{err}"
+    );
+    let mut extra = vec![eu_org.api_key.clone()];
+    extra.extend(eu.issued_keys(&eu_org.uuid).into_iter().map(|k| k.key));
+    w.assert_no_secrets_in_log(&d, &extra);
+}
+
 #[test]
 fn outage_keeps_the_last_key_rejection_falls_back_recovery_returns() {
     let w = World::start();

@@ -155,7 +155,7 @@ pub(crate) fn apply(
                             format!("is not valid JSON: {err}"),
                             format!(
                                 "set {var} to a JSON document, e.g. \
-                                 '{{\"https://app.datadoghq.eu\": [\"DELA(<org_uuid>, aws)\"]}}' \
+                                 '{{\"https://app.datadoghq.eu\": [\"DELA[<org_uuid>, aws]\"]}}' \
                                  for additional_endpoints, or unset it"
                             ),
                         )

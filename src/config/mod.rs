@@ -10,7 +10,7 @@
 //! - `node`: a position-aware YAML tree for the Agent's file (which may hold anything);
 //! - `env`: the Agent's `DD_*` environment overrides, grafted into that tree;
 //! - `agent`: reads our keys from the tree and names the instances (product §6);
-//! - [`dela`]: the `DELA(...)` directive parser (wire spec §4.4);
+//! - [`dela`]: the `DELA[...]`/`DELA(...)` directive parser (wire spec §4.4, §10.1);
 //! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
 //! - `problem`: [`Problem`] and [`ConfigErrors`].
 
@@ -179,6 +179,12 @@ pub struct InstanceSpec {
     pub fallback_origin: Option<String>,
     /// Notes for `check-config`, e.g. that a key slot holds a secret handle.
     pub notes: Vec<String>,
+    /// For a DELA instance: the form its directive was written in.
+    pub directive_form: Option<dela::Form>,
+    /// Set when this entry is inert (wire spec §10.2): a bad directive, an endpoint without a
+    /// domain or host, or a directive on the TCP logs transport. The instance is shown in state
+    /// `invalid` with this problem and its fix, and never serves a key.
+    pub invalid: Option<Problem>,
 }
 
 /// How to obtain an instance's managed key.
@@ -202,10 +208,15 @@ pub struct DelegatedSpec {
 struct Report {
     config: Option<Config>,
     errors: Vec<Problem>,
+    /// Problems of single entries; the config is still usable (their instances are inert).
+    entry_errors: Vec<Problem>,
     warnings: Vec<Problem>,
 }
 
 /// Reads both files (and `fallback_api_key_file`), applies environment overrides, and validates.
+///
+/// A problem of one `additional_endpoints` entry does not fail the load (wire spec §10.2): that
+/// entry is an inert instance with [`InstanceSpec::invalid`] set. `check-config` still fails.
 ///
 /// # Errors
 /// Every problem found, at once. Warnings are in [`Config::warnings`] on success.
@@ -454,6 +465,7 @@ fn validate_texts(
         return Report {
             config: None,
             errors: problems.errors,
+            entry_errors: problems.entry_errors,
             warnings: problems.warnings,
         };
     };
@@ -487,11 +499,11 @@ fn validate_texts(
             "delegated_auth.org_uuid",
             "no instance uses delegated auth, so the daemon only serves static keys",
             "set delegated_auth.org_uuid (or a product section's delegated_auth.org_uuid, or a \
-             DELA(...) directive in additional_endpoints)",
+             DELA[...] directive in additional_endpoints)",
         ));
     }
     for spec in &instances {
-        if spec.delegated.is_none() && spec.fallback.is_none() {
+        if spec.delegated.is_none() && spec.fallback.is_none() && spec.invalid.is_none() {
             problems.warn(Problem::new(
                 &paths.config,
                 spec.name.as_str(),
@@ -513,6 +525,7 @@ fn validate_texts(
             settings_file_present,
         }),
         errors: problems.errors,
+        entry_errors: problems.entry_errors,
         warnings: problems.warnings,
     }
 }
@@ -522,6 +535,7 @@ fn validate_texts(
 fn sort_problems(problems: &mut Problems, paths: &Paths) {
     let rank = |p: &Problem| (p.file != paths.config, p.line.unwrap_or(0));
     problems.errors.sort_by_key(rank);
+    problems.entry_errors.sort_by_key(rank);
     problems.warnings.sort_by_key(rank);
 }
 
@@ -623,7 +637,7 @@ fn read_fallback_file(
     } else if secret.expose().contains(char::is_whitespace) {
         Some("the fallback key file must hold exactly one key (it contains whitespace)")
     } else if agent::is_secret_handle(secret.expose()) || dela::is_directive(secret.expose()) {
-        Some("the fallback key file must hold a literal key, not ENC[...] or DELA(...)")
+        Some("the fallback key file must hold a literal key, not ENC[...], DELA[...] or DELA(...)")
     } else {
         None
     };
@@ -793,6 +807,17 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(out, "Instances ({}):", cfg.instances.len());
     for spec in &cfg.instances {
         let _ = writeln!(out, "  - {}", spec.name);
+        if let Some(form) = spec.directive_form {
+            let _ = writeln!(out, "      directive: {}", form.describe());
+        }
+        if let Some(problem) = &spec.invalid {
+            let _ = writeln!(
+                out,
+                "      state:     invalid (inert): {}; fix: {}",
+                problem.message, problem.fix
+            );
+            continue;
+        }
         match &spec.delegated {
             Some(d) => {
                 let _ = writeln!(out, "      org_uuid:  {}", d.org_uuid);
@@ -853,14 +878,24 @@ pub fn check_config_main(
 ) -> u8 {
     let report = load_report(paths, env);
     match report.config {
-        Some(config) if report.errors.is_empty() => {
+        Some(config) if report.errors.is_empty() && report.entry_errors.is_empty() => {
             let _ = out.write_all(describe(&config).as_bytes());
             let _ = writeln!(out, "Configuration OK.");
             0
         }
-        _ => {
+        config => {
+            // An entry's problem fails the check, so CI catches it, even though the daemon would
+            // start and keep only that entry inert (wire spec §10.2): show what would run.
+            if report.errors.is_empty()
+                && let Some(config) = &config
+            {
+                let _ = out.write_all(describe(config).as_bytes());
+            }
             for problem in &report.errors {
                 let _ = writeln!(err, "error: {problem}");
+            }
+            for problem in &report.entry_errors {
+                let _ = writeln!(err, "error: {problem} (this entry is inert; the rest runs)");
             }
             for problem in &report.warnings {
                 let _ = writeln!(err, "warning: {problem}");
@@ -868,7 +903,7 @@ pub fn check_config_main(
             let _ = writeln!(
                 err,
                 "Configuration invalid: {} error(s), {} warning(s).",
-                report.errors.len(),
+                report.errors.len() + report.entry_errors.len(),
                 report.warnings.len()
             );
             EXIT_BAD_CONFIG

@@ -61,6 +61,45 @@ fn errors(agent: &str) -> Vec<Problem> {
     load(&f.paths, &no_env).expect_err("should fail").0
 }
 
+/// Problems of single entries (wire spec §10.2): the load succeeds, with those entries inert,
+/// while `check-config` fails. Returns the loaded config and the entries' problems.
+fn entry_errors(agent: &str) -> (Config, Vec<Problem>) {
+    let f = fixture(agent, None);
+    let report = load_report(&f.paths, &no_env);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let cfg = report.config.expect("a usable configuration");
+    // Every entry problem is the problem of exactly one invalid instance, and `load` agrees.
+    for p in &report.entry_errors {
+        assert!(
+            cfg.instances
+                .iter()
+                .any(|i| i.name == p.key && i.invalid.is_some()),
+            "{p}"
+        );
+    }
+    assert!(load(&f.paths, &no_env).is_ok());
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = check_config_main(&f.paths, &no_env, &mut out, &mut err);
+    assert_eq!(
+        code,
+        if report.entry_errors.is_empty() {
+            0
+        } else {
+            EXIT_BAD_CONFIG
+        }
+    );
+    (cfg, report.entry_errors)
+}
+
+fn invalid_names(cfg: &Config) -> Vec<&str> {
+    cfg.instances
+        .iter()
+        .filter(|i| i.invalid.is_some())
+        .map(|i| i.name.as_str())
+        .collect()
+}
+
 fn names(cfg: &Config) -> Vec<&str> {
     cfg.instances.iter().map(|i| i.name.as_str()).collect()
 }
@@ -580,20 +619,39 @@ fn dela_list_shape_instances() {
 }
 
 #[test]
-fn dela_list_shape_warns_without_http_transport() {
-    let cfg = ok(&format!(
-        "logs_config:\n  use_http: false\n  additional_endpoints:\n\
-         \x20 - api_key: \"DELA({ORG_EU}, aws)\"\n    host: intake.datadoghq.eu\n"
+fn dela_list_shape_over_tcp_is_inert() {
+    // The newest Agent refuses directives on the TCP logs transport: every directive entry is
+    // an invalid instance, in either form; the rest runs.
+    let (cfg, errs) = entry_errors(&format!(
+        "api_key: {KEY}\nlogs_config:\n  use_http: false\n  additional_endpoints:\n\
+         \x20 - api_key: \"DELA[{ORG_EU}, aws]\"\n    host: intake.datadoghq.eu\n\
+         \x20 - api_key: \"DELA({ORG}, aws)\"\n    host: intake.datadoghq.com\n"
     ));
-    assert_eq!(names(&cfg).len(), 2);
-    let w: Vec<&Problem> = cfg
-        .warnings
-        .iter()
-        .filter(|p| p.key == "logs_config.additional_endpoints[0]")
-        .collect();
-    assert_eq!(w.len(), 1);
-    assert!(w[0].fix.contains("force_use_http"));
-    assert_eq!(w[0].line, Some(4));
+    assert_eq!(
+        invalid_names(&cfg),
+        vec![
+            "logs_config.additional_endpoints[0]",
+            "logs_config.additional_endpoints[1]"
+        ]
+    );
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+    assert_eq!(errs.len(), 2);
+    assert!(
+        errs[0].message.contains("not supported over TCP"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].fix.contains("force_use_http"));
+    assert_eq!(errs[0].line, Some(5));
+    assert_eq!(cfg.instances[1].directive_form, Some(dela::Form::Bracket));
+    assert_eq!(cfg.instances[2].directive_form, Some(dela::Form::Paren));
+    // Over HTTP both run.
+    let cfg = ok(&format!(
+        "logs_config:\n  force_use_http: true\n  additional_endpoints:\n\
+         \x20 - api_key: \"DELA[{ORG_EU}, aws]\"\n    host: intake.datadoghq.eu\n"
+    ));
+    assert!(invalid_names(&cfg).is_empty());
+    assert!(cfg.instances[1].delegated.is_some());
 }
 
 #[test]
@@ -624,9 +682,9 @@ fn dela_from_environment_json() {
 }
 
 #[test]
-fn bad_directives_are_errors_naming_the_key() {
-    let errs = errors(&format!(
-        "additional_endpoints:\n\
+fn bad_directives_make_only_their_entry_inert() {
+    let (cfg, errs) = entry_errors(&format!(
+        "api_key: {KEY}\nadditional_endpoints:\n\
          \x20 \"https://app.datadoghq.eu\":\n\
          \x20   - \"DELA(org, aws, fallback=secretvalue99)\"\n\
          \x20   - \"DELA({ORG}, gcp)\"\n\
@@ -634,21 +692,51 @@ fn bad_directives_are_errors_naming_the_key() {
          \x20   - \"DELA({ORG}, aws, secretvalue99)\"\n\
          \x20 \"\": [\"DELA({ORG}, aws)\"]\n\
          \x20 \"https://x\": \"DELA({ORG}, aws)\"\n\
-         logs_config:\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws)\"\n      port: 443\n"
+         \x20 \"https://app.datadoghq.eu/mixed\": [\"DELA[{ORG}, aws)\"]\n\
+         \x20 \"https://app.us5.datadoghq.com\": [\"DELA[{ORG}, aws]\"]\n\
+         logs_config:\n  force_use_http: true\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws)\"\n      port: 443\n"
     ));
     let got: Vec<(&str, Option<usize>)> = errs.iter().map(|p| (p.key.as_str(), p.line)).collect();
     assert_eq!(
         got,
         vec![
-            ("additional_endpoints[https://app.datadoghq.eu][0]", Some(3)),
-            ("additional_endpoints[https://app.datadoghq.eu][1]", Some(4)),
-            ("additional_endpoints[https://app.datadoghq.eu][2]", Some(5)),
-            ("additional_endpoints[https://app.datadoghq.eu][3]", Some(6)),
-            ("additional_endpoints[][0]", Some(7)),
-            ("additional_endpoints[https://x]", Some(8)),
-            ("logs_config.additional_endpoints[0]", Some(11)),
+            ("additional_endpoints[https://app.datadoghq.eu][0]", Some(4)),
+            ("additional_endpoints[https://app.datadoghq.eu][1]", Some(5)),
+            ("additional_endpoints[https://app.datadoghq.eu][2]", Some(6)),
+            ("additional_endpoints[https://app.datadoghq.eu][3]", Some(7)),
+            ("additional_endpoints[][0]", Some(8)),
+            ("additional_endpoints[https://x]", Some(9)),
+            (
+                "additional_endpoints[https://app.datadoghq.eu/mixed][0]",
+                Some(10)
+            ),
+            ("logs_config.additional_endpoints[0]", Some(15)),
         ]
     );
+    // TestMapShapeEntryWithoutADomainRegistersNothing: the blank map key registers nothing that
+    // serves (an inert instance only).
+    let blank = cfg.instance("additional_endpoints[][0]").unwrap();
+    assert!(blank.delegated.is_none() && blank.fallback.is_none() && blank.invalid.is_some());
+    // Everything else runs: the static api_key and the good directive.
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+    let good = cfg
+        .instance("additional_endpoints[https://app.us5.datadoghq.com][0]")
+        .unwrap();
+    assert!(good.invalid.is_none());
+    assert_eq!(good.directive_form, Some(dela::Form::Bracket));
+    assert_eq!(invalid_names(&cfg).len(), 8);
+    assert!(
+        cfg.instances
+            .iter()
+            .filter(|i| i.invalid.is_some())
+            .all(|i| i.delegated.is_none() && i.fallback.is_none())
+    );
+    assert!(
+        errs[6].message.contains("mixes the two forms"),
+        "{}",
+        errs[6]
+    );
+    assert!(errs[6].fix.contains("DELA[") && errs[6].fix.contains("DELA("));
     assert!(errs[0].message.contains("not a UUID"));
     assert!(errs[1].message.contains("unsupported provider `gcp`"));
     assert!(errs[2].message.contains("lowercase"));
@@ -710,10 +798,12 @@ fn odd_text_never_panics() {
         "proxy:\n  https: ééééééééé\nsite: \"é/é\"\nadditional_endpoints:\n  \"é\": [\"DELA(é, aws)\"]\n",
     );
     let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        vec!["proxy.https", "site", "additional_endpoints[é][0]"]
-    );
+    // The directive's problem is its entry's only (wire spec §10.2): not among the errors.
+    assert_eq!(keys, vec!["proxy.https", "site"]);
+    let (cfg, errs) =
+        entry_errors("additional_endpoints:\n  \"é\": [\"DELA[é, aws]\", \"DELA(é]\"]\n");
+    assert_eq!(errs.len(), 2);
+    assert_eq!(invalid_names(&cfg).len(), 2);
 }
 
 #[test]

@@ -23,9 +23,11 @@ use tracing::{error, info, warn};
 use self::control::Control;
 use self::exchanger::AwsExchanger;
 use crate::cli::exit;
-use crate::config::{self, Config, IdRef};
+use crate::config::{self, Config, IdRef, Problem};
 use crate::keystore::KeyStore;
-use crate::lifecycle::{ExchangeKey, InstancePlan, Manager, ManagerHandle, RejectOutcome, Timing};
+use crate::lifecycle::{
+    ExchangeKey, InstancePlan, InvalidEntry, Manager, ManagerHandle, RejectOutcome, Timing,
+};
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
 use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
@@ -182,6 +184,15 @@ pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
             }),
             fallback: i.fallback.clone(),
             fallback_origin: i.fallback_origin.clone(),
+            invalid: i.invalid.as_ref().map(|p| InvalidEntry {
+                // The problem's own text, without the fix (shown on its own).
+                problem: Problem {
+                    fix: String::new(),
+                    ..p.clone()
+                }
+                .to_string(),
+                fix: p.fix.clone(),
+            }),
         })
         .collect()
 }
