@@ -245,6 +245,90 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
     assert_eq!(v["api_key"], w.org.api_key.as_str());
 }
 
+/// Proxy precedence (wire spec §10.4) through the real binary: the IRSA STS call can only
+/// reach moto through the forwarder, so a managed key proves which proxy won. `HTTP_PROXY` beats
+/// `proxy.http` of the file, and `DD_PROXY_HTTP` beats `HTTP_PROXY`; `status` and `check-config`
+/// name the winner with its password masked.
+#[test]
+fn proxy_precedence_environment_over_the_file() {
+    let w = World::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94aWVkIn0.sig").unwrap();
+    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
+    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
+    let forward =
+        w.rt.block_on(Relay::start(RelayKind::Forward, moto))
+            .unwrap();
+    // A port nothing listens on: a proxy that refuses every connection.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let with_password = forward
+        .url()
+        .replacen("http://", "http://agent:hunter2@", 1);
+    let sts = format!("http://sts.proxied.invalid:{}", moto.port());
+    let yaml = w.datadog_yaml(&format!("proxy:\n  http: {dead}\n"));
+
+    for (extra, winner) in [
+        (vec![("HTTP_PROXY", with_password.as_str())], "HTTP_PROXY"),
+        (
+            vec![
+                ("DD_PROXY_HTTP", with_password.as_str()),
+                ("HTTP_PROXY", dead.as_str()),
+            ],
+            "DD_PROXY_HTTP",
+        ),
+    ] {
+        let mut env = irsa_env(&token, "proxied-agent", &sts);
+        for (k, v) in &extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let before = forward.accepted();
+        let d = Daemon::start(&yaml, SETTINGS, env.clone());
+        managed_key(&w, &d, "api_key", &w.org.uuid);
+        assert!(
+            forward.accepted() > before,
+            "{winner}: the STS call did not use it"
+        );
+        let shown = forward.url().replacen("http://", "http://***@", 1);
+        let status = d.json("/v1/status");
+        assert_eq!(
+            status["config"]["proxy"]["http"]["source"], winner,
+            "{status}"
+        );
+        assert_eq!(status["config"]["proxy"]["http"]["url"], shown.as_str());
+        let (code, out, _) = cli(
+            &["status", "--socket", d.socket.to_str().unwrap()],
+            &base_env(),
+        );
+        assert_eq!(code, 0);
+        assert!(
+            out.contains(&format!("Proxy: https=- http={shown} (from {winner})")),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"));
+        let (code, out, err) = cli(
+            &[
+                "check-config",
+                "--config",
+                d.config.to_str().unwrap(),
+                "--settings",
+                d.settings.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("http={shown} (from {winner})")),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"));
+        assert!(!d.logs().contains("hunter2"));
+    }
+}
+
 #[test]
 fn a_long_poll_sees_a_rotation_and_a_rejection_report_forces_one() {
     let w = World::start();

@@ -476,9 +476,13 @@ pub(crate) fn read(
     let proxy_node = r.child(root, "", "proxy");
     let proxy_section = r.section(proxy_node, "proxy");
     let mut proxy = ProxyConfig::default();
-    for (field, target) in [("http", &mut proxy.http), ("https", &mut proxy.https)] {
+    for (field, target, var) in [
+        ("http", &mut proxy.http, &mut proxy.http_var),
+        ("https", &mut proxy.https, &mut proxy.https_var),
+    ] {
         let path = format!("proxy.{field}");
         let node = r.child(proxy_section, "proxy", field);
+        *var = node.and_then(|n| n.env.clone());
         // Proxy URLs may carry credentials: read as secret, show redacted.
         if let Some(url) = r.string(node, &path, true) {
             let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
@@ -508,6 +512,7 @@ pub(crate) fn read(
     }
     let no_proxy_node = r.child(proxy_section, "proxy", "no_proxy");
     proxy.no_proxy = r.words(no_proxy_node, "proxy.no_proxy").unwrap_or_default();
+    proxy.no_proxy_var = no_proxy_node.and_then(|n| n.env.clone());
 
     let ssl_node = r.child(root, "", "skip_ssl_validation");
     let skip_ssl_validation = r.boolean(ssl_node, "skip_ssl_validation").unwrap_or(false);
@@ -596,6 +601,7 @@ pub(crate) fn read(
         dd_url,
         infra_endpoint: infra_endpoint.clone(),
         proxy,
+        proxy_in_effect: super::proxy::ProxyInEffect::default(),
         skip_ssl_validation,
         cloud_provider_metadata,
         ec2_metadata_timeout: Duration::from_millis(timeout_ms.unsigned_abs()),

@@ -20,6 +20,9 @@ pub(crate) enum EnvKind {
     /// A list given as space-separated words (`DD_PROXY_NO_PROXY="a b"`), as the Agent's
     /// string-slice settings read from the environment.
     Words,
+    /// A list split on commas and spaces (`DD_PROXY_NO_PROXY="a,b c"`), as the newest Agent's
+    /// `LoadProxyFromEnv` splits it (wire spec §10.4).
+    CommaOrSpaceWords,
     /// A JSON document (`DD_ADDITIONAL_ENDPOINTS='{"https://…": ["…"]}'`), as the Agent reads
     /// map- and list-shaped endpoint settings.
     Json,
@@ -72,7 +75,7 @@ pub(crate) fn bindings() -> Vec<Binding> {
         },
         bind(&["proxy", "http"], EnvKind::Scalar),
         bind(&["proxy", "https"], EnvKind::Scalar),
-        bind(&["proxy", "no_proxy"], EnvKind::Words),
+        bind(&["proxy", "no_proxy"], EnvKind::CommaOrSpaceWords),
         bind(&["skip_ssl_validation"], EnvKind::Scalar),
         bind(&["cloud_provider_metadata"], EnvKind::Words),
         bind(&["ec2_metadata_timeout"], EnvKind::Scalar),
@@ -136,6 +139,17 @@ pub(crate) fn apply(
             }),
             EnvKind::Words => Node::new(Value::Seq(
                 text.split_whitespace()
+                    .map(|w| {
+                        Node::new(Value::Scalar {
+                            text: w.to_owned(),
+                            kind: ScalarKind::Str,
+                        })
+                    })
+                    .collect(),
+            )),
+            EnvKind::CommaOrSpaceWords => Node::new(Value::Seq(
+                text.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|w| !w.is_empty())
                     .map(|w| {
                         Node::new(Value::Scalar {
                             text: w.to_owned(),
@@ -275,7 +289,7 @@ mod tests {
             ("DD_SITE", "datadoghq.eu"),
             ("DD_DELEGATED_AUTH_ORG_UUID", "b"),
             ("DD_LOGS_CONFIG_DELEGATED_AUTH_ORG_UUID", "c"),
-            ("DD_PROXY_NO_PROXY", " host1  host2 "),
+            ("DD_PROXY_NO_PROXY", " host1, host2,,.host3 "),
             ("DD_API_KEY", ""),
         ]);
         apply(&mut root, &env, Path::new("/f"), &mut problems);
@@ -290,7 +304,8 @@ mod tests {
         let Value::Seq(words) = &get(&root, &["proxy", "no_proxy"]).unwrap().value else {
             panic!("list")
         };
-        assert_eq!(words.len(), 2);
+        // Split on commas and spaces (wire spec §10.4).
+        assert_eq!(words.len(), 3);
         // Empty means unset.
         assert!(get(&root, &["api_key"]).is_none());
     }

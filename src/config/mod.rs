@@ -12,13 +12,15 @@
 //! - `agent`: reads our keys from the tree and names the instances (product §6);
 //! - [`dela`]: the `DELA[...]`/`DELA(...)` directive parser (wire spec §4.4, §10.1);
 //! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
-//! - `problem`: [`Problem`] and [`ConfigErrors`].
+//! - `problem`: [`Problem`] and [`ConfigErrors`];
+//! - [`proxy`]: the one proxy resolver (wire spec §10.4).
 
 mod agent;
 pub mod dela;
 mod env;
 mod node;
 mod problem;
+pub mod proxy;
 mod settings;
 
 use std::fmt::Write as _;
@@ -117,8 +119,11 @@ pub struct AgentConfig {
     pub dd_url: Option<String>,
     /// `dd_url` if set, else `https://app.<site>`: the exchange target of non-DELA instances.
     pub infra_endpoint: String,
-    /// `proxy.*`.
+    /// `proxy.*` as configured: the file, with `DD_PROXY_*` overrides.
     pub proxy: ProxyConfig,
+    /// The proxies in effect once the standard variables (`HTTPS_PROXY`, …) are applied with the
+    /// Agent's precedence ([`proxy::resolve`]): what `check-config` and `status` show.
+    pub proxy_in_effect: proxy::ProxyInEffect,
     /// `skip_ssl_validation` (honoured, with a warning).
     pub skip_ssl_validation: bool,
     /// `cloud_provider_metadata`, lowercased (default: the Agent's list, which includes `aws`).
@@ -151,6 +156,12 @@ pub struct ProxyConfig {
     pub https: Option<String>,
     /// Hosts that bypass the proxy.
     pub no_proxy: Vec<String>,
+    /// The `DD_PROXY_HTTP` variable when it set `http` (it then beats `HTTP_PROXY`).
+    pub http_var: Option<String>,
+    /// The `DD_PROXY_HTTPS` variable when it set `https`.
+    pub https_var: Option<String>,
+    /// The `DD_PROXY_NO_PROXY` variable when it set `no_proxy`.
+    pub no_proxy_var: Option<String>,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -159,6 +170,9 @@ impl std::fmt::Debug for ProxyConfig {
             .field("http", &self.http.as_deref().map(redact_url_credentials))
             .field("https", &self.https.as_deref().map(redact_url_credentials))
             .field("no_proxy", &self.no_proxy)
+            .field("http_var", &self.http_var)
+            .field("https_var", &self.https_var)
+            .field("no_proxy_var", &self.no_proxy_var)
             .finish()
     }
 }
@@ -470,9 +484,10 @@ fn validate_texts(
         };
     };
     let agent::AgentRead {
-        agent,
+        mut agent,
         mut instances,
     } = agent_read;
+    agent.proxy_in_effect = proxy::resolve(&agent.proxy, env);
     let settings = settings_read.settings;
 
     if let Some(interval) = settings.refresh.interval {
@@ -724,20 +739,8 @@ pub fn describe(cfg: &Config) -> String {
         a.ec2_metadata_token_lifetime.as_secs(),
         a.ec2_prefer_imdsv2
     );
-    if a.proxy.http.is_some() || a.proxy.https.is_some() || !a.proxy.no_proxy.is_empty() {
-        let _ = writeln!(
-            out,
-            "Proxy:               http={} https={} no_proxy=[{}]",
-            a.proxy
-                .http
-                .as_deref()
-                .map_or("-".into(), redact_url_credentials),
-            a.proxy
-                .https
-                .as_deref()
-                .map_or("-".into(), redact_url_credentials),
-            a.proxy.no_proxy.join(" ")
-        );
+    if a.proxy_in_effect.is_set() {
+        let _ = writeln!(out, "Proxy:               {}", a.proxy_in_effect.describe());
     }
     if a.skip_ssl_validation {
         let _ = writeln!(out, "TLS verification:    DISABLED (skip_ssl_validation)");

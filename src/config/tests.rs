@@ -1168,3 +1168,65 @@ fn load_from_strings_without_settings_text_is_a_missing_settings_file() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].message, "the settings file does not exist");
 }
+
+// ------------------------------------------------------------------------------------------
+// Proxy precedence (wire spec §10.4)
+
+/// Every combination of `DD_PROXY_HTTPS`, `HTTPS_PROXY`, `https_proxy` and the file's
+/// `proxy.https`, through `load` and `check-config`'s description: the first set one wins, and
+/// its password is masked. `no_proxy` likewise, `DD_PROXY_NO_PROXY` split on commas and spaces.
+#[test]
+fn proxy_precedence_through_load_and_describe() {
+    for mask in 0u8..16 {
+        let has = |bit: u8| mask & (1 << bit) != 0;
+        let yaml = if has(3) {
+            "proxy:\n  https: http://u:filepw@file:1\n  no_proxy: [file.example]\n"
+        } else {
+            ""
+        };
+        let f = fixture(yaml, None);
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if has(0) {
+            pairs.push(("DD_PROXY_HTTPS", "http://u:ddpw@dd:1"));
+            pairs.push(("DD_PROXY_NO_PROXY", "a.example, b.example c.example"));
+        }
+        if has(1) {
+            pairs.push(("HTTPS_PROXY", "http://u:upperpw@upper:1"));
+            pairs.push(("NO_PROXY", "upper.example,x"));
+        }
+        if has(2) {
+            pairs.push(("https_proxy", "http://u:lowerpw@lower:1"));
+            pairs.push(("no_proxy", "lower.example"));
+        }
+        let cfg = load(&f.paths, &env_of(&pairs)).unwrap_or_else(|e| panic!("{e}"));
+        let p = &cfg.agent.proxy_in_effect;
+        let (source, host, no_proxy): (&str, &str, &[&str]) = if has(0) {
+            (
+                "DD_PROXY_HTTPS",
+                "dd",
+                &["a.example", "b.example", "c.example"],
+            )
+        } else if has(1) {
+            ("HTTPS_PROXY", "upper", &["upper.example", "x"])
+        } else if has(2) {
+            ("https_proxy", "lower", &["lower.example"])
+        } else if has(3) {
+            ("proxy.https", "file", &["file.example"])
+        } else {
+            assert!(!p.is_set(), "mask {mask:04b}");
+            assert!(!describe(&cfg).contains("Proxy:"));
+            continue;
+        };
+        let https = p.https.as_ref().unwrap();
+        assert_eq!(https.source, source, "mask {mask:04b}");
+        assert_eq!(p.no_proxy, no_proxy, "mask {mask:04b}");
+        let text = describe(&cfg);
+        let line = format!(
+            "Proxy:               https=http://***@{host}:1 (from {source}) http=- no_proxy=[{}] (from {})",
+            no_proxy.join(" "),
+            p.no_proxy_source.as_deref().unwrap()
+        );
+        assert!(text.contains(&line), "mask {mask:04b}: {text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+}

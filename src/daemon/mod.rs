@@ -32,7 +32,7 @@ use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
 use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
 use crate::sink::{self, SinkSpec};
-use crate::status::{DaemonInfo, EnvironmentStatus};
+use crate::status::{DaemonInfo, EnvironmentStatus, ProxyStatus};
 
 /// Options of `run` from the command line.
 #[derive(Clone, Debug)]
@@ -385,6 +385,7 @@ impl Daemon {
                 .iter()
                 .map(|w| format!("{}: {}", w.key, w.message))
                 .collect(),
+            proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
             // Detection runs in the background; status says so until it is published.
             environment: EnvironmentStatus {
                 kind: "detecting".to_owned(),
@@ -581,6 +582,7 @@ impl Daemon {
                 let mut info = DaemonInfo::clone(&self.state.info.load());
                 info.config_loaded_at = Some(SystemTime::now());
                 info.last_reload_error = None;
+                info.proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
                 info.config_warnings = cfg
                     .warnings
                     .iter()
