@@ -267,6 +267,8 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct KeyStore {
     slots: ArcSwap<BTreeMap<Arc<str>, Arc<Slot>>>,
+    /// Old instance names that still reach an instance (old name → current name).
+    aliases: ArcSwap<BTreeMap<Arc<str>, Arc<str>>>,
     generations: Arc<AtomicU64>,
 }
 
@@ -276,9 +278,39 @@ impl KeyStore {
         Self::default()
     }
 
-    /// The slot of an instance.
+    /// The slot of an instance, by its name or an alias.
     pub fn get(&self, name: &str) -> Option<Arc<Slot>> {
-        self.slots.load().get(name).cloned()
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(name) {
+            return Some(slot.clone());
+        }
+        let current = self.aliases.load().get(name).cloned()?;
+        slots.get(&current).cloned()
+    }
+
+    /// The current name of an instance asked for by `name`: itself, or the instance an old name
+    /// (an alias) stands for. Request handlers resolve the name once, so access rules, rejection
+    /// reports and answers all use the current name.
+    pub fn canonical<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.slots.load().contains_key(name) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        match self.aliases.load().get(name) {
+            Some(current) => std::borrow::Cow::Owned(current.to_string()),
+            None => std::borrow::Cow::Borrowed(name),
+        }
+    }
+
+    /// Replaces the aliases (old name, current name). An alias equal to an instance's own name
+    /// is ignored: names win.
+    pub fn set_aliases(&self, pairs: &[(String, String)]) {
+        let slots = self.slots.load();
+        let map = pairs
+            .iter()
+            .filter(|(old, _)| !slots.contains_key(old.as_str()))
+            .map(|(old, new)| (Arc::from(old.as_str()), Arc::from(new.as_str())))
+            .collect();
+        self.aliases.store(Arc::new(map));
     }
 
     /// Every slot, sorted by instance name.

@@ -111,6 +111,8 @@ pub struct InstancePlan {
     /// An inert configuration entry (wire spec §10.2): what is wrong with it, and the fix. Such
     /// a plan has no exchange and no fallback, and is published in state `invalid`.
     pub invalid: Option<InvalidEntry>,
+    /// Old names that still reach this instance (for one release).
+    pub aliases: Vec<String>,
 }
 
 /// What is wrong with an inert configuration entry.
@@ -527,6 +529,11 @@ impl<E: Exchanger> Manager<E> {
             .collect();
         let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
         let slots = self.store.set_instances(&names);
+        let aliases: Vec<(String, String)> = plans
+            .iter()
+            .flat_map(|p| p.aliases.iter().map(|a| (a.clone(), p.name.clone())))
+            .collect();
+        self.store.set_aliases(&aliases);
 
         let mut publishers = HashMap::with_capacity(plans.len());
         for (plan, slot) in plans.iter().zip(slots) {
@@ -1374,6 +1381,7 @@ mod tests {
             fallback: fallback.map(Secret::from),
             fallback_origin: fallback.map(|_| "api_key".to_string()),
             invalid: None,
+            aliases: Vec::new(),
         }
     }
 

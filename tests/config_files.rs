@@ -125,8 +125,8 @@ fn cases() -> Vec<Case> {
                     "api_key",
                     "logs_config.api_key",
                     "remote_configuration.api_key",
-                    "additional_endpoints[https://app.datadoghq.eu][1]",
-                    "logs_config.additional_endpoints[1]",
+                    "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+                    "logs_config.additional_endpoints[1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
                 ],
                 warnings: &[],
             },
@@ -337,7 +337,7 @@ fn cases() -> Vec<Case> {
             expect: Expect::Entries {
                 serving: &[
                     "api_key",
-                    "additional_endpoints[https://app.datadoghq.eu][4]",
+                    "additional_endpoints[https://app.datadoghq.eu][4][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
                 ],
                 problems: &[
                     (
@@ -777,8 +777,8 @@ fn shipped_examples_are_valid() {
             "remote_configuration.api_key",
             "evp_proxy_config.api_key",
             "ol_proxy_config.api_key",
-            "additional_endpoints[https://app.datadoghq.eu][1]",
-            "logs_config.additional_endpoints[0]",
+            "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[0][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
         ]
     );
     // The example's api_key is a secret handle: the fallback comes from the key file.
@@ -825,8 +825,7 @@ fn check_config_main_over_fixture_files() {
         "Cloud provider:      aws",
         "AWS region:          us-east-1",
         "/var/run/datadog/delegated-auth.sock (mode 0660)",
-        "  - additional_endpoints[https://app.datadoghq.eu][1]",
-        "  - additional_endpoints[https://app.datadoghq.eu][1]\n      directive: DELA(...) (older Agents)\n",
+        "  - additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]\n      directive: DELA(...) (older Agents)\n      alias:     additional_endpoints[https://app.datadoghq.eu][1] (old name; works until the next release)\n",
         "      target:    https://app.datadoghq.eu (endpoint)",
         "      region:    eu-west-1",
         "      fallback:  DELA fallback= (***dcdcd)",

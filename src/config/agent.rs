@@ -635,6 +635,7 @@ pub(crate) fn read(
             notes: Vec::new(),
             directive_form: None,
             invalid: None,
+            aliases: Vec::new(),
         };
         resolve_fallback(
             &mut spec,
@@ -691,6 +692,7 @@ pub(crate) fn read(
             notes: Vec::new(),
             directive_form: None,
             invalid: None,
+            aliases: Vec::new(),
         };
         resolve_fallback(
             &mut spec,
@@ -800,6 +802,7 @@ fn invalid_entry(
         notes: Vec::new(),
         directive_form: form,
         invalid: Some(problem),
+        aliases: Vec::new(),
     });
 }
 
@@ -886,6 +889,10 @@ fn dela_instance(
         return;
     }
     let has_fallback = directive.fallback.is_some();
+    // The Agent's instance key: the entry's config key and the directive's org (product §6).
+    // The name without the org (this daemon's earlier name) stays an alias for one release.
+    let alias = name;
+    let name = format!("{alias}[{}]", directive.org);
     out.push(InstanceSpec {
         name,
         delegated: Some(DelegatedSpec {
@@ -900,6 +907,7 @@ fn dela_instance(
         notes: Vec::new(),
         directive_form: Some(directive.form),
         invalid: None,
+        aliases: vec![alias],
     });
 }
 

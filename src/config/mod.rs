@@ -95,9 +95,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The instance named `name`.
+    /// The instance named `name`, or whose old name (alias) is `name`.
     pub fn instance(&self, name: &str) -> Option<&InstanceSpec> {
-        self.instances.iter().find(|i| i.name == name)
+        self.instances.iter().find(|i| i.name == name).or_else(|| {
+            self.instances
+                .iter()
+                .find(|i| i.aliases.iter().any(|a| a == name))
+        })
     }
 }
 
@@ -195,6 +199,10 @@ pub struct InstanceSpec {
     pub notes: Vec<String>,
     /// For a DELA instance: the form its directive was written in.
     pub directive_form: Option<dela::Form>,
+    /// Older names of this instance that still work, for one release (socket paths,
+    /// `secret-helper` handles, `access` rules, `sinks`): a DELA instance was named without the
+    /// Agent's trailing `[<org>]` before (product §6).
+    pub aliases: Vec<String>,
     /// Set when this entry is inert (wire spec §10.2): a bad directive, an endpoint without a
     /// domain or host, or a directive on the TCP logs transport. The instance is shown in state
     /// `invalid` with this problem and its fix, and never serves a key.
@@ -488,7 +496,15 @@ fn validate_texts(
         mut instances,
     } = agent_read;
     agent.proxy_in_effect = proxy::resolve(&agent.proxy, env);
-    let settings = settings_read.settings;
+    let mut settings = settings_read.settings;
+    rename_aliases(
+        &instances,
+        &mut settings,
+        &settings_read.sink_lines,
+        &settings_read.access_lines,
+        &paths.settings,
+        &mut problems,
+    );
 
     if let Some(interval) = settings.refresh.interval {
         for spec in &mut instances {
@@ -552,6 +568,68 @@ fn sort_problems(problems: &mut Problems, paths: &Paths) {
     problems.errors.sort_by_key(rank);
     problems.entry_errors.sort_by_key(rank);
     problems.warnings.sort_by_key(rank);
+}
+
+/// Sinks and access rules that name an instance by an old name (an alias, product §6) are
+/// pointed at its current name, with a warning: the old names work for one release.
+fn rename_aliases(
+    instances: &[InstanceSpec],
+    settings: &mut Settings,
+    sink_lines: &[Option<usize>],
+    access_lines: &[Vec<Option<usize>>],
+    file: &Path,
+    problems: &mut Problems,
+) {
+    let current = |name: &str| -> Option<&str> {
+        if instances.iter().any(|i| i.name == name) {
+            return None;
+        }
+        instances
+            .iter()
+            .find(|i| i.aliases.iter().any(|a| a == name))
+            .map(|i| i.name.as_str())
+    };
+    let warn = |key: String, line: Option<usize>, old: &str, new: &str| {
+        Problem::new(
+            file,
+            key,
+            format!(
+                "names the instance by its old name; it is now `{new}` (the Agent's name, with \
+                 the org), and the old name works until the next release"
+            ),
+            format!("write `{new}`"),
+        )
+        .at(line)
+        .value(old.to_owned())
+    };
+    for (i, sink) in settings.sinks.iter_mut().enumerate() {
+        if let Some(new) = current(&sink.instance) {
+            problems.warn(warn(
+                format!("sinks[{i}].instance"),
+                sink_lines.get(i).copied().flatten(),
+                &sink.instance,
+                new,
+            ));
+            sink.instance = new.to_owned();
+        }
+    }
+    for (i, rule) in settings.access.iter_mut().flatten().enumerate() {
+        for (j, name) in rule.instances.iter_mut().enumerate() {
+            if let Some(new) = current(name) {
+                problems.warn(warn(
+                    format!("access[{i}].instances"),
+                    access_lines
+                        .get(i)
+                        .and_then(|l| l.get(j))
+                        .copied()
+                        .flatten(),
+                    name,
+                    new,
+                ));
+                *name = new.to_owned();
+            }
+        }
+    }
 }
 
 /// Checks that need both files: sinks and access rules name existing instances.
@@ -812,6 +890,12 @@ pub fn describe(cfg: &Config) -> String {
         let _ = writeln!(out, "  - {}", spec.name);
         if let Some(form) = spec.directive_form {
             let _ = writeln!(out, "      directive: {}", form.describe());
+        }
+        for alias in &spec.aliases {
+            let _ = writeln!(
+                out,
+                "      alias:     {alias} (old name; works until the next release)"
+            );
         }
         if let Some(problem) = &spec.invalid {
             let _ = writeln!(

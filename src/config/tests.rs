@@ -565,8 +565,8 @@ fn dela_map_shape_instances() {
         names(&cfg),
         vec![
             "api_key",
-            "additional_endpoints[https://app.datadoghq.eu][1]",
-            "additional_endpoints[https://app.datadoghq.eu][2]"
+            "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "additional_endpoints[https://app.datadoghq.eu][2][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]"
         ]
     );
     let one = &cfg.instances[1];
@@ -603,8 +603,8 @@ fn dela_list_shape_instances() {
         names(&cfg),
         vec![
             "api_key",
-            "logs_config.additional_endpoints[1]",
-            "logs_config.additional_endpoints[3]"
+            "logs_config.additional_endpoints[1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[3][3fa85f64-5717-4562-b3fc-2c963f66afa6]"
         ]
     );
     let d = cfg.instances[1].delegated.as_ref().unwrap();
@@ -675,8 +675,8 @@ fn dela_from_environment_json() {
         names(&cfg),
         vec![
             "api_key",
-            "additional_endpoints[https://app.datadoghq.eu][0]",
-            "logs_config.additional_endpoints[0]"
+            "additional_endpoints[https://app.datadoghq.eu][0][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[0][3fa85f64-5717-4562-b3fc-2c963f66afa6]"
         ]
     );
 }
@@ -1229,4 +1229,62 @@ fn proxy_precedence_through_load_and_describe() {
         assert!(text.contains(&line), "mask {mask:04b}: {text}");
         assert!(!text.contains("pw@"), "{text}");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// DELA instance names: the Agent's trailing [<org>], old names as aliases for one release
+
+#[test]
+fn dela_names_carry_the_org_and_old_names_are_aliases() {
+    let f = fixture(
+        &format!(
+            "api_key: {KEY}\nadditional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG_EU}, aws, fallback=k1]\"]\n\
+             logs_config:\n  use_http: true\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws, fallback=k2)\"\n      host: intake.example\n"
+        ),
+        Some(
+            "access:\n  - instances: [api_key, \"additional_endpoints[https://app.datadoghq.eu][0]\"]\n    uids: [0]\n\
+             sinks:\n  - instance: \"logs_config.additional_endpoints[0]\"\n    path: $DIR/logs.key\n",
+        ),
+    );
+    let cfg = load(&f.paths, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let new_map = format!("additional_endpoints[https://app.datadoghq.eu][0][{ORG_EU}]");
+    let new_list = format!("logs_config.additional_endpoints[0][{ORG}]");
+    assert_eq!(
+        names(&cfg),
+        vec!["api_key", new_map.as_str(), new_list.as_str()]
+    );
+    assert_eq!(
+        cfg.instances[1].aliases,
+        vec!["additional_endpoints[https://app.datadoghq.eu][0]"]
+    );
+    // Lookups by the old name find the instance.
+    assert_eq!(
+        cfg.instance("logs_config.additional_endpoints[0]")
+            .unwrap()
+            .name,
+        new_list
+    );
+    // Access rules and sinks written with an old name now use the current one, with a warning.
+    let rules = cfg.settings.access.as_ref().unwrap();
+    assert_eq!(
+        rules[0].instances,
+        vec!["api_key".to_owned(), new_map.clone()]
+    );
+    assert_eq!(cfg.settings.sinks[0].instance, new_list);
+    let renamed: Vec<(&str, Option<usize>)> = cfg
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("old name"))
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        renamed,
+        vec![
+            ("access[0].instances", Some(2)),
+            ("sinks[0].instance", Some(5))
+        ]
+    );
+    assert!(describe(&cfg).contains(
+        "      alias:     additional_endpoints[https://app.datadoghq.eu][0] (old name; works until the next release)"
+    ));
 }

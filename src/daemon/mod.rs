@@ -184,6 +184,7 @@ pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
             }),
             fallback: i.fallback.clone(),
             fallback_origin: i.fallback_origin.clone(),
+            aliases: i.aliases.clone(),
             invalid: i.invalid.as_ref().map(|p| InvalidEntry {
                 // The problem's own text, without the fix (shown on its own).
                 problem: Problem {
