@@ -658,7 +658,7 @@ fn realistic_agent_file_resolves_every_key_we_read() {
     let cfg = realistic();
     let a = &cfg.agent;
     assert_eq!(a.site, "datadoghq.com");
-    assert_eq!(a.infra_endpoint, "https://app.datadoghq.com");
+    assert_eq!(a.infra_endpoint, "https://app.datadoghq.com.");
     assert_eq!(a.provider, Provider::Aws);
     assert_eq!(a.aws_region.as_deref(), Some("us-east-1"));
     assert_eq!(a.proxy.https.as_deref(), Some("http://proxy.internal:3128"));

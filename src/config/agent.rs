@@ -469,9 +469,23 @@ pub(crate) fn read(
     };
     let dd_url_node = r.child(root, "", "dd_url");
     let dd_url = r.string(dd_url_node, "dd_url", false);
-    let infra_endpoint = dd_url
-        .clone()
-        .unwrap_or_else(|| format!("https://app.{site}"));
+    // The newest Agent's `BuildURLWithPrefix` (wire spec §10.3): a well-known Datadog site gets
+    // a trailing dot (a fully qualified name, so resolvers with `ndots:5` and a search list ask
+    // for it once instead of once per search domain) while `convert_dd_site_fqdn.enabled`.
+    let fqdn_section = r.child(root, "", "convert_dd_site_fqdn");
+    let fqdn_section = r.section(fqdn_section, "convert_dd_site_fqdn");
+    let fqdn_node = r.child(fqdn_section, "convert_dd_site_fqdn", "enabled");
+    let convert_dd_site_fqdn = r
+        .boolean(fqdn_node, "convert_dd_site_fqdn.enabled")
+        .unwrap_or(true);
+    let infra_endpoint = dd_url.clone().unwrap_or_else(|| {
+        if convert_dd_site_fqdn && !site.ends_with('.') && crate::exchange::api_base(&site).matched
+        {
+            format!("https://app.{site}.")
+        } else {
+            format!("https://app.{site}")
+        }
+    });
 
     let proxy_node = r.child(root, "", "proxy");
     let proxy_section = r.section(proxy_node, "proxy");
@@ -602,6 +616,7 @@ pub(crate) fn read(
         infra_endpoint: infra_endpoint.clone(),
         proxy,
         proxy_in_effect: super::proxy::ProxyInEffect::default(),
+        convert_dd_site_fqdn,
         skip_ssl_validation,
         cloud_provider_metadata,
         ec2_metadata_timeout: Duration::from_millis(timeout_ms.unsigned_abs()),

@@ -121,8 +121,13 @@ pub struct AgentConfig {
     pub site: String,
     /// `dd_url`, when set and non-empty.
     pub dd_url: Option<String>,
-    /// `dd_url` if set, else `https://app.<site>`: the exchange target of non-DELA instances.
+    /// `dd_url` if set, else `https://app.<site>.` for a well-known Datadog site while
+    /// `convert_dd_site_fqdn` is on (the newest Agent's FQDN form, wire spec §10.3), else
+    /// `https://app.<site>`: the exchange target of non-DELA instances, and the base of the
+    /// mapping API and `doctor`.
     pub infra_endpoint: String,
+    /// `convert_dd_site_fqdn.enabled` (default true).
+    pub convert_dd_site_fqdn: bool,
     /// `proxy.*` as configured: the file, with `DD_PROXY_*` overrides.
     pub proxy: ProxyConfig,
     /// The proxies in effect once the standard variables (`HTTPS_PROXY`, …) are applied with the

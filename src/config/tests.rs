@@ -124,7 +124,7 @@ fn global_delegated_auth_with_fallback() {
     let spec = cfg.instance("api_key").unwrap();
     let d = spec.delegated.as_ref().unwrap();
     assert_eq!(d.org_uuid, ORG);
-    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com.");
     assert!(!d.explicit_target);
     assert_eq!(d.region, None);
     assert_eq!(d.refresh_interval, Duration::from_secs(3600));
@@ -188,7 +188,7 @@ fn product_sections_get_instances_only_when_enabled() {
     assert_eq!(d.org_uuid, ORG_LOGS);
     // Inherits the global refresh interval.
     assert_eq!(d.refresh_interval, Duration::from_secs(30 * 60));
-    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com.");
     assert_eq!(fallback(logs), Some(LOGS_KEY));
     assert_eq!(logs.fallback_origin.as_deref(), Some("logs_config.api_key"));
 
@@ -443,7 +443,7 @@ fn env_overrides_win_over_the_file() {
     let cfg = load(&f.paths, &env).unwrap_or_else(|e| panic!("{e}"));
     let a = &cfg.agent;
     assert_eq!(a.site, "datadoghq.eu");
-    assert_eq!(a.infra_endpoint, "https://app.datadoghq.eu");
+    assert_eq!(a.infra_endpoint, "https://app.datadoghq.eu.");
     assert_eq!(a.provider, Provider::Aws);
     assert_eq!(a.aws_region.as_deref(), Some("eu-central-1"));
     assert_eq!(a.proxy.http.as_deref(), Some("http://proxy:3128"));
@@ -506,7 +506,7 @@ fn dd_url_sets_the_default_target() {
     assert_eq!(cfg.agent.infra_endpoint, "https://other.internal");
     // An empty dd_url is unset.
     let cfg = ok("dd_url: \"\"\nsite: \" us5.datadoghq.com \"\n");
-    assert_eq!(cfg.agent.infra_endpoint, "https://app.us5.datadoghq.com");
+    assert_eq!(cfg.agent.infra_endpoint, "https://app.us5.datadoghq.com.");
 }
 
 #[test]
@@ -1287,4 +1287,89 @@ fn dela_names_carry_the_org_and_old_names_are_aliases() {
     assert!(describe(&cfg).contains(
         "      alias:     additional_endpoints[https://app.datadoghq.eu][0] (old name; works until the next release)"
     ));
+}
+
+// ------------------------------------------------------------------------------------------
+// FQDN sites (wire spec §10.3)
+
+#[test]
+fn well_known_sites_are_fully_qualified_unless_disabled() {
+    let url = |cfg: &Config| {
+        crate::exchange::intake_key_url(
+            &cfg.instance("api_key")
+                .unwrap()
+                .delegated
+                .as_ref()
+                .unwrap()
+                .exchange_target,
+        )
+    };
+    let org = format!("delegated_auth:\n  org_uuid: {ORG}\n");
+    for (yaml, env, expected) in [
+        ("", vec![], "https://api.datadoghq.com./api/v2/intake-key"),
+        (
+            "site: datadoghq.eu\n",
+            vec![],
+            "https://api.datadoghq.eu./api/v2/intake-key",
+        ),
+        (
+            "site: us5.datadoghq.com\n",
+            vec![],
+            "https://api.us5.datadoghq.com./api/v2/intake-key",
+        ),
+        (
+            "site: ddog-gov.com\n",
+            vec![],
+            "https://api.ddog-gov.com./api/v2/intake-key",
+        ),
+        // Already fully qualified: one dot, not two.
+        (
+            "site: datadoghq.eu.\n",
+            vec![],
+            "https://api.datadoghq.eu./api/v2/intake-key",
+        ),
+        // Not a Datadog site: as written.
+        (
+            "site: example.com\n",
+            vec![],
+            "https://app.example.com/api/v2/intake-key",
+        ),
+        // dd_url wins, as written.
+        (
+            "dd_url: https://app.datadoghq.eu\n",
+            vec![],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        // Disabled in the file, or by the environment.
+        (
+            "site: datadoghq.eu\nconvert_dd_site_fqdn:\n  enabled: false\n",
+            vec![],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        (
+            "site: datadoghq.eu\n",
+            vec![("DD_CONVERT_DD_SITE_FQDN_ENABLED", "false")],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        (
+            "convert_dd_site_fqdn:\n  enabled: false\n",
+            vec![("DD_CONVERT_DD_SITE_FQDN_ENABLED", "true")],
+            "https://api.datadoghq.com./api/v2/intake-key",
+        ),
+    ] {
+        let f = fixture(&format!("{yaml}{org}"), None);
+        let cfg = load(&f.paths, &env_of(&env)).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        assert_eq!(url(&cfg), expected, "{yaml} {env:?}");
+    }
+    // DELA endpoints are used as written.
+    let cfg = ok(&format!(
+        "{org}additional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG_EU}, aws]\"]\n"
+    ));
+    assert_eq!(
+        cfg.instances[1].delegated.as_ref().unwrap().exchange_target,
+        "https://app.datadoghq.eu"
+    );
+    // A wrong type is an error naming the key.
+    let errs = errors("convert_dd_site_fqdn:\n  enabled: maybe\n");
+    assert_eq!(errs[0].key, "convert_dd_site_fqdn.enabled");
 }

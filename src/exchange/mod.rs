@@ -79,6 +79,13 @@ pub struct ClientOptions {
     pub skip_ssl_validation: bool,
     /// Overall deadline of one exchange ([`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
+    /// Extra trusted root certificates (PEM), on top of the system's. Not read from any
+    /// configuration: tests use it to trust a test CA.
+    pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// Host name → address overrides of name resolution, matched against the URL's host as
+    /// written (`api.datadoghq.com.` with its dot). Not read from any configuration: tests use it
+    /// to reach a real Datadog name on loopback.
+    pub resolve_overrides: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl ClientOptions {
@@ -97,6 +104,8 @@ impl ClientOptions {
             },
             skip_ssl_validation: agent.skip_ssl_validation,
             timeout,
+            extra_root_certs_pem: Vec::new(),
+            resolve_overrides: Vec::new(),
         }
     }
 }
@@ -110,6 +119,8 @@ impl Default for ClientOptions {
             proxy_vars: ProxyVars::default(),
             skip_ssl_validation: false,
             timeout: DEFAULT_TIMEOUT,
+            extra_root_certs_pem: Vec::new(),
+            resolve_overrides: Vec::new(),
         }
     }
 }
@@ -328,6 +339,15 @@ impl ExchangeClient {
             // Every proxy decision is made here (see the module doc), not by reqwest's
             // implicit environment lookup; proxies added below re-enable proxying.
             .no_proxy();
+        for pem in &opts.extra_root_certs_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ExchangeError::Client {
+                reason: format!("an extra root certificate is unusable: {}", error_chain(&e)),
+            })?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        for (host, addr) in &opts.resolve_overrides {
+            builder = builder.resolve(host, *addr);
+        }
         let no_proxy = reqwest::NoProxy::from_string(&proxies.no_proxy.join(","));
         for (which, url) in [
             ("proxy.http", &proxies.http),
