@@ -329,6 +329,82 @@ fn proxy_precedence_environment_over_the_file() {
     }
 }
 
+/// Wire spec §10.3 through the real binary, without leaving loopback: with no `dd_url` the
+/// exchange of a well-known site goes to `https://api.datadoghq.com./api/v2/intake-key`. The
+/// only way out is a CONNECT proxy on loopback (no name is resolved here), which records the
+/// tunnel asked for and leads to a TLS server with a certificate for another name, so the
+/// exchange fails and the static key is served. The socket's status shows the URL; `doctor`
+/// asks for the same tunnel; with `DD_CONVERT_DD_SITE_FQDN_ENABLED=false` the name has no dot.
+#[test]
+fn the_primary_site_is_exchanged_at_its_fully_qualified_name() {
+    let w = World::start();
+    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
+    let front = w.rt.block_on(TlsFront::start(moto)).unwrap();
+    let connect =
+        w.rt.block_on(Relay::start(RelayKind::Connect, front.addr()))
+            .unwrap();
+    let yaml = format!(
+        "api_key: {}\ndelegated_auth:\n  org_uuid: {}\nproxy:\n  https: {}\n",
+        w.org.api_key,
+        w.org.uuid,
+        connect.url()
+    );
+    for (fqdn, host) in [
+        (true, "api.datadoghq.com.:443"),
+        (false, "api.datadoghq.com:443"),
+    ] {
+        let mut env = w.static_env();
+        if !fqdn {
+            env.insert("DD_CONVERT_DD_SITE_FQDN_ENABLED".into(), "false".into());
+        }
+        let before = connect.connects().len();
+        let d = Daemon::start(&yaml, SETTINGS, env.clone());
+        let v = d.wait_key("api_key", "the fallback", |v| v["source"] == "fallback");
+        assert_eq!(v["api_key"], w.org.api_key.as_str());
+        let inst = eventually("a failed exchange", Duration::from_secs(30), || {
+            let i = status_instance(&d, "api_key");
+            i["endpoint"].is_string().then_some(i)
+        });
+        let url = format!(
+            "https://{}/api/v2/intake-key",
+            host.trim_end_matches(":443")
+        );
+        assert_eq!(inst["endpoint"], url.as_str(), "{inst}");
+        assert!(
+            connect.connects()[before..]
+                .iter()
+                .all(|c| c.starts_with(host)),
+            "{:?}",
+            connect.connects()
+        );
+        drop(d);
+        // doctor derives the same URL and asks the proxy for the same tunnel.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("datadog.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let before = connect.connects().len();
+        let (_, out, _) = cli(
+            &["doctor", "--json", "--config", config.to_str().unwrap()],
+            &env,
+        );
+        let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let exchange = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "exchange")
+            .unwrap();
+        assert_eq!(exchange["data"]["url"], url.as_str(), "{exchange}");
+        assert!(
+            connect.connects()[before..]
+                .iter()
+                .any(|c| c.starts_with(host)),
+            "{:?}",
+            connect.connects()
+        );
+    }
+}
+
 #[test]
 fn a_long_poll_sees_a_rotation_and_a_rejection_report_forces_one() {
     let w = World::start();
