@@ -15,6 +15,7 @@
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
+//! - [`files`]: bounded, non-blocking reads of files the daemon does not own.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
@@ -37,6 +38,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod exchange;
 pub mod exec;
+pub mod files;
 pub mod keystore;
 pub mod lifecycle;
 pub mod logging;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{Daemon, base_env, cli, write_by_rename};
+use common::{Daemon, base_env, cli, context_switches, wakeups_since, write_by_rename};
 use http::Method;
 use nix::sys::signal::Signal;
 
@@ -583,28 +583,6 @@ fn a_second_stop_signal_exits_at_once() {
     assert!(d.logs().contains("Second stop signal"), "{}", d.logs());
 }
 
-/// Context switches of the daemon's file-watcher threads (`notify-rs inotify loop`), from
-/// `/proc/<pid>/task/*/status`.
-fn watcher_switches(pid: u32) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("notify-rs") {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    total
-}
-
 /// The socket watcher sees its own directory being removed without watching that directory's
 /// parent, which is typically `/run`: files coming and going there (other daemons' pid files
 /// and sockets) must not wake an idle daemon.
@@ -625,7 +603,7 @@ fn files_next_to_the_socket_directory_do_not_wake_an_idle_daemon() {
     let pid = d.child.as_ref().unwrap().id();
     let parent = parent.path().to_path_buf();
     std::thread::sleep(Duration::from_millis(500));
-    let before = watcher_switches(pid);
+    let before = context_switches(pid);
     for i in 0..50 {
         let noise = parent.join(format!(".ddda-noise-{}-{i}", std::process::id()));
         std::fs::write(&noise, b"x").unwrap();
@@ -633,10 +611,10 @@ fn files_next_to_the_socket_directory_do_not_wake_an_idle_daemon() {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let woke = watcher_switches(pid) - before;
+    let woke = wakeups_since(pid, &before);
     assert!(
         woke <= 2,
-        "the file watchers woke {woke} times for files that are not the daemon's"
+        "the daemon woke {woke} times for files that are not its own"
     );
     // ... while the removal of the socket directory itself is still seen.
     std::fs::remove_dir_all(d.socket.parent().unwrap()).unwrap();

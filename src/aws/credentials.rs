@@ -9,25 +9,22 @@
 //! source only, in the spirit of the Agent's `credentialRemediation`.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aws_config::ecs::EcsCredentialsProvider;
-use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_config::provider_config::ProviderConfig;
 use aws_config::web_identity_token::{StaticConfiguration, WebIdentityTokenCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
-use aws_credential_types::provider::error::CredentialsError;
-use aws_smithy_http_client::{Connector, proxy::ProxyConfig, tls};
-use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector, http_client_fn};
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_types::region::Region;
+use futures_util::FutureExt;
 
 use super::AwsOptions;
 use super::env::{AwsEnv, vars};
-use super::imds::{
-    Imds, ImdsFailure, SECURITY_CREDENTIALS_PATH, chain, classify, is_token_failure,
-};
+use super::http::capped_client;
+use super::imds::{Imds, ImdsFailure, SECURITY_CREDENTIALS_PATH, chain};
 use crate::exchange::{ProxySettings, redact_userinfo};
 use crate::secret::Secret;
 
@@ -46,6 +43,12 @@ const IMDS_CALLS_PER_RESOLUTION: u32 = 5;
 /// Credentials are re-resolved this long before they expire (the SDK's default buffer is 5 min
 /// too: refreshing earlier wastes calls, later risks signing with expiring keys).
 pub const EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
+/// Bound on a token file (IRSA's projected service-account token, the EKS Pod Identity or ECS
+/// authorization token): real ones are 1–2 KiB.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
+/// Bound on reading a token file: a regular file is read in microseconds; this only ends a read
+/// stuck on a hung filesystem, off the runtime's workers.
+const TOKEN_FILE_READ_LIMIT: Duration = Duration::from_secs(2);
 /// The session name the Agent uses for IRSA when `AWS_ROLE_SESSION_NAME` is unset.
 pub const DEFAULT_WEB_IDENTITY_SESSION: &str = "datadog-agent-workload-identity-federation";
 /// The region the Agent signs IRSA's AssumeRoleWithWebIdentity for when none is configured.
@@ -168,15 +171,18 @@ pub enum CredentialError {
         /// Versions tried.
         versions: &'static str,
     },
-    /// IRSA's token file is missing or unreadable.
+    /// A token file (IRSA's, or the container authorization token) is missing, unreadable,
+    /// not a regular file, or too large.
     #[error(
-        "IRSA web identity: cannot read the token file {path} ({detail}); {}",
-        remediation(CredentialSource::WebIdentity)
+        "{credential_source}: cannot read the token file {path} ({detail}); {}",
+        remediation(*.credential_source)
     )]
     TokenFile {
-        /// `AWS_WEB_IDENTITY_TOKEN_FILE`.
+        /// The source whose token it is.
+        credential_source: CredentialSource,
+        /// `AWS_WEB_IDENTITY_TOKEN_FILE` or `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         detail: String,
     },
     /// The provider failed.
@@ -216,11 +222,13 @@ impl CredentialError {
             CredentialError::ImdsTokenUnanswered { .. } | CredentialError::Imds { .. } => {
                 Some(CredentialSource::Imds)
             }
-            CredentialError::TokenFile { .. } => Some(CredentialSource::WebIdentity),
             CredentialError::Timeout {
                 credential_source, ..
             }
             | CredentialError::Provider {
+                credential_source, ..
+            }
+            | CredentialError::TokenFile {
                 credential_source, ..
             }
             | CredentialError::Empty { credential_source }
@@ -341,18 +349,19 @@ pub(crate) enum Provider {
         provider: WebIdentityTokenCredentialsProvider,
         token_file: PathBuf,
     },
-    Container(EcsCredentialsProvider),
-    Imds {
-        provider: ImdsCredentialsProvider,
-        imds: Imds,
+    Container {
+        /// Boxed: the largest provider by far, and the enum lives once per identity.
+        provider: Box<EcsCredentialsProvider>,
+        /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, which aws-config reads on each call.
+        token_file: Option<PathBuf>,
     },
+    Imds(Imds),
     /// The snapshot could not configure the source (bad IMDS endpoint URL, for instance).
     Misconfigured(CredentialError),
     None(String),
 }
 
-/// The HTTP client of IRSA's AssumeRoleWithWebIdentity call when a proxy applies to it, `None`
-/// when it goes direct (aws-config's default client, which never proxies).
+/// The proxy of IRSA's AssumeRoleWithWebIdentity call, `None` when it goes direct.
 ///
 /// This is the one AWS call that leaves the host (IMDS and the container endpoints are
 /// link-local), so it follows the exchange's proxy rule ([`ProxySettings::resolve`]:
@@ -364,10 +373,7 @@ pub(crate) enum Provider {
 /// # Errors
 /// A proxy URL aws-config cannot use (only `http://` and `https://` proxies are supported for
 /// this call), as a detail naming the setting and the fix.
-fn web_identity_http_client(
-    env: &AwsEnv,
-    opts: &AwsOptions,
-) -> Result<Option<SharedHttpClient>, String> {
+fn web_identity_proxy(env: &AwsEnv, opts: &AwsOptions) -> Result<Option<ProxyConfig>, String> {
     let proxies = ProxySettings::resolve(&opts.proxy, |name| env.get(name).map(str::to_owned));
     let plain = env
         .get(vars::ENDPOINT_URL_STS)
@@ -395,21 +401,55 @@ fn web_identity_http_client(
         )
     })?
     .no_proxy(proxies.no_proxy.join(","));
-    Ok(Some(http_client_fn(move |settings, components| {
-        let mut builder = Connector::builder()
-            .connector_settings(settings.clone())
-            .proxy_config(config.clone());
-        if let Some(sleep) = components.sleep_impl() {
-            builder = builder.sleep_impl(sleep);
-        }
-        SharedHttpConnector::new(
-            builder
-                .tls_provider(tls::Provider::Rustls(
-                    tls::rustls_provider::CryptoMode::AwsLc,
-                ))
-                .build(),
-        )
-    })))
+    Ok(Some(config))
+}
+
+/// Reads a token file the way aws-config will, first, off the workers and bounded: a FIFO, a
+/// device or an oversized file there would block a worker thread or grow without bound inside
+/// aws-config (which reads it whole, with a blocking read on the calling thread).
+async fn check_token_file(path: &Path, source: CredentialSource) -> Result<(), CredentialError> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::files::read_regular(&owned, MAX_TOKEN_FILE_BYTES)
+            .map(|mut bytes| zeroize::Zeroize::zeroize(&mut bytes))
+    });
+    let detail = match tokio::time::timeout(TOKEN_FILE_READ_LIMIT, read).await {
+        Ok(Ok(Ok(()))) => return Ok(()),
+        Ok(Ok(Err(e))) => e.to_string(),
+        Ok(Err(e)) => format!("the read failed: {e}"),
+        Err(_) => format!(
+            "reading it did not finish within {}s",
+            TOKEN_FILE_READ_LIMIT.as_secs()
+        ),
+    };
+    Err(CredentialError::TokenFile {
+        credential_source: source,
+        path: path.to_path_buf(),
+        detail,
+    })
+}
+
+/// Runs one provider call so that a panic inside the SDK (remote input it did not expect)
+/// becomes a failed call of that source instead of ending the daemon.
+async fn contained<F, T>(source: CredentialSource, call: F) -> Result<T, CredentialError>
+where
+    F: std::future::Future<Output = T>,
+{
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(source = %source, panic = %what, "The AWS SDK failed on an answer it could not handle; counted as a failed attempt.");
+            CredentialError::Provider {
+                credential_source: source,
+                detail: format!("the AWS SDK could not handle the answer ({what})"),
+            }
+        })
 }
 
 /// Variables aws-config's container provider reads from the process itself.
@@ -472,9 +512,9 @@ impl Provider {
                     .unwrap_or_else(|| WEB_IDENTITY_FALLBACK_REGION.to_owned());
                 let mut config =
                     ProviderConfig::without_region().with_region(Some(Region::new(region)));
-                match web_identity_http_client(env, opts) {
-                    Ok(Some(client)) => config = config.with_http_client(client),
-                    Ok(None) => {}
+                // Answers capped, as every SDK call's (see `capped_client`).
+                match web_identity_proxy(env, opts) {
+                    Ok(proxy) => config = config.with_http_client(capped_client(proxy)),
                     Err(detail) => {
                         return Provider::Misconfigured(CredentialError::Provider {
                             credential_source: source,
@@ -503,19 +543,21 @@ impl Provider {
                     token_file,
                 }
             }
-            CredentialSource::Container => Provider::Container(
-                EcsCredentialsProvider::builder()
-                    .configure(&ProviderConfig::without_region())
-                    .build(),
-            ),
-            CredentialSource::Imds => match Imds::new(env, opts) {
-                Ok(imds) => Provider::Imds {
-                    provider: ImdsCredentialsProvider::builder()
-                        .configure(&ProviderConfig::without_region())
-                        .imds_client(imds.client())
+            CredentialSource::Container => Provider::Container {
+                provider: Box::new(
+                    EcsCredentialsProvider::builder()
+                        .configure(
+                            &ProviderConfig::without_region().with_http_client(capped_client(None)),
+                        )
                         .build(),
-                    imds,
-                },
+                ),
+                token_file: env
+                    .get(vars::CONTAINER_AUTH_TOKEN_FILE)
+                    .filter(|_| !env.has(vars::CONTAINER_AUTH_TOKEN))
+                    .map(|f| PathBuf::from(f.trim())),
+            },
+            CredentialSource::Imds => match Imds::new(env, opts) {
+                Ok(imds) => Provider::Imds(imds),
                 Err(detail) => Provider::Misconfigured(CredentialError::Provider {
                     credential_source: CredentialSource::Imds,
                     detail,
@@ -543,26 +585,27 @@ impl Provider {
                 provider,
                 token_file,
             } => {
-                // Checked first so a missing projected token gets its own message rather than
-                // aws-config's generic I/O error.
-                if let Err(e) = std::fs::metadata(token_file) {
-                    return Err(CredentialError::TokenFile {
-                        path: token_file.clone(),
-                        detail: e.to_string(),
-                    });
-                }
+                // Read first, safely: a missing projected token gets its own message rather than
+                // aws-config's generic I/O error, and a FIFO or endless file never reaches it.
                 let source = CredentialSource::WebIdentity;
-                let result =
-                    bounded(source, WEB_IDENTITY_TIMEOUT, provider.provide_credentials()).await?;
+                check_token_file(token_file, source).await?;
+                let call = contained(source, provider.provide_credentials());
+                let result = bounded(source, WEB_IDENTITY_TIMEOUT, call).await??;
                 (source, result)
             }
-            Provider::Container(provider) => {
+            Provider::Container {
+                provider,
+                token_file,
+            } => {
                 let source = CredentialSource::Container;
-                let result =
-                    bounded(source, CONTAINER_TIMEOUT, provider.provide_credentials()).await?;
+                if let Some(token_file) = token_file {
+                    check_token_file(token_file, source).await?;
+                }
+                let call = contained(source, provider.provide_credentials());
+                let result = bounded(source, CONTAINER_TIMEOUT, call).await??;
                 (source, result)
             }
-            Provider::Imds { provider, imds } => return resolve_imds(provider, imds).await,
+            Provider::Imds(imds) => return resolve_imds(imds).await,
         };
         match result {
             Ok(creds) => to_aws(&creds, source),
@@ -590,8 +633,11 @@ where
         })
 }
 
+/// EC2 instance-profile credentials the way aws-config's IMDS provider gets them (the role
+/// name, then the role's credentials document), through aws-config's IMDS client, with the
+/// role name checked before it becomes part of a request path: a name with a space or a line
+/// break made aws-config's request builder panic.
 async fn resolve_imds(
-    provider: &ImdsCredentialsProvider,
     imds: &Imds,
 ) -> Result<(AwsCredentials, Option<SystemTime>), CredentialError> {
     let budget = imds.timeout() * IMDS_CALLS_PER_RESOLUTION + IMDS_MARGIN;
@@ -608,48 +654,55 @@ async fn resolve_imds(
         },
     };
     let attempt = async {
-        match provider.provide_credentials().await {
-            Ok(creds) => Ok(to_aws(&creds, CredentialSource::Imds)?),
-            Err(error) => {
-                // aws-config's IMDS provider reports "not loaded" for exactly three cases: IMDS
-                // disabled by variable (excluded before we get here), a 404 on the role listing,
-                // and a transport failure while fetching the token. A timeout under "not loaded"
-                // is therefore the unanswered token PUT.
-                let not_loaded = matches!(error, CredentialsError::CredentialsNotLoaded(_));
-                let failure = match classify(&error) {
-                    ImdsFailure::Timeout if not_loaded => ImdsFailure::TokenUnanswered,
-                    ImdsFailure::Other(detail) if not_loaded && detail.contains("404") => {
-                        ImdsFailure::Status(404)
-                    }
-                    other => other,
-                };
-                if imds.allows_v1() && is_token_failure(&failure) {
-                    tracing::debug!(%failure, "IMDSv2 token failed; resolving credentials with IMDSv1 as configured.");
-                    return resolve_imds_v1(imds).await.map_err(imds_error);
-                }
-                Err(imds_error(failure))
-            }
-        }
+        let listing = imds.get(SECURITY_CREDENTIALS_PATH).await?;
+        let role = role_name(&listing)?;
+        let document = imds
+            .get(&format!("{SECURITY_CREDENTIALS_PATH}{role}"))
+            .await?;
+        parse_credentials_document(&document)
     };
-    match tokio::time::timeout(budget, attempt).await {
-        Ok(result) => result,
+    match tokio::time::timeout(budget, contained(CredentialSource::Imds, attempt)).await {
+        Ok(Ok(result)) => result.map_err(imds_error),
+        Ok(Err(panicked)) => Err(panicked),
         Err(_) => Err(imds_error(ImdsFailure::Timeout)),
     }
 }
 
-/// The two IMDSv1 GETs the Agent makes: role name, then the role's credentials.
-async fn resolve_imds_v1(imds: &Imds) -> Result<(AwsCredentials, Option<SystemTime>), ImdsFailure> {
-    let role = imds.get_v1(SECURITY_CREDENTIALS_PATH).await?;
-    let role = role.lines().next().unwrap_or_default().trim();
+/// The longest IAM role name AWS allows.
+const MAX_ROLE_NAME_CHARS: usize = 64;
+
+/// The instance profile's role from IMDS's listing: its first line, which must be an IAM role
+/// name (`[A-Za-z0-9+=,.@_-]`, 1–64 characters). Anything else would end up in a request path.
+fn role_name(listing: &str) -> Result<&str, ImdsFailure> {
+    let role = listing.lines().next().unwrap_or_default().trim();
     if role.is_empty() {
         return Err(ImdsFailure::Status(404));
     }
-    let body = imds
-        .get_v1(&format!("{SECURITY_CREDENTIALS_PATH}{role}"))
-        .await?;
+    let valid = role.len() <= MAX_ROLE_NAME_CHARS
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if valid {
+        Ok(role)
+    } else {
+        Err(ImdsFailure::Other(format!(
+            "IMDS returned a role name that is not an IAM role name ({} bytes; IAM role names \
+             are 1-{MAX_ROLE_NAME_CHARS} characters of letters, digits and +=,.@_-): is the \
+             endpoint really IMDS?",
+            listing.len()
+        )))
+    }
+}
+
+/// The role's credentials document (IMDSv2 or v1 alike).
+fn parse_credentials_document(
+    body: &str,
+) -> Result<(AwsCredentials, Option<SystemTime>), ImdsFailure> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Document {
+        #[serde(default)]
+        code: Option<String>,
         access_key_id: String,
         secret_access_key: String,
         #[serde(default)]
@@ -657,8 +710,13 @@ async fn resolve_imds_v1(imds: &Imds) -> Result<(AwsCredentials, Option<SystemTi
         #[serde(default)]
         expiration: Option<String>,
     }
-    let document: Document = serde_json::from_str(&body)
+    let document: Document = serde_json::from_str(body)
         .map_err(|e| ImdsFailure::Other(format!("unreadable credentials document: {e}")))?;
+    if let Some(code) = document.code.as_deref().filter(|c| *c != "Success") {
+        return Err(ImdsFailure::Other(format!(
+            "the credentials document says {code:?} instead of \"Success\""
+        )));
+    }
     let expiry = document
         .expiration
         .as_deref()
@@ -718,7 +776,7 @@ mod tests {
         let real = AwsEnv::default();
         let local = AwsEnv::from_pairs([("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5000")]);
         let proxied = |env: &AwsEnv, o: &AwsOptions| {
-            web_identity_http_client(env, o)
+            web_identity_proxy(env, o)
                 .expect("a usable proxy")
                 .is_some()
         };
@@ -734,12 +792,36 @@ mod tests {
         let env_proxy = AwsEnv::from_pairs([("HTTPS_PROXY", "http://envproxy:8080")]);
         assert!(proxied(&env_proxy, &opts()));
 
-        let err =
-            web_identity_http_client(&real, &with(None, Some("socks5://user:hunter2@proxy:1080")))
-                .unwrap_err();
+        let err = web_identity_proxy(&real, &with(None, Some("socks5://user:hunter2@proxy:1080")))
+            .unwrap_err();
         assert!(err.starts_with("proxy.https"), "{err}");
         assert!(err.contains("socks5://***@proxy:1080"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_provider_call_is_a_failed_call() {
+        let failed = contained(CredentialSource::Imds, async {
+            if true {
+                panic!("uri parse failed");
+            }
+            1
+        })
+        .await
+        .unwrap_err();
+        let text = failed.to_string();
+        assert!(
+            text.starts_with(
+                "EC2 IMDS: the AWS SDK could not handle the answer (uri parse failed)"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            contained(CredentialSource::Imds, async { 7 })
+                .await
+                .unwrap(),
+            7
+        );
     }
 
     #[test]
@@ -910,6 +992,7 @@ mod tests {
             ),
             (
                 CredentialError::TokenFile {
+                    credential_source: CredentialSource::WebIdentity,
                     path: "/var/run/secrets/token".into(),
                     detail: "No such file".into(),
                 },

@@ -19,6 +19,7 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 
 use super::AwsOptions;
 use super::env::{AwsEnv, vars};
+use super::http::{MAX_SDK_BODY_BYTES, capped_client, read_capped};
 
 /// The IPv4 IMDS address.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -90,7 +91,7 @@ impl Imds {
         // The endpoint is always set explicitly, so aws-config never consults the process
         // environment or ~/.aws/config for it (the snapshot is the only source of truth).
         let client = imds::Client::builder()
-            .configure(&ProviderConfig::without_region())
+            .configure(&ProviderConfig::without_region().with_http_client(capped_client(None)))
             .endpoint(&endpoint)
             .map_err(|e| {
                 format!(
@@ -116,21 +117,11 @@ impl Imds {
     }
 
     /// The aws-config client (shared with the credentials provider, so the token is reused).
-    pub(crate) fn client(&self) -> imds::Client {
-        self.client.clone()
-    }
-
-    /// The endpoint in use.
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// Whether a failed token request may be followed by token-less GETs.
-    pub(crate) fn allows_v1(&self) -> bool {
-        self.allow_v1
-    }
-
-    /// `"v2 then v1"` or `"v2 only"`, for error messages (the Agent prints the versions tried).
     pub(crate) fn versions(&self) -> &'static str {
         if self.allow_v1 {
             "v2 then v1"
@@ -182,10 +173,12 @@ impl Imds {
         if !status.is_success() {
             return Err(ImdsFailure::Status(status.as_u16()));
         }
-        response
-            .text()
+        // Capped like the IMDSv2 answers (an endless answer must not grow the daemon).
+        let body = read_capped(response, MAX_SDK_BODY_BYTES)
             .await
-            .map_err(|e| ImdsFailure::Other(chain(&e)))
+            .map_err(ImdsFailure::Other)?;
+        String::from_utf8(body)
+            .map_err(|_| ImdsFailure::Other("IMDS returned invalid UTF-8".into()))
     }
 }
 

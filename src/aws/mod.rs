@@ -6,6 +6,7 @@
 //! - [`env`](mod@env): [`AwsEnv`], the environment snapshot every step reads (tests inject one).
 //! - `credentials`: source selection (Agent order, first match) and resolution through
 //!   aws-config's providers, each call under a named timeout; errors name the source and its fix.
+//! - `http`: the HTTP client of every aws-config provider, with answers capped.
 //! - `imds`: aws-config's IMDSv2 client with `ec2_metadata_timeout`, and the IMDSv1 fallback.
 //! - `region`: region from configuration, environment, ECS task metadata or IMDS.
 //! - `environment`: the environment kind shown in `status`.
@@ -18,6 +19,7 @@
 mod credentials;
 pub mod env;
 mod environment;
+mod http;
 mod imds;
 mod proof;
 mod region;
@@ -132,7 +134,7 @@ impl Identity {
         let provider = Provider::build(&selection, &env, &opts);
         let imds = match (&provider, credentials::imds_unavailable(&env, &opts)) {
             // Share the provider's client, and with it the cached IMDSv2 token.
-            (Provider::Imds { imds, .. }, _) => Some(imds.clone()),
+            (Provider::Imds(imds), _) => Some(imds.clone()),
             (_, None) => Imds::new(&env, &opts).ok(),
             (_, Some(_)) => None,
         };

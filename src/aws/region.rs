@@ -45,7 +45,13 @@ pub(crate) async fn from_ecs_task_metadata(env: &AwsEnv) -> Option<String> {
         .ok()?;
     let response = client.get(format!("{base}/task")).send().await;
     let document: serde_json::Value = match response {
-        Ok(r) if r.status().is_success() => r.json().await.ok()?,
+        Ok(r) if r.status().is_success() => {
+            let body = super::http::read_capped(r, super::http::MAX_SDK_BODY_BYTES)
+                .await
+                .map_err(|e| tracing::debug!(error = %e, "ECS task metadata unusable; region not detected from it."))
+                .ok()?;
+            serde_json::from_slice(&body).ok()?
+        }
         Ok(r) => {
             tracing::debug!(status = %r.status(), "ECS task metadata answered an error; region not detected from it.");
             return None;

@@ -24,7 +24,7 @@ pub mod proxy;
 mod settings;
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -305,45 +305,34 @@ enum ReadError {
     Other { message: String, fix: String },
 }
 
-/// Reads a UTF-8 file of at most `limit` bytes.
+/// Reads a UTF-8 file of at most `limit` bytes, refusing anything but a regular file without
+/// blocking (see [`crate::files`]).
 fn read_text(path: &Path, limit: u64, what: &str) -> Result<String, ReadError> {
-    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => ReadError::NotFound,
-        std::io::ErrorKind::PermissionDenied => ReadError::Other {
+    use crate::files::{FileError, read_regular};
+    let bytes = read_regular(path, limit).map_err(|err| match err {
+        FileError::NotFound => ReadError::NotFound,
+        FileError::PermissionDenied => ReadError::Other {
             message: format!("cannot read the {what}: permission denied"),
             fix: "run the daemon as a user that can read this file (e.g. in the dd-agent group), \
                   or fix the file's permissions"
                 .to_owned(),
         },
-        _ => ReadError::Other {
+        FileError::NotRegular(kind) => ReadError::Other {
+            message: format!("the {what} path is a {kind}, not a regular file"),
+            fix: "point it at a regular file (it is read whole; a pipe or device would block \
+                  or never end)"
+                .to_owned(),
+        },
+        FileError::TooLarge(_) => ReadError::Other {
+            message: format!("the {what} is larger than {limit} bytes"),
+            fix: "point the daemon at the right file; a configuration file is far smaller"
+                .to_owned(),
+        },
+        FileError::Io(err) => ReadError::Other {
             message: format!("cannot read the {what}: {err}"),
             fix: "check that the path names a readable file".to_owned(),
         },
     })?;
-    let meta = file.metadata().map_err(|err| ReadError::Other {
-        message: format!("cannot read the {what}: {err}"),
-        fix: "check that the path names a readable file".to_owned(),
-    })?;
-    if !meta.is_file() {
-        return Err(ReadError::Other {
-            message: format!("the {what} path is not a regular file"),
-            fix: "point it at a file, not a directory or device".to_owned(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| ReadError::Other {
-            message: format!("cannot read the {what}: {err}"),
-            fix: "check that the path names a readable file".to_owned(),
-        })?;
-    if bytes.len() as u64 > limit {
-        return Err(ReadError::Other {
-            message: format!("the {what} is larger than {limit} bytes"),
-            fix: "point the daemon at the right file; a configuration file is far smaller"
-                .to_owned(),
-        });
-    }
     String::from_utf8(bytes).map_err(|err| ReadError::Other {
         message: format!(
             "the {what} is not valid UTF-8 (at byte {})",

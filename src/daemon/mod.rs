@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::control::Control;
 use self::exchanger::AwsExchanger;
@@ -48,6 +48,10 @@ pub struct RunOptions {
 /// Runs the daemon to completion and returns the process exit code.
 pub fn run(opts: RunOptions) -> u8 {
     let env = |k: &str| std::env::var(k).ok();
+    // Taken before the files are read: a change made while they are read then differs from it,
+    // and the first file event after start-up reloads it (see `Daemon::start`).
+    let base = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
+    let fingerprint = control::fingerprint(&base);
     let cfg = match config::load(&opts.paths, &env) {
         Ok(cfg) => cfg,
         Err(errors) => {
@@ -71,6 +75,9 @@ pub fn run(opts: RunOptions) -> u8 {
         // Two workers: the work is tiny, and the machine this runs beside the Agent on is
         // shared; more threads would only cost memory.
         .worker_threads(2)
+        // A blocking thread (a reload's file reads, a DNS lookup) ends 1 s after its last job
+        // instead of tokio's 10 s: an idle daemon holds no thread that will wake up to exit.
+        .thread_keep_alive(Duration::from_secs(1))
         .enable_all()
         .build()
     {
@@ -80,10 +87,51 @@ pub fn run(opts: RunOptions) -> u8 {
             return exit::FAILURE;
         }
     };
-    let code = runtime.block_on(Daemon::start(opts, cfg, log));
+    let watched = watched_files(&opts.paths, &cfg);
+    let fingerprint = if watched == base {
+        fingerprint
+    } else {
+        control::fingerprint(&watched)
+    };
+    let files = WatchedFiles {
+        paths: watched,
+        fingerprint,
+        watch: None,
+    };
+    let code = runtime.block_on(Daemon::start(opts, cfg, files, log));
     // Don't wait for stray blocking tasks (a hung credential file read) at exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// The files whose changes reload the configuration: both configuration files and the fallback
+/// key file the settings name.
+fn watched_files(paths: &config::Paths, cfg: &Config) -> Vec<PathBuf> {
+    let mut files = vec![paths.config.clone(), paths.settings.clone()];
+    files.extend(cfg.settings.fallback_api_key_file.clone());
+    files
+}
+
+/// The watched files, what they held when last read, and their watch.
+struct WatchedFiles {
+    paths: Vec<PathBuf>,
+    /// [`control::fingerprint`] of `paths` taken before the last load (or attempt): file events
+    /// that leave it unchanged reload nothing, and an invalid file is reported once per change.
+    fingerprint: u64,
+    watch: Option<control::Watch>,
+}
+
+/// Bound on reading and validating the files of a reload. Regular files are read in
+/// microseconds; only a hung network filesystem takes longer, and the control loop (SIGTERM)
+/// must not wait on it.
+const RELOAD_LIMIT: Duration = Duration::from_secs(10);
+
+/// What reading the files for a reload found.
+enum ReloadRead {
+    /// A file event, and the files hold what they held.
+    Unchanged,
+    /// The files were read and validated; the fingerprint of what was read.
+    Loaded(Box<Result<Config, config::ConfigErrors>>, Vec<PathBuf>, u64),
 }
 
 /// Raises the soft open-files limit to the hard limit: each consumer connection is a
@@ -301,12 +349,14 @@ struct Daemon {
     manager: Manager<AwsExchanger>,
     exchanger: Arc<AwsExchanger>,
     config: Config,
+    /// The files whose changes reload the configuration.
+    files: WatchedFiles,
     /// Cancels the sink tasks of the configuration in force (replaced on reload).
     sinks: CancellationToken,
 }
 
 impl Daemon {
-    async fn start(opts: RunOptions, cfg: Config, log: LogHandle) -> u8 {
+    async fn start(opts: RunOptions, cfg: Config, mut files: WatchedFiles, log: LogHandle) -> u8 {
         for w in &cfg.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
@@ -346,15 +396,10 @@ impl Daemon {
             eprintln!("error: cannot install signal handlers: {e}");
             return exit::FAILURE;
         }
-        let mut watched = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
-        watched.extend(cfg.settings.fallback_api_key_file.clone());
-        let watcher = match control::watch_files(&watched, control_tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
-                None
-            }
-        };
+        files.watch = watch_config(&files.paths, &control_tx);
+        // A change made between the first read and the watch is seen by this check (it reloads
+        // only if the files differ from what was read).
+        let _ = control_tx.try_send(Control::Reload(control::Trigger::FileEvent));
         let listener = match server::bind(&socket, cfg.settings.socket.mode, gid) {
             Ok(l) => l,
             Err(e) => {
@@ -441,10 +486,11 @@ impl Daemon {
             manager,
             exchanger: applied.exchanger,
             config: cfg,
+            files,
             sinks,
         };
         let code = daemon.control_loop(control_rx, control_tx).await;
-        drop(watcher);
+        daemon.files.watch = None;
 
         notify::stopping();
         info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
@@ -481,8 +527,8 @@ impl Daemon {
         }
         while let Some(c) = rx.recv().await {
             match c {
-                Control::Reload(why) => {
-                    self.reload(why).await;
+                Control::Reload(trigger) => {
+                    self.reload(trigger, &tx).await;
                     if self.ensure_socket().await {
                         socket_watcher = watch_socket(tx.clone(), &self.socket.path);
                     }
@@ -496,7 +542,7 @@ impl Daemon {
                 }
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
-                    let socket = PathBuf::from(&self.state.info.load().socket_path);
+                    let socket = self.socket.path.clone();
                     tokio::spawn(async move {
                         while let Some(c) = rx.recv().await {
                             if c == Control::Shutdown {
@@ -554,15 +600,57 @@ impl Daemon {
         }
     }
 
-    async fn reload(&mut self, why: &'static str) {
-        info!(trigger = why, "Reloading the configuration.");
+    async fn reload(&mut self, trigger: control::Trigger, tx: &mpsc::Sender<Control>) {
         let paths = self.opts.paths.clone();
-        let env = |k: &str| std::env::var(k).ok();
-        // Reading files (and the fallback key file) is blocking I/O: keep it off the workers.
-        let result = match tokio::task::spawn_blocking(move || config::load(&paths, &env)).await {
+        let watched = self.files.paths.clone();
+        let last = self.files.fingerprint;
+        // Reading files (and the fallback key file) is blocking I/O: keep it off the workers,
+        // and bounded.
+        let read = tokio::task::spawn_blocking(move || {
+            let fingerprint = control::fingerprint(&watched);
+            if trigger == control::Trigger::FileEvent && fingerprint == last {
+                return ReloadRead::Unchanged;
+            }
+            let env = |k: &str| std::env::var(k).ok();
+            let loaded = config::load(&paths, &env);
+            let now_watched = loaded
+                .as_ref()
+                .map_or_else(|_| watched.clone(), |cfg| watched_files(&paths, cfg));
+            let fingerprint = if now_watched == watched {
+                fingerprint
+            } else {
+                control::fingerprint(&now_watched)
+            };
+            ReloadRead::Loaded(Box::new(loaded), now_watched, fingerprint)
+        });
+        let loaded = match tokio::time::timeout(RELOAD_LIMIT, read).await {
+            Ok(Ok(ReloadRead::Unchanged)) => {
+                debug!(
+                    "A configuration file event without a change of content; nothing to reload."
+                );
+                return;
+            }
+            Ok(Ok(ReloadRead::Loaded(loaded, now_watched, fingerprint))) => {
+                self.files.fingerprint = fingerprint;
+                if now_watched != self.files.paths {
+                    self.files.watch = None;
+                    self.files.watch = watch_config(&now_watched, tx);
+                    self.files.paths = now_watched;
+                }
+                Ok(*loaded)
+            }
+            Ok(Err(e)) => Err(format!("the reload task failed: {e}")),
+            Err(_) => Err(format!(
+                "reading the configuration files did not finish within {}s (a hung network \
+                 filesystem?)",
+                RELOAD_LIMIT.as_secs()
+            )),
+        };
+        info!(trigger = trigger.as_str(), "Reloading the configuration.");
+        let result = match loaded {
             Ok(Ok(cfg)) => prepare(&cfg).map(|a| (cfg, a)),
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
-            Err(e) => Err(vec![format!("the reload task failed: {e}")]),
+            Err(e) => Err(vec![e]),
         };
         match result {
             Ok((cfg, applied)) => {
@@ -612,6 +700,17 @@ impl Daemon {
                 self.state.info.store(Arc::new(info));
                 self.state.metrics.reload("failure");
             }
+        }
+    }
+}
+
+/// Watches the configuration files; a failure leaves SIGHUP as the way to reload.
+fn watch_config(files: &[PathBuf], tx: &mpsc::Sender<Control>) -> Option<control::Watch> {
+    match control::watch_files(files, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "Cannot watch the configuration files; reload with SIGHUP instead.");
+            None
         }
     }
 }

@@ -266,3 +266,157 @@ pub fn cli(args: &[&str], env: &HashMap<String, String>) -> (i32, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Context switches of each thread of `pid` (`/proc/<pid>/task/*/status`), by thread id.
+/// Reading `/proc` does not wake the process.
+pub fn context_switches(pid: u32) -> HashMap<String, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let n = std::fs::read_to_string(task.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+            (task.file_name().to_string_lossy().into_owned(), n)
+        })
+        .collect()
+}
+
+/// Wake-ups of `pid` between a [`context_switches`] snapshot and now: the switches of threads
+/// that lived through the window, plus those of threads started in it.
+pub fn wakeups_since(pid: u32, before: &HashMap<String, u64>) -> u64 {
+    context_switches(pid)
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
+}
+
+impl Daemon {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `delegated_auth_config_reloads_total` by result: (success, failure).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        let text = String::from_utf8_lossy(&self.get("/metrics").body).into_owned();
+        let count = |result: &str| {
+            let prefix = format!("delegated_auth_config_reloads_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (count("success"), count("failure"))
+    }
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Daemon {
+    /// Polls `GET /v1/keys` until `instance`'s `last_error` contains `needle`; returns it.
+    pub fn wait_error(&self, instance: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self.json("/v1/keys");
+            let error = list
+                .as_array()
+                .and_then(|l| l.iter().find(|i| i["name"] == instance))
+                .and_then(|i| i["last_error"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            if error.contains(needle) {
+                return error;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{instance}: no error containing {needle:?}; last error {error:?}\nlog:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A loopback HTTP/1.1 server that answers every GET with an endless chunked body (and every
+/// PUT with an IMDSv2 token), until the client goes away. Runs until the process ends.
+pub fn endless_http_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let put = line.starts_with("PUT");
+                    // Skip the headers.
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    if put {
+                        let token = "AQAEAendlesstoken";
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\
+                             Content-Length: {}\r\n\r\n{token}",
+                            token.len()
+                        );
+                        continue;
+                    }
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "A".repeat(64 * 1024));
+                    while stream.write_all(chunk.as_bytes()).is_ok() {}
+                    return;
+                }
+            });
+        }
+    });
+    url
+}
+
+impl Daemon {
+    /// Polls `/v1/status` until the last reload error contains `needle`.
+    pub fn wait_error_in_status(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.json("/v1/status");
+            let error = status["config"]["last_reload_error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if error.contains(needle) {
+                return error;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no reload error containing {needle:?}: {status}\nlog:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
