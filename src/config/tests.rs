@@ -343,6 +343,39 @@ fn dela_in_a_key_slot_is_not_a_key() {
     assert!(cfg.instances[0].fallback.is_none());
     assert_eq!(warning_keys(&cfg), vec!["api_key"]);
     assert_eq!(cfg.warnings[0].line, Some(1));
+    assert!(cfg.warnings[0].message.contains("DELA(...)"));
+
+    // The newest Agent's form too: never a key, in a key slot or along the fallback chain.
+    let cfg = ok(&format!(
+        "api_key: \"DELA[{ORG}, aws]\"\nlogs_config:\n  api_key: \"dela[{ORG}, aws]\"\n  delegated_auth:\n    org_uuid: {ORG}\n"
+    ));
+    assert!(cfg.instances.iter().all(|i| i.fallback.is_none()));
+    let directive_warnings: Vec<&Problem> = cfg
+        .warnings
+        .iter()
+        .filter(|w| {
+            w.message
+                .contains("holds a DELA[...] (newest Agent) directive")
+        })
+        .collect();
+    assert_eq!(directive_warnings.len(), 2, "{:#?}", cfg.warnings);
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    assert_eq!(
+        logs.notes,
+        vec![
+            "logs_config.api_key holds a DELA[...] (newest Agent) directive; it is never used as a key",
+            "api_key holds a DELA[...] (newest Agent) directive; it is never used as a key",
+        ]
+    );
+    // Nor as the fallback file's content.
+    let f = fixture(
+        &format!("delegated_auth:\n  org_uuid: {ORG}\n"),
+        Some("fallback_api_key_file: $DIR/key\n"),
+    );
+    std::fs::write(f.dir.join("key"), format!("DELA[{ORG},aws]\n")).unwrap();
+    std::fs::set_permissions(f.dir.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let errs = load(&f.paths, &no_env).unwrap_err().0;
+    assert!(errs[0].message.contains("DELA[...]"), "{}", errs[0]);
 }
 
 #[test]
