@@ -104,8 +104,21 @@ enum Command {
     Version,
 }
 
+/// Clears the process's dumpable flag before any key is in memory: other processes of the same
+/// uid can then neither read `/proc/PID/mem` or `environ` nor ptrace it, and a crash leaves no
+/// core file holding keys. Every command holds keys (`exec` and `secret-helper` too), so all
+/// do this. A child started by `exec` is dumpable again after its `execve`, as it should be.
+fn forbid_core_dumps_and_tracing() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!(
+            "warning: cannot clear the dumpable flag (PR_SET_DUMPABLE: {e}); other processes of this user may read keys from its memory"
+        );
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    forbid_core_dumps_and_tracing();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -937,8 +937,10 @@ async fn exchange_check(
     mapping: &Check,
     clock_failed: bool,
 ) -> Check {
-    let url = intake_key_url(&spec.exchange_target);
-    match client.exchange(&url, proof).await {
+    let target = intake_key_url(&spec.exchange_target);
+    // What is shown: never the userinfo of a proxy-style dd_url.
+    let url = crate::exchange::redact_userinfo(&target);
+    match client.exchange(&target, proof).await {
         Ok(key) => Check::ok(
             "exchange",
             format!(

@@ -628,7 +628,7 @@ impl<E: Exchanger> Manager<E> {
                     (id, shared)
                 }
             };
-            debug!(group = id, org_uuid = %key.org_uuid, target = %key.target, members = config.members.len(), "Exchange group configured.");
+            debug!(group = id, org_uuid = %key.org_uuid, target = %crate::exchange::redact_userinfo(&key.target), members = config.members.len(), "Exchange group configured.");
             for m in &config.members {
                 routes.insert(
                     m.name.clone(),

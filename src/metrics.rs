@@ -46,6 +46,7 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -95,6 +96,11 @@ impl Metrics {
     /// A configuration reload attempt (`success` or `failure`).
     pub fn reload(&self, result: &'static str) {
         bump(&self.reloads, result);
+    }
+
+    /// A connection closed before any request, for `reason` (a fixed name).
+    pub fn connection_refused(&self, reason: &'static str) {
+        bump(&self.refused, reason);
     }
 
     /// Renders everything in OpenMetrics text format.
@@ -195,6 +201,20 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "delegated_auth_config_reloads_total{{result=\"{result}\"}} {n}"
+            );
+        }
+
+        out.push_str("# TYPE delegated_auth_connections_refused counter\n");
+        out.push_str("# HELP delegated_auth_connections_refused Connections closed before any request, by reason (uid_share: the peer's uid held its whole share).\n");
+        for (reason, n) in self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "delegated_auth_connections_refused_total{{reason=\"{reason}\"}} {n}"
             );
         }
 

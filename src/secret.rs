@@ -99,9 +99,32 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `raw` (a URL, or a scheme-less `host[:port]`) with its `user:password@` replaced by `***@`:
+/// proxy URLs, `dd_url` and endpoint URLs may carry credentials, and are shown in logs, status,
+/// metrics and `check-config`.
+pub fn redact_userinfo(raw: &str) -> String {
+    // A scheme-less endpoint (`user:pw@proxy:3128`) starts with its authority.
+    let scheme_end = raw.find("://").map_or(0, |i| i + 3);
+    let rest = &raw[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &raw[..scheme_end], &rest[at + 1..]),
+        None => raw.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_masked_with_or_without_a_scheme() {
+        assert_eq!(redact_userinfo("http://u:p@h:1/x@y"), "http://***@h:1/x@y");
+        assert_eq!(redact_userinfo("http://h:1/x@y"), "http://h:1/x@y");
+        assert_eq!(redact_userinfo("u:p@h:1/x"), "***@h:1/x");
+        assert_eq!(redact_userinfo("h.example/a@b"), "h.example/a@b");
+        assert_eq!(redact_userinfo("https://a@b@h/p"), "https://***@h/p");
+    }
 
     #[test]
     fn debug_and_display_hide_all_but_the_suffix() {

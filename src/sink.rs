@@ -80,6 +80,7 @@ pub fn write_if_changed(spec: &SinkSpec, key: &Secret) -> Result<bool, SinkError
             source,
         }
     };
+    remove_stale_temporaries(path);
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(SinkError::Symlink { path: path.clone() });
@@ -137,6 +138,43 @@ pub fn write_if_changed(spec: &SinkSpec, key: &Secret) -> Result<bool, SinkError
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| true)
+}
+
+/// Removes temporary files of `path` that a crash between their write and their rename left
+/// behind (each holds a whole key): `.<name>.tmp-*` regular files owned by this process's user,
+/// next to the target. Called under the write lock, so none of them is in use.
+fn remove_stale_temporaries(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let stale = entry.path();
+        // Not followed: only our own regular files, never through a link.
+        if fs::symlink_metadata(&stale).is_ok_and(|m| m.is_file() && m.uid() == me) {
+            match fs::remove_file(&stale) {
+                Ok(()) => {
+                    warn!(path = %stale.display(), "Removed a temporary key file left by an interrupted write.");
+                }
+                Err(e) => {
+                    warn!(path = %stale.display(), error = %e, "Cannot remove a temporary key file left by an interrupted write.")
+                }
+            }
+        }
+    }
 }
 
 fn same_content(path: &Path, key: &Secret) -> io::Result<bool> {
@@ -283,6 +321,24 @@ mod tests {
             mode,
             gid: None,
         }
+    }
+
+    #[test]
+    fn temporaries_left_by_a_crash_are_removed_on_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), 0o600);
+        let stale = dir.path().join(".api_key.tmp-4242-99");
+        fs::write(&stale, "key-from-a-crash-000000000001").unwrap();
+        let other = dir.path().join(".other.tmp-4242-99");
+        fs::write(&other, "not ours to remove").unwrap();
+        let key = Secret::from("key-one-0000000001");
+        write_if_changed(&s, &key).unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+        // Also when the file is already current (a restart after the crash).
+        fs::write(&stale, "key-from-a-crash-000000000001").unwrap();
+        assert!(!write_if_changed(&s, &key).unwrap());
+        assert!(!stale.exists());
     }
 
     #[test]

@@ -254,3 +254,110 @@ fn a_config_file_that_becomes_a_fifo_does_not_stop_reloads_or_shutdown() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// Opens `n` connections to `socket` as `uid` (through setpriv and perl, which every Debian
+/// has), sends `request` on each (nothing if empty), and holds them until the returned child is
+/// killed.
+fn flood_as(uid: &str, socket: &Path, n: usize, request: &str) -> std::process::Child {
+    use std::io::BufRead;
+    // SIGPIPE ignored: the daemon closes connections past the uid's share at once.
+    let script = "use IO::Socket::UNIX; $SIG{PIPE} = 'IGNORE'; my ($path, $n, $req) = @ARGV; my @held; \
+                  for (1..$n) { my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $path) \
+                  or die \"connect: $!\"; print $s $req if length $req; push @held, $s; } \
+                  $| = 1; print \"ready\\n\"; sleep 120;";
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            uid,
+            "--regid",
+            uid,
+            "--clear-groups",
+            "/usr/bin/perl",
+            "-e",
+            script,
+        ])
+        .arg(socket)
+        .arg(n.to_string())
+        .arg(request)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() != "ready" {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+        panic!("the flooding client failed: {:?} {err}", child.wait());
+    }
+    child
+}
+
+/// p99 of `n` key reads by this process (root), each on a new connection with a 5 s bound.
+fn root_read_p99(socket: &Path, n: usize) -> Duration {
+    let rt = common::rt();
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let reply = rt
+                .block_on(datadog_delegated_auth::client::request(
+                    socket,
+                    http::Method::GET,
+                    "/v1/keys/api_key",
+                    &[],
+                    None,
+                    Duration::from_secs(5),
+                ))
+                .expect("root's read failed while another uid flooded the socket");
+            assert_eq!(reply.status, 200);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n * 99 / 100]
+}
+
+/// One uid, refused by every rule or allowed and parking long polls, floods the socket with
+/// more connections than the daemon serves: another uid's reads keep their latency.
+#[test]
+fn one_uid_flooding_the_socket_does_not_starve_another() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to connect as other uids");
+        return;
+    }
+    let settings = "log: { level: info }\nsocket: { mode: \"0666\", max_connections: 64 }\n\
+                    access:\n  - instances: [\"*\"]\n    uids: [0]\n  - instances: [api_key]\n    uids: [65533]\n";
+    let d = Daemon::start(&format!("api_key: {KEY}\n"), settings, base_env());
+    for dir in [d.socket.parent().unwrap(), d.dir.path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let generation = d.json("/v1/keys/api_key")["generation"].clone();
+    // Refused by every rule, idle connections.
+    let mut idle = flood_as("65534", &d.socket, 200, "");
+    let p99 = root_read_p99(&d.socket, 200);
+    assert!(
+        p99 < Duration::from_millis(50),
+        "p99 {p99:?} under an idle flood"
+    );
+    let _ = idle.kill();
+    let _ = idle.wait();
+    // Allowed, long polls that the idle timeout never cuts.
+    let poll = format!(
+        "GET /v1/keys/api_key?wait=300s HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"{generation}\"\r\n\r\n"
+    );
+    let mut polls = flood_as("65533", &d.socket, 200, &poll);
+    let p99 = root_read_p99(&d.socket, 200);
+    assert!(
+        p99 < Duration::from_millis(50),
+        "p99 {p99:?} under a long-poll flood"
+    );
+    let _ = polls.kill();
+    let _ = polls.wait();
+    let metrics = String::from_utf8_lossy(&d.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("delegated_auth_connections_refused_total{reason=\"uid_share\"}"),
+        "{metrics}"
+    );
+}

@@ -1294,3 +1294,31 @@ fn the_guides_key_watcher_runs_its_command_on_rotation() {
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait();
 }
+
+/// A crash between a sink's temporary write and its rename leaves a file holding a whole key:
+/// the daemon removes such files of its own at start (and on each write).
+#[test]
+fn sink_temporaries_left_by_a_crash_are_removed_at_start() {
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("api_key");
+    let stale = keys.path().join(".api_key.tmp-4242-1234567890");
+    std::fs::write(&stale, KEY_B).unwrap();
+    let (group, _) = sink_group();
+    let d = Daemon::start(
+        &static_config(KEY_A),
+        &sink_settings(&path, &group),
+        base_env(),
+    );
+    wait_for(
+        "the sink file",
+        Duration::from_secs(30),
+        || (read(&path) == KEY_A).then_some(()),
+        || d.logs(),
+    );
+    assert_eq!(leftovers(keys.path()), Vec::<String>::new());
+    assert!(
+        d.logs().contains("Removed a temporary key file"),
+        "{}",
+        d.logs()
+    );
+}

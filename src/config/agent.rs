@@ -416,18 +416,7 @@ fn origin(path: &str, node: Option<&Node>) -> String {
     }
 }
 
-/// Removes `user:password@` from a URL so a proxy can be shown.
-pub fn redact_url_credentials(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => ("", url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
+pub use crate::secret::redact_userinfo as redact_url_credentials;
 
 /// Everything read from `datadog.yaml`.
 pub(crate) struct AgentRead {
@@ -942,7 +931,10 @@ fn read_map_shape(
     };
     for entry in entries {
         let domain = entry.key.trim();
-        let base = format!("additional_endpoints[{domain}]");
+        // Names and messages show the endpoint without its user:password@ (the exchange still
+        // uses it).
+        let shown = crate::exchange::redact_userinfo(domain);
+        let base = format!("additional_endpoints[{shown}]");
         let items: Vec<&Node> = match &entry.value.value {
             Value::Null => continue,
             Value::Seq(items) => items.iter().collect(),
@@ -953,7 +945,7 @@ fn read_map_shape(
                         &base,
                         "a DELA directive must be an item of the endpoint's list of keys \
                          (the Agent splits a bare string on spaces and would not see it)",
-                        format!("write it as a list: \"{domain}\": [\"DELA[...]\"]"),
+                        format!("write it as a list: \"{shown}\": [\"DELA[...]\"]"),
                     );
                     invalid_entry(r, out, base, Some(form), p);
                 }
@@ -964,7 +956,7 @@ fn read_map_shape(
                     &entry.value,
                     &base,
                     "expected a list of API keys, found a mapping",
-                    format!("write it as \"{domain}\": [\"<api_key>\", \"DELA[<org_uuid>, aws]\"]"),
+                    format!("write it as \"{shown}\": [\"<api_key>\", \"DELA[<org_uuid>, aws]\"]"),
                 );
                 r.problems.error(p);
                 continue;

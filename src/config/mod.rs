@@ -785,7 +785,11 @@ pub fn describe(cfg: &Config) -> String {
         }
     );
     let _ = writeln!(out, "Site:                {}", a.site);
-    let _ = writeln!(out, "Default endpoint:    {}", a.infra_endpoint);
+    let _ = writeln!(
+        out,
+        "Default endpoint:    {}",
+        crate::exchange::redact_userinfo(&a.infra_endpoint)
+    );
     let _ = writeln!(
         out,
         "Cloud provider:      {}",
@@ -905,7 +909,7 @@ pub fn describe(cfg: &Config) -> String {
                 let _ = writeln!(
                     out,
                     "      target:    {}{}",
-                    d.exchange_target,
+                    crate::exchange::redact_userinfo(&d.exchange_target),
                     if d.explicit_target { " (endpoint)" } else { "" }
                 );
                 let _ = writeln!(

@@ -98,7 +98,9 @@ impl AwsExchanger {
 impl Exchanger for AwsExchanger {
     async fn exchange(&self, key: &ExchangeKey) -> Result<Exchanged, ExchangeFailure> {
         let parts = self.parts.load_full();
-        let url = exchange::intake_key_url(&key.target);
+        let target = exchange::intake_key_url(&key.target);
+        // What status and logs show: a proxy-style dd_url may carry user:password@.
+        let url = exchange::redact_userinfo(&target);
         let Some(client) = parts.client.as_ref() else {
             // The manager only exchanges for delegated instances, and the client exists whenever
             // one does; a reload swaps both together.
@@ -142,7 +144,7 @@ impl Exchanger for AwsExchanger {
             endpoint: Some(url.clone()),
         })?;
         debug!(url = %url, region = ?region, "Getting API key with cloud auth proof.");
-        match client.exchange(&url, &proof).await {
+        match client.exchange(&target, &proof).await {
             Ok(api_key) => {
                 debug!(url = %url, elapsed = ?started.elapsed(), key = %api_key, "Successfully parsed delegated API key.");
                 Ok(Exchanged {

@@ -153,6 +153,9 @@ struct Applied {
     access: AccessPolicy,
     exchanger: Arc<AwsExchanger>,
     sinks: Vec<SinkSpec>,
+    /// `socket.mode` and the resolved `socket.group`.
+    socket_mode: u32,
+    socket_gid: Option<u32>,
 }
 
 fn resolve_uid(id: &IdRef) -> Result<u32, String> {
@@ -279,9 +282,25 @@ fn sink_specs(cfg: &Config) -> Result<Vec<SinkSpec>, Vec<String>> {
 fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
     let access = access_policy(cfg);
     let sinks = sink_specs(cfg);
-    let (access, sinks) = match (access, sinks) {
-        (Ok(a), Ok(s)) => (a, s),
-        (a, s) => return Err(a.err().into_iter().chain(s.err()).flatten().collect()),
+    let gid = cfg
+        .settings
+        .socket
+        .group
+        .as_ref()
+        .map(resolve_gid)
+        .transpose()
+        .map_err(|e| vec![format!("socket.group: {e}")]);
+    let (access, sinks, socket_gid) = match (access, sinks, gid) {
+        (Ok(a), Ok(s), Ok(g)) => (a, s, g),
+        (a, s, g) => {
+            return Err(a
+                .err()
+                .into_iter()
+                .chain(s.err())
+                .chain(g.err())
+                .flatten()
+                .collect());
+        }
     };
     let exchanger = AwsExchanger::new(cfg).map_err(|e| vec![e])?;
     Ok(Applied {
@@ -294,6 +313,8 @@ fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
         access,
         exchanger: Arc::new(exchanger),
         sinks,
+        socket_mode: cfg.settings.socket.mode,
+        socket_gid,
     })
 }
 
@@ -374,20 +395,7 @@ impl Daemon {
             }
         };
         let socket = socket_path(&opts, &cfg);
-        let gid = match cfg
-            .settings
-            .socket
-            .group
-            .as_ref()
-            .map(resolve_gid)
-            .transpose()
-        {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("error: socket.group: {e}");
-                return exit::CONFIG;
-            }
-        };
+        let gid = applied.socket_gid;
         // Signal handlers and the file watcher exist before anyone can learn we are up (the
         // socket, READY=1): a SIGHUP sent right after start must reload, not kill us, and an
         // edit made right after start must not be missed.
@@ -448,6 +456,7 @@ impl Daemon {
             rejections: Arc::new(ManagerRejections(manager.handle())),
             limits: Limits {
                 max_connections: cfg.settings.socket.max_connections,
+                max_connections_per_uid: server::per_uid_share(cfg.settings.socket.max_connections),
                 idle_timeout: cfg.settings.socket.idle_timeout,
                 ..Limits::default()
             },
@@ -600,6 +609,34 @@ impl Daemon {
         }
     }
 
+    /// Applies a changed `socket.mode` or `socket.group`: a new socket with the new permissions
+    /// replaces the old one at the same path (see [`server::rebind`]); connections already
+    /// open are served to their end.
+    async fn apply_socket_permissions(
+        &mut self,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<(), Vec<String>> {
+        if (mode, gid) == (self.socket.mode, self.socket.gid) {
+            return Ok(());
+        }
+        let path = self.socket.path.clone();
+        let listener = server::rebind(&path, mode, gid).map_err(|e| {
+            vec![format!(
+                "socket.mode/socket.group: the new permissions cannot be applied: {e}"
+            )]
+        })?;
+        self.socket.mode = mode;
+        self.socket.gid = gid;
+        self.socket.id = file_id(&path);
+        self.socket.foreign_reported = false;
+        if self.socket.rebind.send(listener).await.is_err() {
+            return Err(vec!["the server has stopped".to_owned()]);
+        }
+        info!(path = %path.display(), mode = format!("{mode:04o}"), gid = ?gid, "Applied the new socket mode and group.");
+        Ok(())
+    }
+
     async fn reload(&mut self, trigger: control::Trigger, tx: &mpsc::Sender<Control>) {
         let paths = self.opts.paths.clone();
         let watched = self.files.paths.clone();
@@ -648,7 +685,14 @@ impl Daemon {
         };
         info!(trigger = trigger.as_str(), "Reloading the configuration.");
         let result = match loaded {
-            Ok(Ok(cfg)) => prepare(&cfg).map(|a| (cfg, a)),
+            Ok(Ok(cfg)) => match prepare(&cfg) {
+                // The socket first, since it can fail: nothing else changes if it does.
+                Ok(a) => self
+                    .apply_socket_permissions(a.socket_mode, a.socket_gid)
+                    .await
+                    .map(|()| (cfg, a)),
+                Err(e) => Err(e),
+            },
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Err(e) => Err(vec![e]),
         };

@@ -400,7 +400,7 @@ impl ExchangeClient {
             })?
         };
         authorization.set_sensitive(true);
-        tracing::debug!(url = %url, "Exchanging the cloud auth proof for an API key.");
+        tracing::debug!(url = %redact_userinfo(url.as_str()), "Exchanging the cloud auth proof for an API key.");
         let response = self
             .http
             .post(url.clone())
@@ -662,18 +662,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Replaces `user:password@` in a URL-ish string (proxy URLs may carry credentials).
-pub(crate) fn redact_userinfo(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://").map(|i| i + 3) else {
-        return raw.to_owned();
-    };
-    let rest = &raw[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***@{}", &raw[..scheme_end], &rest[at + 1..]),
-        None => raw.to_owned(),
-    }
-}
+pub(crate) use crate::secret::redact_userinfo;
 
 /// Defence in depth: a server that echoes parts of the proof in its error detail must not get
 /// them into our logs.
@@ -905,8 +894,6 @@ mod tests {
 
     #[test]
     fn userinfo_redaction() {
-        assert_eq!(redact_userinfo("http://u:p@h:1/x@y"), "http://***@h:1/x@y");
-        assert_eq!(redact_userinfo("http://h:1/x@y"), "http://h:1/x@y");
         assert_eq!(redact_userinfo("h:1"), "h:1");
     }
 

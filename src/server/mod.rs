@@ -21,13 +21,14 @@ mod routes;
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -48,6 +49,11 @@ use crate::status::DaemonInfo;
 pub struct Limits {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one uid may hold at once (idle, long polls and all): one local user, allowed
+    /// or not, can then never take every slot. Past it, its new connections are closed at once.
+    /// Root is not limited: it can stop the daemon anyway, and its health checks and reads must
+    /// never be turned away.
+    pub max_connections_per_uid: usize,
     /// A connection with no request in flight for this long since its last answer (or since it
     /// was accepted) is closed: idle keep-alive and slowloris heads alike. A request body that
     /// takes longer gets 408.
@@ -68,11 +74,58 @@ impl Default for Limits {
         Limits {
             // Well above the 1,000 consumers a busy node might have, well below fd limits.
             max_connections: 4096,
+            max_connections_per_uid: per_uid_share(4096),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_body_bytes: 4 * 1024,
             max_wait: Duration::from_secs(300),
             pending_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The share of `max_connections` one uid may hold: a quarter (so it takes more than three
+/// users to fill the daemon), and at least one.
+pub fn per_uid_share(max_connections: usize) -> usize {
+    max_connections.div_ceil(4).max(1)
+}
+
+/// Connections held per uid, against [`Limits::max_connections_per_uid`].
+#[derive(Debug, Default)]
+struct Shares(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection's place in its uid's share; given back on drop.
+struct Share {
+    shares: Arc<Shares>,
+    uid: u32,
+}
+
+impl Shares {
+    fn take(self: &Arc<Self>, uid: u32, limit: usize) -> Option<Option<Share>> {
+        if uid == 0 {
+            return Some(None);
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = map.entry(uid).or_insert(0);
+        if *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(Some(Share {
+            shares: self.clone(),
+            uid,
+        }))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut map = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(&self.uid) {
+            *held -= 1;
+            if *held == 0 {
+                map.remove(&self.uid);
+            }
         }
     }
 }
@@ -136,6 +189,18 @@ pub enum BindError {
         /// Socket path.
         path: PathBuf,
     },
+    /// Anyone may write to the socket's directory, and it lacks the sticky bit.
+    #[error(
+        "the socket directory {dir} (mode {mode:04o}) is writable by every user and not sticky: \
+         anyone could replace the socket; use a directory only this daemon's user (and root) \
+         can write, such as /run/datadog, or chmod +t it"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
     /// A system call failed.
     #[error(
         "cannot {op} socket {path}: {source}; check the directory exists and is writable by this user"
@@ -158,9 +223,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Bi
     }
 }
 
-/// Binds the socket with its mode and group applied before `listen()`, so no client can connect
-/// through a window with the wrong permissions. A stale socket (nobody answering) is replaced;
-/// a live one is not.
+/// Binds the socket with its mode and group applied before anyone can reach it (see
+/// [`bind_private`]). A stale socket (nobody answering) is replaced; a live one is not. A
+/// missing directory is created (see [`prepare_directory`]).
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, BindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -176,40 +241,130 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
             }
             Err(_) => {
                 info!(path = %path.display(), "Replacing a stale socket file left by a previous run.");
-                std::fs::remove_file(path).map_err(|source| BindError::Io {
-                    op: "remove stale",
-                    path: path.to_owned(),
-                    source,
-                })?;
             }
         }
     }
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::create_dir_all(dir).map_err(|source| BindError::Io {
+    prepare_directory(path, gid)?;
+    bind_private(path, mode, gid)
+}
+
+/// Binds a new socket with `mode` and `gid` and renames it over the daemon's own socket at
+/// `path` (a reload changed `socket.mode` or `socket.group`): clients connect to the old socket
+/// or the new one, never to nothing, and never to a socket with the old permissions once this
+/// returns.
+pub fn rebind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, BindError> {
+    prepare_directory(path, gid)?;
+    bind_private(path, mode, gid)
+}
+
+/// The socket's directory: created when missing (0750 with the socket's group, so its members
+/// can reach a 0660 socket whatever the umask; 0755 without a group), refused when anyone may
+/// write to it without the sticky bit (another user could put a file of their choosing at the
+/// socket path), and reported when the socket's group cannot traverse it.
+fn prepare_directory(path: &Path, gid: Option<u32>) -> Result<(), BindError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        create_directory(dir, gid).map_err(|source| BindError::Io {
             op: "create the directory of",
             path: path.to_owned(),
             source,
         })?;
         info!(dir = %dir.display(), "Created the socket directory.");
+        return Ok(());
     }
-    let fd: OwnedFd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(io_err("create", path))?;
-    let addr = UnixAddr::new(path).map_err(io_err("address", path))?;
-    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(io_err("bind", path))?;
-    let secure = || -> Result<(), BindError> {
+    let meta = std::fs::metadata(dir).map_err(|source| BindError::Io {
+        op: "inspect the directory of",
+        path: path.to_owned(),
+        source,
+    })?;
+    let dir_mode = meta.mode() & 0o7777;
+    if dir_mode & 0o002 != 0 && dir_mode & 0o1000 == 0 {
+        return Err(BindError::UnsafeDirectory {
+            dir: dir.to_owned(),
+            mode: dir_mode,
+        });
+    }
+    if let Some(gid) = gid {
+        let traversable = dir_mode & 0o001 != 0 || (meta.gid() == gid && dir_mode & 0o010 != 0);
+        if !traversable {
+            warn!(dir = %dir.display(), mode = format!("{dir_mode:04o}"), gid, "Members of the socket's group cannot traverse the socket directory, so they cannot reach the socket: chgrp the directory to the socket's group and chmod g+x it (0750), or choose another socket.path.");
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents: parents 0755, `dir` itself 0750 with group `gid`
+/// (0755 without one). Modes are set on the opened directory, not by path, whatever the umask.
+fn create_directory(dir: &Path, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    missing.reverse();
+    for d in missing {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(d)?;
+        let mode = match (d == dir, gid) {
+            (true, Some(gid)) => {
+                nix::unistd::fchown(&opened, None, Some(nix::unistd::Gid::from_raw(gid)))
+                    .map_err(io::Error::from)?;
+                0o750
+            }
+            _ => 0o755,
+        };
+        opened.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Binds the socket inside a fresh private directory (0700, beside `path`), applies `mode` and
+/// `gid` there, where no other user can swap the file for a symlink between `bind()` and
+/// `chmod`/`chown`, listens, then renames it to `path` (atomically replacing what is there).
+fn bind_private(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, BindError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = dir.join(format!(
+        ".{name}.bind-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    // mkdir never follows a planted symlink: it fails with EEXIST.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|source| BindError::Io {
+            op: "create a private directory for",
+            path: path.to_owned(),
+            source,
+        })?;
+    let inner = private.join("s");
+    let result = (|| {
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(io_err("create", path))?;
+        let addr = UnixAddr::new(&inner).map_err(io_err("address", path))?;
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(io_err("bind", path))?;
         if let Some(gid) = gid {
-            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            nix::unistd::chown(&inner, None, Some(nix::unistd::Gid::from_raw(gid)))
                 .map_err(io_err("set the group of", path))?;
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode)).map_err(
             |source| BindError::Io {
                 op: "set the mode of",
                 path: path.to_owned(),
@@ -222,13 +377,17 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
         // 1,000 long polls reconnecting during a connection flood (tests/hostile.rs); 4096
         // matches the default max_connections (the kernel caps it at net.core.somaxconn).
         socket::listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
-            .map_err(io_err("listen on", path))
-    };
-    if let Err(e) = secure() {
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    let std_listener = std::os::unix::net::UnixListener::from(fd);
+            .map_err(io_err("listen on", path))?;
+        std::fs::rename(&inner, path).map_err(|source| BindError::Io {
+            op: "move into place",
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(fd)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    let std_listener = std::os::unix::net::UnixListener::from(result?);
     UnixListener::from_std(std_listener).map_err(|source| BindError::Io {
         op: "register",
         path: path.to_owned(),
@@ -254,6 +413,9 @@ pub async fn serve_rebindable(
 ) {
     let mut rebind_open = true;
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let shares = Arc::new(Shares::default());
+    // Connections taken from a replaced listener's backlog, served before new ones.
+    let mut drained: Vec<tokio::net::UnixStream> = Vec::new();
     let tracker = TaskTracker::new();
 
     loop {
@@ -264,14 +426,27 @@ pub async fn serve_rebindable(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let stream = if let Some(stream) = drained.pop() {
+            stream
+        } else {
+            tokio::select! {
             _ = state.shutdown.cancelled() => break,
             new = rebound.recv(), if rebind_open => {
                 match new {
-                    Some(new) => listener = new,
+                    Some(new) => {
+                        // Clients that connected to the old socket before it was replaced are
+                        // in its backlog: serve them rather than drop them with it.
+                        let old = std::mem::replace(&mut listener, new);
+                        while let Some(Ok((stream, _))) = old.accept().now_or_never() {
+                            drained.push(stream);
+                        }
+                    }
                     None => rebind_open = false,
                 }
-                continue;
+                match drained.pop() {
+                    Some(stream) => stream,
+                    None => continue,
+                }
             }
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
@@ -282,6 +457,7 @@ pub async fn serve_rebindable(
                     continue;
                 }
             },
+            }
         };
         let peer = match stream.peer_cred() {
             Ok(c) => Peer {
@@ -294,11 +470,17 @@ pub async fn serve_rebindable(
                 continue;
             }
         };
+        let Some(share) = shares.take(peer.uid, state.limits.max_connections_per_uid) else {
+            debug!(pid = ?peer.pid, uid = peer.uid, limit = state.limits.max_connections_per_uid, "Closing a connection: this uid holds its whole share of connections.");
+            state.metrics.connection_refused("uid_share");
+            continue;
+        };
         let st = state.clone();
         tracker.spawn(async move {
             if let Err(e) = serve_connection(stream, st, peer).await {
                 debug!(error = %e, pid = ?peer.pid, uid = peer.uid, "Connection ended with an error.");
             }
+            drop(share);
             drop(permit);
         });
     }

@@ -104,7 +104,9 @@ impl ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             // The rest of the body may still come; the connection cannot carry another request.
-            ApiError::BodyTimeout(_) => {
+            // A refused peer gets its answer and no connection to hold on to: idle, it would
+            // only occupy a slot of its uid's share.
+            ApiError::BodyTimeout(_) | ApiError::Forbidden(_) => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -281,14 +283,44 @@ fn parse_wait(query: Option<&str>, max: Duration) -> Result<Option<Duration>, Ap
     Ok(None)
 }
 
-/// The generation in `If-None-Match: "<n>"` (weak or strong, quotes optional).
-fn if_none_match(req: &Request<Incoming>) -> Option<u64> {
-    let v = req.headers().get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    v.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .ok()
+/// What `If-None-Match` asks about: a list of entity tags, weak or strong, quotes optional
+/// (RFC 9110 §13.1.2), or `*` (any current representation).
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    Any,
+    Tags(Vec<u64>),
+}
+
+impl Known {
+    fn parse(req: &Request<Incoming>) -> Option<Known> {
+        Self::parse_value(req.headers().get(header::IF_NONE_MATCH)?.to_str().ok()?)
+    }
+
+    fn parse_value(value: &str) -> Option<Known> {
+        if value.trim() == "*" {
+            return Some(Known::Any);
+        }
+        let tags: Vec<u64> = value
+            .split(',')
+            // A header is at most max_header_bytes: the list is bounded by it.
+            .filter_map(|t| {
+                t.trim()
+                    .trim_start_matches("W/")
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        (!tags.is_empty()).then_some(Known::Tags(tags))
+    }
+
+    /// The generation the client already has, if it is `current`.
+    fn matching(&self, current: u64) -> Option<u64> {
+        match self {
+            Known::Any => Some(current),
+            Known::Tags(tags) => tags.contains(&current).then_some(current),
+        }
+    }
 }
 
 async fn get_key(
@@ -306,7 +338,7 @@ async fn get_key(
         return Err(ApiError::Forbidden(instance.to_owned()));
     }
     let wait = parse_wait(req.uri().query(), state.limits.max_wait)?;
-    let known = if_none_match(req);
+    let known = Known::parse(req);
 
     let mut snap = slot.current();
     if snap.is_pending() {
@@ -316,7 +348,10 @@ async fn get_key(
             _ = state.shutdown.cancelled() => slot.current(),
         };
     }
-    if let Some(known) = known.filter(|k| *k == snap.generation && !snap.removed) {
+    if let Some(known) = known
+        .and_then(|k| k.matching(snap.generation))
+        .filter(|_| !snap.removed)
+    {
         let Some(wait) = wait else {
             return Ok(not_modified(known));
         };
@@ -332,6 +367,12 @@ async fn get_key(
     }
     if snap.removed {
         return Err(ApiError::UnknownInstance(instance.to_owned()));
+    }
+    // Decided again as the key leaves: a reload may have withdrawn this peer's access while it
+    // waited (long poll, pending first exchange).
+    if !state.access.load().allows(&peer, instance) {
+        debug!(pid = ?peer.pid, uid = peer.uid, gid = peer.gid, instance, "Key read refused by the access rules in force when it was answered.");
+        return Err(ApiError::Forbidden(instance.to_owned()));
     }
     debug!(pid = ?peer.pid, uid = peer.uid, instance, generation = snap.generation, "Key read.");
     key_response(&snap)
@@ -475,6 +516,18 @@ mod tests {
         assert_eq!(parse_wait(None, max).unwrap(), None);
         assert!(parse_wait(Some("wait=301s"), max).is_err());
         assert!(parse_wait(Some("wait=soon"), max).is_err());
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_the_wildcard() {
+        let p = Known::parse_value;
+        assert_eq!(p("\"7\""), Some(Known::Tags(vec![7])));
+        assert_eq!(p("W/\"7\", \"9\""), Some(Known::Tags(vec![7, 9])));
+        assert_eq!(p(" * "), Some(Known::Any));
+        assert_eq!(p("\"abc\""), None);
+        assert_eq!(p("\"3\", \"abc\", 5").unwrap().matching(5), Some(5));
+        assert_eq!(p("\"3\"").unwrap().matching(5), None);
+        assert_eq!(Known::Any.matching(5), Some(5));
     }
 
     #[test]
