@@ -495,6 +495,20 @@ fn config_check<'c>(
                     None,
                 );
             }
+            Some(spec) if spec.invalid.is_some() => {
+                let problem = spec.invalid.as_ref().expect("matched");
+                return (
+                    Check::fail(
+                        "config",
+                        format!(
+                            "instance {name} is invalid and stays inert: {}",
+                            problem.message
+                        ),
+                        problem.fix.clone(),
+                    ),
+                    None,
+                );
+            }
             Some(spec) if spec.delegated.is_none() => {
                 return (
                     Check::fail(
@@ -524,7 +538,7 @@ fn config_check<'c>(
                                 cfg.paths.config.display()
                             ),
                             "set delegated_auth.org_uuid in datadog.yaml (or a product \
-                             section's delegated_auth.org_uuid, or a DELA(...) directive)",
+                             section's delegated_auth.org_uuid, or a DELA[...] directive)",
                         ),
                         None,
                     );
@@ -550,7 +564,30 @@ fn config_check<'c>(
         "endpoint",
         crate::config::redact_url_credentials(&d.exchange_target),
     );
-    if let Some(first) = cfg.warnings.first() {
+    let invalid: Vec<&str> = cfg
+        .instances
+        .iter()
+        .filter(|i| i.invalid.is_some())
+        .map(|i| i.name.as_str())
+        .collect();
+    if !invalid.is_empty() {
+        // The daemon runs without these entries (wire spec §10.2); check-config fails on them.
+        check.status = Status::Warn;
+        check.finding.push_str(&format!(
+            "; {} invalid entr{} inert: {}",
+            invalid.len(),
+            if invalid.len() == 1 {
+                "y stays"
+            } else {
+                "ies stay"
+            },
+            invalid.join(", ")
+        ));
+        check.fix = Some(
+            "run `datadog-delegated-auth check-config` to see each entry's problem and fix"
+                .to_owned(),
+        );
+    } else if let Some(first) = cfg.warnings.first() {
         check.status = Status::Warn;
         check.finding.push_str(&format!(
             "; {} warning(s), the first: {first}",

@@ -34,6 +34,10 @@ pub enum KeyState {
     Fallback,
     /// Nothing can be served.
     Unavailable,
+    /// The configuration entry is inert (a bad directive, an endpoint without a domain or host,
+    /// a directive on the TCP logs transport: wire spec §10.2). It never serves a key; the
+    /// status says what is wrong and how to fix it.
+    Invalid,
 }
 
 impl KeyState {
@@ -44,6 +48,7 @@ impl KeyState {
             KeyState::Active => "active",
             KeyState::Fallback => "fallback",
             KeyState::Unavailable => "unavailable",
+            KeyState::Invalid => "invalid",
         }
     }
 }
@@ -108,8 +113,10 @@ pub struct InstanceStatus {
     pub last_error_kind: Option<&'static str>,
     /// Where the fallback key comes from (`api_key`, `fallback_api_key_file`, …), if any.
     pub fallback_origin: Option<String>,
-    /// Why the instance is in fallback or unavailable.
+    /// Why the instance is in fallback, unavailable or invalid.
     pub reason: Option<String>,
+    /// For an invalid instance: how to fix its configuration entry.
+    pub fix: Option<String>,
     /// Other instances sharing this instance's exchange (same org, endpoint and region).
     pub shared_with: Vec<String>,
 }
@@ -260,6 +267,8 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct KeyStore {
     slots: ArcSwap<BTreeMap<Arc<str>, Arc<Slot>>>,
+    /// Old instance names that still reach an instance (old name → current name).
+    aliases: ArcSwap<BTreeMap<Arc<str>, Arc<str>>>,
     generations: Arc<AtomicU64>,
 }
 
@@ -269,9 +278,39 @@ impl KeyStore {
         Self::default()
     }
 
-    /// The slot of an instance.
+    /// The slot of an instance, by its name or an alias.
     pub fn get(&self, name: &str) -> Option<Arc<Slot>> {
-        self.slots.load().get(name).cloned()
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(name) {
+            return Some(slot.clone());
+        }
+        let current = self.aliases.load().get(name).cloned()?;
+        slots.get(&current).cloned()
+    }
+
+    /// The current name of an instance asked for by `name`: itself, or the instance an old name
+    /// (an alias) stands for. Request handlers resolve the name once, so access rules, rejection
+    /// reports and answers all use the current name.
+    pub fn canonical<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.slots.load().contains_key(name) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        match self.aliases.load().get(name) {
+            Some(current) => std::borrow::Cow::Owned(current.to_string()),
+            None => std::borrow::Cow::Borrowed(name),
+        }
+    }
+
+    /// Replaces the aliases (old name, current name). An alias equal to an instance's own name
+    /// is ignored: names win.
+    pub fn set_aliases(&self, pairs: &[(String, String)]) {
+        let slots = self.slots.load();
+        let map = pairs
+            .iter()
+            .filter(|(old, _)| !slots.contains_key(old.as_str()))
+            .map(|(old, new)| (Arc::from(old.as_str()), Arc::from(new.as_str())))
+            .collect();
+        self.aliases.store(Arc::new(map));
     }
 
     /// Every slot, sorted by instance name.
@@ -328,7 +367,12 @@ impl KeyStore {
     pub fn is_ready(&self) -> bool {
         self.slots.load().values().all(|slot| {
             let s = slot.current();
-            matches!(s.state, KeyState::Active | KeyState::Fallback)
+            // An invalid entry never serves a key, and waiting for it would keep the daemon
+            // unready for good: it does not count (wire spec §10.2, everything else runs).
+            matches!(
+                s.state,
+                KeyState::Active | KeyState::Fallback | KeyState::Invalid
+            )
         })
     }
 }

@@ -108,6 +108,20 @@ pub struct InstancePlan {
     pub fallback: Option<Secret>,
     /// Where the fallback comes from (`api_key`, `fallback_api_key_file`, …), for status.
     pub fallback_origin: Option<String>,
+    /// An inert configuration entry (wire spec §10.2): what is wrong with it, and the fix. Such
+    /// a plan has no exchange and no fallback, and is published in state `invalid`.
+    pub invalid: Option<InvalidEntry>,
+    /// Old names that still reach this instance (for one release).
+    pub aliases: Vec<String>,
+}
+
+/// What is wrong with an inert configuration entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidEntry {
+    /// The problem, with its location (`file:line: key: message`).
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
 }
 
 /// Process-wide timing settings (`refresh.*` of the daemon settings).
@@ -294,6 +308,8 @@ fn log_switch(instance: &str, from: KeyState, to: KeyState, reason: Option<&str>
             to = "pending",
             "Waiting for a first exchange."
         ),
+        // Logged once per load by `Manager::apply`, with the problem and its fix.
+        KeyState::Invalid => {}
     }
 }
 
@@ -513,6 +529,11 @@ impl<E: Exchanger> Manager<E> {
             .collect();
         let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
         let slots = self.store.set_instances(&names);
+        let aliases: Vec<(String, String)> = plans
+            .iter()
+            .flat_map(|p| p.aliases.iter().map(|a| (a.clone(), p.name.clone())))
+            .collect();
+        self.store.set_aliases(&aliases);
 
         let mut publishers = HashMap::with_capacity(plans.len());
         for (plan, slot) in plans.iter().zip(slots) {
@@ -619,6 +640,12 @@ impl<E: Exchanger> Manager<E> {
             }
         }
 
+        // Once per load: the entries stay inert until the configuration changes.
+        for plan in &plans {
+            if let Some(entry) = &plan.invalid {
+                warn!(instance = %plan.name, problem = %entry.problem, fix = %entry.fix, "This configuration entry is invalid and stays inert; every other instance runs.");
+            }
+        }
         for plan in plans.iter().filter(|p| p.exchange.is_none()) {
             let publisher = &self.publishers[plan.name.as_str()];
             publisher.set_owner(STATIC_OWNER);
@@ -688,6 +715,17 @@ fn shared_with(members: &[Member], me: &str) -> Vec<String> {
 
 /// Publishes a static instance: its fallback, or `unavailable`.
 fn publish_static(plan: &InstancePlan, publisher: &Publisher) {
+    if let Some(entry) = &plan.invalid {
+        publisher.publish(STATIC_OWNER, |s| {
+            serve(s, KeyState::Invalid, None);
+            s.status = InstanceStatus {
+                reason: Some(entry.problem.clone()),
+                fix: Some(entry.fix.clone()),
+                ..InstanceStatus::default()
+            };
+        });
+        return;
+    }
     let (state, reason) = match &plan.fallback {
         Some(_) => (KeyState::Fallback, STATIC_REASON.to_string()),
         None => (
@@ -1115,6 +1153,7 @@ impl<E: Exchanger> Task<E> {
             last_error_kind: self.last_error_kind,
             fallback_origin: member.fallback_origin.clone(),
             reason,
+            fix: None,
             shared_with: shared_with(&self.cfg.members, &member.name),
         }
     }
@@ -1341,6 +1380,8 @@ mod tests {
             refresh_interval: HOUR,
             fallback: fallback.map(Secret::from),
             fallback_origin: fallback.map(|_| "api_key".to_string()),
+            invalid: None,
+            aliases: Vec::new(),
         }
     }
 

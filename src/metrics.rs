@@ -237,6 +237,7 @@ fn render_state(out: &mut String, store: &KeyStore) {
             KeyState::Active,
             KeyState::Fallback,
             KeyState::Unavailable,
+            KeyState::Invalid,
         ] {
             let v = u8::from(s.state == state);
             let _ = writeln!(
@@ -247,6 +248,17 @@ fn render_state(out: &mut String, store: &KeyStore) {
             );
         }
     }
+
+    out.push_str("# TYPE delegated_auth_invalid_entries gauge\n");
+    out.push_str(
+        "# HELP delegated_auth_invalid_entries Configuration entries that are inert because \
+         they are invalid (bad directive, no domain or host, TCP logs transport).\n",
+    );
+    let invalid = snaps
+        .iter()
+        .filter(|s| s.state == KeyState::Invalid)
+        .count();
+    let _ = writeln!(out, "delegated_auth_invalid_entries {invalid}");
 
     out.push_str("# TYPE delegated_auth_fallback_active gauge\n");
     out.push_str(

@@ -31,6 +31,8 @@ pub struct DaemonInfo {
     pub reload_failures: u64,
     /// Validation warnings of the configuration in force.
     pub config_warnings: Vec<String>,
+    /// The proxies in effect and where each came from (passwords masked).
+    pub proxy: Option<ProxyStatus>,
     /// Environment detection.
     pub environment: EnvironmentStatus,
 }
@@ -103,6 +105,56 @@ pub struct ConfigStatus {
     /// Warnings of the configuration in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The proxies in effect, when any is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
+}
+
+/// The proxies in effect and the source that won for each (wire spec §10.4), passwords masked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Proxy of `https://` requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<ProxySourceDoc>,
+    /// Proxy of `http://` requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<ProxySourceDoc>,
+    /// Destinations reached directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
+    /// Where `no_proxy` came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_proxy_source: Option<String>,
+    /// The same in one line, as `check-config` prints it.
+    pub summary: String,
+}
+
+/// One proxy URL (password masked) and its source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxySourceDoc {
+    /// The URL, `user:password@` masked as `***@`.
+    pub url: String,
+    /// `DD_PROXY_HTTPS`, `HTTPS_PROXY`, `https_proxy`, `proxy.https`, …
+    pub source: String,
+}
+
+impl ProxyStatus {
+    /// The status form of the resolver's choice; `None` when no proxy setting is present.
+    pub fn from_in_effect(p: &crate::config::proxy::ProxyInEffect) -> Option<Self> {
+        let doc = |c: &Option<crate::config::proxy::ProxyChoice>| {
+            c.as_ref().map(|c| ProxySourceDoc {
+                url: c.redacted(),
+                source: c.source.clone(),
+            })
+        };
+        p.is_set().then(|| ProxyStatus {
+            https: doc(&p.https),
+            http: doc(&p.http),
+            no_proxy: p.no_proxy.clone(),
+            no_proxy_source: p.no_proxy_source.clone(),
+            summary: p.describe(),
+        })
+    }
 }
 
 /// One instance, without secrets (`GET /v1/keys` lists these).
@@ -110,7 +162,7 @@ pub struct ConfigStatus {
 pub struct InstanceDoc {
     /// Instance name.
     pub name: String,
-    /// `pending`, `active`, `fallback` or `unavailable`.
+    /// `pending`, `active`, `fallback`, `unavailable` or `invalid`.
     pub state: String,
     /// `delegated` or `fallback` when a key is served.
     pub source: Option<String>,
@@ -146,8 +198,11 @@ pub struct InstanceDoc {
     pub error: Option<String>,
     /// Where the fallback key comes from.
     pub fallback_origin: Option<String>,
-    /// Why the instance is in fallback or unavailable.
+    /// Why the instance is in fallback or unavailable, or what is wrong with an invalid entry.
     pub reason: Option<String>,
+    /// For an invalid entry: how to fix it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
     /// Instances sharing this one's exchange.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
@@ -203,6 +258,7 @@ impl InstanceDoc {
             error,
             fallback_origin: st.fallback_origin.clone(),
             reason: st.reason.clone(),
+            fix: st.fix.clone(),
             shared_with: st.shared_with.clone(),
         }
     }
@@ -234,6 +290,7 @@ pub fn build(info: &DaemonInfo, store: &KeyStore, sinks: &crate::sink::SinkBoard
             last_reload_error: info.last_reload_error.clone(),
             reload_failures: info.reload_failures,
             warnings: info.config_warnings.clone(),
+            proxy: info.proxy.clone(),
         },
         environment: info.environment.clone(),
         instances,
@@ -276,6 +333,9 @@ pub fn render_text(doc: &StatusDoc) -> String {
     }
     for w in &env.warnings {
         let _ = writeln!(out, "Warning: {w}");
+    }
+    if let Some(proxy) = &doc.config.proxy {
+        let _ = writeln!(out, "Proxy: {}", proxy.summary);
     }
     let _ = writeln!(out, "Ready: {}", if doc.ready { "yes" } else { "no" });
     out.push_str("\nConfigured Delegated Auth Instances:\n");
@@ -322,6 +382,9 @@ pub fn render_text(doc: &StatusDoc) -> String {
         }
         if let Some(r) = &i.reason {
             let _ = writeln!(out, "    Reason: {r}");
+        }
+        if let Some(f) = &i.fix {
+            let _ = writeln!(out, "    Fix: {f}");
         }
         if let Some(e) = &i.error {
             let _ = writeln!(out, "    Error: {e}");

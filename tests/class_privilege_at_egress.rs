@@ -246,7 +246,9 @@ fn url_userinfo_is_masked_everywhere() {
         "log: { level: trace }\nrefresh: { startup_grace: 1s, retry_min: 1s, retry_max: 2s }\n",
         env.clone(),
     );
-    let masked = "additional_endpoints[http://***@127.0.0.1:9][0]";
+    // The Agent's instance name carries the directive's org (issue 13).
+    let masked = format!("additional_endpoints[http://***@127.0.0.1:9][0][{org}]");
+    let masked = masked.as_str();
     d.wait_error(masked, "127.0.0.1:9");
     d.wait_error("api_key", "127.0.0.1:9");
     let socket = d.socket.to_str().unwrap().to_owned();

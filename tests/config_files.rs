@@ -35,6 +35,13 @@ enum Expect {
     },
     /// (file, key, line, message fragment), in report order.
     Invalid(&'static [(In, &'static str, Option<usize>, &'static str)]),
+    /// Problems of single `additional_endpoints` entries (wire spec §10.2): the daemon loads the
+    /// file with those entries inert (`invalid` instances), `check-config` still fails. (key,
+    /// line, message fragment), in report order; `serving` are the instances that still run.
+    Entries {
+        problems: &'static [(&'static str, Option<usize>, &'static str)],
+        serving: &'static [&'static str],
+    },
 }
 
 struct Case {
@@ -118,8 +125,8 @@ fn cases() -> Vec<Case> {
                     "api_key",
                     "logs_config.api_key",
                     "remote_configuration.api_key",
-                    "additional_endpoints[https://app.datadoghq.eu][1]",
-                    "logs_config.additional_endpoints[1]",
+                    "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+                    "logs_config.additional_endpoints[1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
                 ],
                 warnings: &[],
             },
@@ -266,74 +273,101 @@ fn cases() -> Vec<Case> {
             agent: "invalid/bad_dela.yaml",
             settings: None,
             env: &[],
-            expect: Expect::Invalid(&[
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][0]",
-                    Some(4),
-                    "at least an org and a provider",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][1]",
-                    Some(5),
-                    "at least an org and a provider",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][2]",
-                    Some(6),
-                    "the org must be",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][3]",
-                    Some(7),
-                    "the provider must be",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][4]",
-                    Some(8),
-                    "has no `=`",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][5]",
-                    Some(9),
-                    "empty or invalid name",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][6]",
-                    Some(10),
-                    "unknown parameter `colour`",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][7]",
-                    Some(11),
-                    "is not a UUID",
-                ),
-                (
-                    In::Agent,
-                    "additional_endpoints[https://app.datadoghq.eu][8]",
-                    Some(12),
-                    "unsupported provider `azure`",
-                ),
-                (
-                    In::Agent,
-                    "logs_config.additional_endpoints[0]",
-                    Some(17),
-                    "region `eu west 1`",
-                ),
-                (
-                    In::Agent,
-                    "logs_config.additional_endpoints[1]",
-                    Some(19),
-                    "no host",
-                ),
-            ]),
+            expect: Expect::Entries {
+                serving: &["api_key"],
+                problems: &[
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][0]",
+                        Some(4),
+                        "at least an org and a provider",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][1]",
+                        Some(5),
+                        "at least an org and a provider",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][2]",
+                        Some(6),
+                        "the org must be",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][3]",
+                        Some(7),
+                        "the provider must be",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][4]",
+                        Some(8),
+                        "has no `=`",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][5]",
+                        Some(9),
+                        "empty or invalid name",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][6]",
+                        Some(10),
+                        "unknown parameter `colour`",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][7]",
+                        Some(11),
+                        "is not a UUID",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][8]",
+                        Some(12),
+                        "unsupported provider `azure`",
+                    ),
+                    (
+                        "logs_config.additional_endpoints[0]",
+                        Some(17),
+                        "region `eu west 1`",
+                    ),
+                    ("logs_config.additional_endpoints[1]", Some(19), "no host"),
+                ],
+            },
+        },
+        Case {
+            agent: "invalid/bad_dela_bracket.yaml",
+            settings: None,
+            env: &[],
+            expect: Expect::Entries {
+                serving: &[
+                    "api_key",
+                    "additional_endpoints[https://app.datadoghq.eu][4][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+                ],
+                problems: &[
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][0]",
+                        Some(4),
+                        "malformed DELA[...] directive",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][1]",
+                        Some(5),
+                        "mixes the two forms (opens with `[`, ends with `)`)",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][2]",
+                        Some(6),
+                        "mixes the two forms (opens with `(`, ends with `]`)",
+                    ),
+                    (
+                        "additional_endpoints[https://app.datadoghq.eu][3]",
+                        Some(7),
+                        "unknown parameter `colour`",
+                    ),
+                    ("additional_endpoints[][0]", Some(10), "has no domain"),
+                    (
+                        "logs_config.additional_endpoints[0]",
+                        Some(13),
+                        "not supported over TCP",
+                    ),
+                ],
+            },
         },
         Case {
             agent: "invalid/billion_laughs.yaml",
@@ -551,6 +585,43 @@ fn every_fixture_loads_as_expected() {
                 );
                 assert_no_secret(&text, &label);
             }
+            (Expect::Entries { problems, serving }, Ok(cfg)) => {
+                let running: Vec<&str> = cfg
+                    .instances
+                    .iter()
+                    .filter(|i| i.invalid.is_none())
+                    .map(|i| i.name.as_str())
+                    .collect();
+                assert_eq!(running, *serving, "{label}: instances that run");
+                let inert: Vec<(&str, Option<usize>)> = cfg
+                    .instances
+                    .iter()
+                    .filter_map(|i| i.invalid.as_ref().map(|p| (i.name.as_str(), p.line)))
+                    .collect();
+                let want: Vec<(&str, Option<usize>)> =
+                    problems.iter().map(|(k, l, _)| (*k, *l)).collect();
+                assert_eq!(inert, want, "{label}: inert entries");
+                assert_no_secret(&format!("{cfg:?}"), &label);
+                // check-config fails on them, one error line per problem, in order.
+                let mut out = Vec::new();
+                let mut err = Vec::new();
+                let code = check_config_main(&paths, &env, &mut out, &mut err);
+                assert_eq!(code, config::EXIT_BAD_CONFIG, "{label}");
+                let err = String::from_utf8(err).unwrap();
+                let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+                assert_eq!(lines.len(), problems.len(), "{label}:\n{err}");
+                for (line, (key, _, fragment)) in lines.iter().zip(problems.iter()) {
+                    assert!(
+                        line.contains(key) && line.contains(fragment) && line.contains("inert"),
+                        "{label}: {line:?} lacks {key:?} / {fragment:?}"
+                    );
+                }
+                assert_no_secret(&err, &label);
+                assert_no_secret(&String::from_utf8(out).unwrap(), &label);
+            }
+            (Expect::Entries { .. }, Err(errors)) => {
+                panic!("{label}: expected a usable configuration, got:\n{errors}")
+            }
             (Expect::Valid { .. }, Err(errors)) => {
                 panic!("{label}: expected valid, got:\n{errors}")
             }
@@ -587,7 +658,7 @@ fn realistic_agent_file_resolves_every_key_we_read() {
     let cfg = realistic();
     let a = &cfg.agent;
     assert_eq!(a.site, "datadoghq.com");
-    assert_eq!(a.infra_endpoint, "https://app.datadoghq.com");
+    assert_eq!(a.infra_endpoint, "https://app.datadoghq.com.");
     assert_eq!(a.provider, Provider::Aws);
     assert_eq!(a.aws_region.as_deref(), Some("us-east-1"));
     assert_eq!(a.proxy.https.as_deref(), Some("http://proxy.internal:3128"));
@@ -706,8 +777,8 @@ fn shipped_examples_are_valid() {
             "remote_configuration.api_key",
             "evp_proxy_config.api_key",
             "ol_proxy_config.api_key",
-            "additional_endpoints[https://app.datadoghq.eu][1]",
-            "logs_config.additional_endpoints[0]",
+            "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[0][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
         ]
     );
     // The example's api_key is a secret handle: the fallback comes from the key file.
@@ -754,7 +825,7 @@ fn check_config_main_over_fixture_files() {
         "Cloud provider:      aws",
         "AWS region:          us-east-1",
         "/var/run/datadog/delegated-auth.sock (mode 0660)",
-        "  - additional_endpoints[https://app.datadoghq.eu][1]",
+        "  - additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]\n      directive: DELA(...) (older Agents)\n      alias:     additional_endpoints[https://app.datadoghq.eu][1] (old name; works until the next release)\n",
         "      target:    https://app.datadoghq.eu (endpoint)",
         "      region:    eu-west-1",
         "      fallback:  DELA fallback= (***dcdcd)",
@@ -774,7 +845,15 @@ fn check_config_main_over_fixture_files() {
         check_config_main(&bad, &|_| None, &mut out, &mut err),
         config::EXIT_BAD_CONFIG
     );
-    assert!(out.is_empty());
+    // What would run is still described (the entries are inert, wire spec §10.2), but the
+    // check fails.
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("Configuration OK."), "{out}");
+    assert!(
+        out.contains("  - additional_endpoints[https://app.datadoghq.eu][6]\n      directive: DELA(...) (older Agents)\n      state:     invalid (inert): malformed DELA(...) directive: unknown parameter"),
+        "{out}"
+    );
+    assert_no_secret(&out, "check-config output");
     let err = String::from_utf8(err).unwrap();
     assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 11);
     assert!(err.contains("bad_dela.yaml:10: additional_endpoints[https://app.datadoghq.eu][6]"));

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Daemon, base_env, cli, write_by_rename};
+use datadog_delegated_auth::client;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -265,17 +266,29 @@ fn secret_helper_resolves_dual_shipping_instance_names() {
         static_config(KEY_A)
     );
     let d = Daemon::start(&yaml, SETTINGS, base_env());
-    let handle = "additional_endpoints[https://app.datadoghq.eu][0]";
+    // The Agent's instance name carries the org; the name without it (this daemon's name
+    // before) still works for one release.
+    let handle = format!("additional_endpoints[https://app.datadoghq.eu][0][{ORG}]");
+    let old = "additional_endpoints[https://app.datadoghq.eu][0]";
     // Go's encoding/json writes the handle unescaped (no <, >, & in it).
     let request = format!(
-        r#"{{"version":"1.1","secrets":["{handle}","api_key"],"secret_backend_timeout":30}}"#
+        r#"{{"version":"1.1","secrets":["{handle}","{old}","api_key"],"secret_backend_timeout":30}}"#
     );
     let (code, out, err, elapsed) = secret_helper(&d.socket, &[], request.as_bytes());
     assert_agent_accepts(code, &out, &err, elapsed);
-    let resolved =
-        agent_fetch(&out, &[handle, "api_key"]).unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    assert_eq!(resolved[handle], KEY_EU);
+    let resolved = agent_fetch(&out, &[handle.as_str(), old, "api_key"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert_eq!(resolved[handle.as_str()], KEY_EU);
+    assert_eq!(resolved[old], KEY_EU);
     assert_eq!(resolved["api_key"], KEY_A);
+    // Over the socket, the old name answers with the current name.
+    let v = d.json(&format!("/v1/keys/{}", client::encode_instance(old)));
+    assert_eq!(v["instance"], handle.as_str());
+    let list = d.json("/v1/keys");
+    assert!(
+        list.as_array().unwrap().iter().all(|i| i["name"] != old),
+        "an alias is not an instance of its own: {list}"
+    );
 }
 
 #[test]

@@ -354,6 +354,103 @@ fn peers_outside_access_rules_get_403() {
     );
 }
 
+/// An access rule written with a DELA instance's old name (without the Agent's `[<org>]`) still
+/// grants that instance, under either name, for one release; it grants nothing else.
+#[test]
+fn access_rules_by_an_old_dela_name_still_apply() {
+    if !nix::unistd::Uid::effective().is_root() || which("setpriv").is_none() {
+        eprintln!("skipped: needs root and setpriv to run a client under another uid");
+        return;
+    }
+    const KEY_EU: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeee0005";
+    let old = "additional_endpoints[https://app.datadoghq.eu][0]";
+    let new = format!("{old}[{ORG}]");
+    let settings = format!(
+        "{SETTINGS}socket: {{ mode: \"0666\" }}\naccess:\n  - instances: [\"*\"]\n    uids: [0]\n  - instances: [\"{old}\"]\n    uids: [65533]\n"
+    );
+    let yaml = format!(
+        "{}additional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG}, aws, fallback={KEY_EU}]\"]\n",
+        static_config(KEY_A)
+    );
+    let d = Daemon::start(&yaml, &settings, base_env());
+    let dir = d.socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let as_uid = |instance: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65533",
+                "--regid",
+                "65533",
+                "--clear-groups",
+                common::BIN,
+                "get",
+                instance,
+                "--socket",
+            ])
+            .arg(&d.socket)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    for name in [old, new.as_str()] {
+        let out = as_uid(name);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), KEY_EU);
+    }
+    assert_eq!(
+        as_uid("api_key").status.code(),
+        Some(1),
+        "only the DELA instance"
+    );
+    assert!(
+        d.logs().contains("old name"),
+        "the settings warning is logged"
+    );
+}
+
+/// Wire spec §10.2 on reload: an edit that adds a bad directive is applied (the old
+/// all-or-nothing rule would have kept the previous configuration); every other instance keeps
+/// serving, and the new entry is `invalid`.
+#[test]
+fn a_reload_with_a_bad_entry_applies_the_rest() {
+    let d = Daemon::start(&static_config(KEY_A), SETTINGS, base_env());
+    d.wait_key("api_key", "the static key", |v| v["api_key"] == KEY_A);
+    let edited = format!(
+        "{}additional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG}, gcp]\"]\n",
+        static_config(KEY_B)
+    );
+    write_by_rename(&d.config, &edited);
+    d.wait_key("api_key", "the reloaded key", |v| v["api_key"] == KEY_B);
+    let list = d.json("/v1/keys");
+    let bad = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "additional_endpoints[https://app.datadoghq.eu][0]")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(bad["state"], "invalid");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported provider `gcp`")
+    );
+    let status = d.json("/v1/status");
+    assert!(status["config"]["last_reload_error"].is_null(), "{status}");
+    assert_eq!(d.get("/v1/health/ready").status, 200);
+}
+
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

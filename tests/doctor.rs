@@ -643,6 +643,34 @@ fn instance_selection() {
     );
     assert_eq!(run.status("exchange"), "skip");
 
+    // An inert entry (wire spec §10.2): doctor still tests the rest, warns about the entry, and
+    // fails when asked to test it.
+    let bad = format!(
+        "{yaml}additional_endpoints:\n  \"\": [\"DELA[{}, aws]\"]\n",
+        logs_org.uuid
+    );
+    let run = doctor(&bad, &env, &[]);
+    assert_eq!(run.status("config"), "warn");
+    assert!(
+        run.check("config")["finding"]
+            .as_str()
+            .unwrap()
+            .contains("1 invalid entry stays inert: additional_endpoints[][0]"),
+        "{}",
+        run.check("config")
+    );
+    assert_eq!(run.status("exchange"), "ok");
+    let run = doctor(&bad, &env, &["--instance", "additional_endpoints[][0]"]);
+    assert_eq!(run.status("config"), "fail");
+    assert!(
+        run.check("config")["finding"]
+            .as_str()
+            .unwrap()
+            .contains("has no domain"),
+        "{}",
+        run.check("config")
+    );
+
     // A static-only configuration has nothing to test the exchange with.
     let run = doctor("api_key: 0123456789abcdef0123456789abcdef\n", &env, &[]);
     assert_eq!(run.status("config"), "fail");

@@ -245,6 +245,166 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
     assert_eq!(v["api_key"], w.org.api_key.as_str());
 }
 
+/// Proxy precedence (wire spec §10.4) through the real binary: the IRSA STS call can only
+/// reach moto through the forwarder, so a managed key proves which proxy won. `HTTP_PROXY` beats
+/// `proxy.http` of the file, and `DD_PROXY_HTTP` beats `HTTP_PROXY`; `status` and `check-config`
+/// name the winner with its password masked.
+#[test]
+fn proxy_precedence_environment_over_the_file() {
+    let w = World::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94aWVkIn0.sig").unwrap();
+    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
+    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
+    let forward =
+        w.rt.block_on(Relay::start(RelayKind::Forward, moto))
+            .unwrap();
+    // A port nothing listens on: a proxy that refuses every connection.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let with_password = forward
+        .url()
+        .replacen("http://", "http://agent:hunter2@", 1);
+    let sts = format!("http://sts.proxied.invalid:{}", moto.port());
+    let yaml = w.datadog_yaml(&format!("proxy:\n  http: {dead}\n"));
+
+    for (extra, winner) in [
+        (vec![("HTTP_PROXY", with_password.as_str())], "HTTP_PROXY"),
+        (
+            vec![
+                ("DD_PROXY_HTTP", with_password.as_str()),
+                ("HTTP_PROXY", dead.as_str()),
+            ],
+            "DD_PROXY_HTTP",
+        ),
+    ] {
+        let mut env = irsa_env(&token, "proxied-agent", &sts);
+        for (k, v) in &extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let before = forward.accepted();
+        let d = Daemon::start(&yaml, SETTINGS, env.clone());
+        managed_key(&w, &d, "api_key", &w.org.uuid);
+        assert!(
+            forward.accepted() > before,
+            "{winner}: the STS call did not use it"
+        );
+        let shown = forward.url().replacen("http://", "http://***@", 1);
+        let status = d.json("/v1/status");
+        assert_eq!(
+            status["config"]["proxy"]["http"]["source"], winner,
+            "{status}"
+        );
+        assert_eq!(status["config"]["proxy"]["http"]["url"], shown.as_str());
+        let (code, out, _) = cli(
+            &["status", "--socket", d.socket.to_str().unwrap()],
+            &base_env(),
+        );
+        assert_eq!(code, 0);
+        assert!(
+            out.contains(&format!("Proxy: https=- http={shown} (from {winner})")),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"));
+        let (code, out, err) = cli(
+            &[
+                "check-config",
+                "--config",
+                d.config.to_str().unwrap(),
+                "--settings",
+                d.settings.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("http={shown} (from {winner})")),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"));
+        assert!(!d.logs().contains("hunter2"));
+    }
+}
+
+/// Wire spec §10.3 through the real binary, without leaving loopback: with no `dd_url` the
+/// exchange of a well-known site goes to `https://api.datadoghq.com./api/v2/intake-key`. The
+/// only way out is a CONNECT proxy on loopback (no name is resolved here), which records the
+/// tunnel asked for and leads to a TLS server with a certificate for another name, so the
+/// exchange fails and the static key is served. The socket's status shows the URL; `doctor`
+/// asks for the same tunnel; with `DD_CONVERT_DD_SITE_FQDN_ENABLED=false` the name has no dot.
+#[test]
+fn the_primary_site_is_exchanged_at_its_fully_qualified_name() {
+    let w = World::start();
+    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
+    let front = w.rt.block_on(TlsFront::start(moto)).unwrap();
+    let connect =
+        w.rt.block_on(Relay::start(RelayKind::Connect, front.addr()))
+            .unwrap();
+    let yaml = format!(
+        "api_key: {}\ndelegated_auth:\n  org_uuid: {}\nproxy:\n  https: {}\n",
+        w.org.api_key,
+        w.org.uuid,
+        connect.url()
+    );
+    for (fqdn, host) in [
+        (true, "api.datadoghq.com.:443"),
+        (false, "api.datadoghq.com:443"),
+    ] {
+        let mut env = w.static_env();
+        if !fqdn {
+            env.insert("DD_CONVERT_DD_SITE_FQDN_ENABLED".into(), "false".into());
+        }
+        let before = connect.connects().len();
+        let d = Daemon::start(&yaml, SETTINGS, env.clone());
+        let v = d.wait_key("api_key", "the fallback", |v| v["source"] == "fallback");
+        assert_eq!(v["api_key"], w.org.api_key.as_str());
+        let inst = eventually("a failed exchange", Duration::from_secs(30), || {
+            let i = status_instance(&d, "api_key");
+            i["endpoint"].is_string().then_some(i)
+        });
+        let url = format!(
+            "https://{}/api/v2/intake-key",
+            host.trim_end_matches(":443")
+        );
+        assert_eq!(inst["endpoint"], url.as_str(), "{inst}");
+        assert!(
+            connect.connects()[before..]
+                .iter()
+                .all(|c| c.starts_with(host)),
+            "{:?}",
+            connect.connects()
+        );
+        drop(d);
+        // doctor derives the same URL and asks the proxy for the same tunnel.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("datadog.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let before = connect.connects().len();
+        let (_, out, _) = cli(
+            &["doctor", "--json", "--config", config.to_str().unwrap()],
+            &env,
+        );
+        let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let exchange = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "exchange")
+            .unwrap();
+        assert_eq!(exchange["data"]["url"], url.as_str(), "{exchange}");
+        assert!(
+            connect.connects()[before..]
+                .iter()
+                .any(|c| c.starts_with(host)),
+            "{:?}",
+            connect.connects()
+        );
+    }
+}
+
 #[test]
 fn a_long_poll_sees_a_rotation_and_a_rejection_report_forces_one() {
     let w = World::start();
@@ -390,6 +550,118 @@ fn a_dela_directive_is_exchanged_against_its_own_site() {
     assert_eq!(eu.exchanges().len(), 1);
     managed_key(&w, &d, "api_key", &w.org.uuid);
     let mut extra = vec![fallback.to_owned(), eu_org.api_key.clone()];
+    extra.extend(eu.issued_keys(&eu_org.uuid).into_iter().map(|k| k.key));
+    w.assert_no_secrets_in_log(&d, &extra);
+}
+
+/// Wire spec §10.1/§10.2: the newest Agent's `DELA[...]` form is exchanged like `DELA(...)`,
+/// and a bad directive, a blank endpoint or a directive on the TCP logs transport makes only its
+/// own entry inert: the daemon starts, serves everything else, and shows those entries as
+/// `invalid` with the problem and the fix, never with a key.
+#[test]
+fn bracket_directives_run_and_bad_entries_stay_inert() {
+    let w = World::start();
+    let eu = w.another_site();
+    let eu_org = eu.add_org(&uuid());
+    eu.add_intake_mapping(&eu_org.uuid, common::world::PATTERN);
+    let yaml = w.datadog_yaml(&format!(
+        "additional_endpoints:\n  \"{url}\":\n    - \"DELA[{org}, aws]\"\n    - \"DELA[{org}, aws)\"\n  \"\": [\"DELA[{org}, aws]\"]\n\
+         logs_config:\n  additional_endpoints:\n    - api_key: \"DELA[{org}, aws]\"\n      host: {url}\n",
+        url = eu.url(),
+        org = eu_org.uuid
+    ));
+    let d = Daemon::start(&yaml, SETTINGS, w.static_env());
+    let good = format!("additional_endpoints[{}][0]", eu.url());
+    let v = d.wait_key(&good, "the bracket directive's managed key", |v| {
+        v["source"] == "delegated"
+    });
+    assert_eq!(
+        eu.key_org(v["api_key"].as_str().unwrap()).as_deref(),
+        Some(eu_org.uuid.as_str())
+    );
+    managed_key(&w, &d, "api_key", &w.org.uuid);
+
+    let mixed = format!("additional_endpoints[{}][1]", eu.url());
+    let inert = [
+        (mixed.as_str(), "mixes the two forms", "DELA["),
+        (
+            "additional_endpoints[][0]",
+            "has no domain",
+            "endpoint's URL",
+        ),
+        (
+            "logs_config.additional_endpoints[0]",
+            "not supported over TCP",
+            "force_use_http",
+        ),
+    ];
+    let list = d.json("/v1/keys");
+    for (name, problem, fix) in inert {
+        let doc = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {list}"));
+        assert_eq!(doc["state"], "invalid", "{doc}");
+        assert!(doc["key"].is_null() && doc["source"].is_null(), "{doc}");
+        assert!(doc["reason"].as_str().unwrap().contains(problem), "{doc}");
+        assert!(doc["fix"].as_str().unwrap().contains(fix), "{doc}");
+        let r = d.get(&format!("/v1/keys/{}", client::encode_instance(name)));
+        assert_eq!(r.status, 503, "never a key for {name}");
+        assert!(!String::from_utf8_lossy(&r.body).contains("api_key\":\""));
+        // One warning per load, naming the entry.
+        let logs = d.logs();
+        let warned = logs
+            .lines()
+            .filter(|l| l.contains("stays inert") && l.contains(name))
+            .count();
+        assert_eq!(warned, 1, "{name}:\n{logs}");
+    }
+    assert_eq!(
+        d.get("/v1/health/ready").status,
+        200,
+        "invalid entries do not block readiness"
+    );
+    let metrics = String::from_utf8(d.get("/metrics").body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("\ndelegated_auth_invalid_entries 3\n"),
+        "{metrics}"
+    );
+    let (code, out, _) = cli(
+        &["status", "--socket", d.socket.to_str().unwrap()],
+        &base_env(),
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "- {mixed}\n    Status: Pending (invalid)\n    Reason: "
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("    Fix: set logs_config.force_use_http: true"),
+        "{out}"
+    );
+
+    // The same file fails check-config, so CI catches it.
+    let (code, _, err) = cli(
+        &[
+            "check-config",
+            "--config",
+            d.config.to_str().unwrap(),
+            "--settings",
+            d.settings.to_str().unwrap(),
+        ],
+        &base_env(),
+    );
+    assert_eq!(code, 78, "{err}");
+    assert_eq!(
+        err.matches("(this entry is inert; the rest runs)").count(),
+        3,
+        "{err}"
+    );
+    let mut extra = vec![eu_org.api_key.clone()];
     extra.extend(eu.issued_keys(&eu_org.uuid).into_iter().map(|k| k.key));
     w.assert_no_secrets_in_log(&d, &extra);
 }

@@ -1169,3 +1169,143 @@ async fn tls_is_verified_unless_skip_ssl_validation() {
     assert_eq!(key.expose(), "0123456789abcdef0123456789abcdef");
     server.abort();
 }
+
+/// What the FQDN server saw: the TLS server name (SNI) and the `Host` header of each request.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+/// A TLS server on 127.0.0.1 with a certificate for `api.datadoghq.com`, issued by the test CA
+/// of `tests/fixtures/tls/fqdn` (made with `openssl req -x509 -newkey ec … -subj "/CN=…test CA"`
+/// and a leaf with `subjectAltName=DNS:api.datadoghq.com`), answering every request with a key
+/// and recording the SNI and `Host` it was sent.
+async fn datadog_name_server() -> (SocketAddr, Seen, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/fqdn");
+    let certs = CertificateDer::pem_file_iter(format!("{dir}/cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/key.pem")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let config = config.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    stream,
+                );
+                let Ok(start) = acceptor.await else { return };
+                let sni = start.client_hello().server_name().map(str::to_owned);
+                // A client refusing the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = start.into_stream(config).await else {
+                    log.lock().unwrap().push((sni, None));
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<_>| {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned);
+                    log.lock().unwrap().push((sni.clone(), host));
+                    async {
+                        Ok::<_, std::convert::Infallible>(key_answer(
+                            "0123456789abcdef0123456789abcdef",
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// Wire spec §10.3: the primary exchange goes to `https://api.<site>./api/v2/intake-key` (a fully
+/// qualified name). Through the client's resolver override, `api.datadoghq.com.` reaches a
+/// loopback server holding a certificate for `api.datadoghq.com` only: TLS verifies the
+/// certificate against the name without the dot and sends the SNI without it, while the URL
+/// (and so the `Host` header) keeps the dot.
+#[tokio::test]
+async fn a_fully_qualified_site_verifies_tls_against_the_name_without_the_dot() {
+    let (addr, seen, server) = datadog_name_server().await;
+    let ca = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tls/fqdn/ca.pem"
+    ))
+    .unwrap();
+    let client_for = |roots: Vec<Vec<u8>>, host: &str| {
+        ExchangeClient::with_env(
+            &ClientOptions {
+                extra_root_certs_pem: roots,
+                resolve_overrides: vec![(host.to_owned(), addr)],
+                ..ClientOptions::default()
+            },
+            |_| None,
+        )
+        .unwrap()
+    };
+    // The URL the daemon derives for `site: datadoghq.com` (no dd_url), on the server's port.
+    let derived = datadog_delegated_auth::exchange::intake_key_url("https://app.datadoghq.com.");
+    assert_eq!(derived, "https://api.datadoghq.com./api/v2/intake-key");
+    let url = derived.replace(
+        "api.datadoghq.com./",
+        &format!("api.datadoghq.com.:{}/", addr.port()),
+    );
+
+    let key = client_for(vec![ca.clone()], "api.datadoghq.com.")
+        .exchange(&url, &Secret::from("p"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(key.expose(), "0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [(
+            Some("api.datadoghq.com".to_owned()),
+            Some(format!("api.datadoghq.com.:{}", addr.port()))
+        )],
+        "SNI without the dot, Host with it"
+    );
+
+    // The verification is real: without the test CA the same request is refused...
+    let err = client_for(Vec::new(), "api.datadoghq.com.")
+        .exchange(&url, &Secret::from("p"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // ...and so is a name the certificate does not hold, dot or not.
+    let other = format!(
+        "https://api.datadoghq.eu.:{}/api/v2/intake-key",
+        addr.port()
+    );
+    let err = client_for(vec![ca], "api.datadoghq.eu.")
+        .exchange(&other, &Secret::from("p"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let served = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, host)| host.is_some())
+        .count();
+    assert_eq!(served, 1, "only the verified connection sent a request");
+    server.abort();
+}

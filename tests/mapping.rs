@@ -476,8 +476,39 @@ fn the_api_host_is_the_sites_and_the_proxy_is_honoured() {
         err.contains("cannot reach the Datadog API at https://api.datadoghq.eu"),
         "{err}"
     );
+    // The site is well known: the API host is its fully qualified name, as for the exchange
+    // (wire spec §10.3; the proxy resolves it).
     assert_eq!(
         seen.join().unwrap().trim_end(),
+        "CONNECT api.datadoghq.eu.:443 HTTP/1.1"
+    );
+    // With the conversion off, the name is used as written.
+    let (proxy2, seen2) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let (stream, _) = l.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            reader.read_line(&mut first).unwrap();
+            let mut stream = stream;
+            stream
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            first
+        });
+        (format!("http://{addr}"), t)
+    };
+    std::fs::write(
+        api.dir.path().join("datadog.yaml"),
+        format!("proxy:\n  https: {proxy2}\nconvert_dd_site_fqdn:\n  enabled: false\n"),
+    )
+    .unwrap();
+    let (code, _, err) = api.run_with(&["list"], &env);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        seen2.join().unwrap().trim_end(),
         "CONNECT api.datadoghq.eu:443 HTTP/1.1"
     );
 }

@@ -1,4 +1,4 @@
-//! The `DELA(<org>, <provider>[, name=value]...)` directive parser (`config::dela::parse`) and
+//! The `DELA[<org>, <provider>[, name=value]...]` / `DELA(...)` directive parser (`config::dela::parse`) and
 //! its error-safe rendering (`config::dela::redacted`).
 //!
 //! Input: the key slot's text. Properties: an accepted directive obeys the grammar the Agent
@@ -33,6 +33,9 @@ fuzz_target!(|data: &[u8]| {
     match dela::parse(input) {
         Ok(d) => {
             assert!(dela::is_directive(input));
+            // Both delimiters of an accepted directive belong to the same form.
+            assert_eq!(dela::form_of(input), Some(d.form));
+            assert!(input.trim_end().ends_with(d.form.close()));
             assert!(org_or_region(&d.org), "org {:?}", d.org);
             assert!(!d.provider.is_empty());
             assert_eq!(d.provider, d.provider.to_ascii_lowercase());

@@ -48,6 +48,14 @@ pub fn check_load(outcome: Result<Config, ConfigErrors>) {
             "duplicate instance {:?}",
             spec.name
         );
+        // An inert entry (wire spec §10.2) never exchanges and never serves a key.
+        if spec.invalid.is_some() {
+            assert!(
+                spec.delegated.is_none() && spec.fallback.is_none(),
+                "{}: an invalid entry can serve",
+                spec.name
+            );
+        }
         if let Some(d) = &spec.delegated {
             assert!(
                 is_hyphenated_uuid(&d.org_uuid),

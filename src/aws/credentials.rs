@@ -364,8 +364,9 @@ pub(crate) enum Provider {
 /// The proxy of IRSA's AssumeRoleWithWebIdentity call, `None` when it goes direct.
 ///
 /// This is the one AWS call that leaves the host (IMDS and the container endpoints are
-/// link-local), so it follows the exchange's proxy rule ([`ProxySettings::resolve`]: `proxy.*`
-/// of `datadog.yaml`, else `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, loopback always direct), as
+/// link-local), so it follows the exchange's proxy rule ([`ProxySettings::resolve`]:
+/// `DD_PROXY_*`, then `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, then `proxy.*` of `datadog.yaml`,
+/// loopback always direct), as
 /// the Agent's IRSA client does. The proxy is chosen by the STS endpoint's scheme: `proxy.https`
 /// for the real STS, `proxy.http` for a plain `AWS_ENDPOINT_URL_STS` (a local emulator).
 ///

@@ -62,8 +62,9 @@ enum Slot {
     Absent,
     /// `ENC[...]`: a secret-backend handle. Never used as a key.
     Handle,
-    /// `DELA(...)` outside `additional_endpoints`: the Agent does not read directives there.
-    Directive,
+    /// `DELA[...]`/`DELA(...)` outside `additional_endpoints`: the Agent does not read
+    /// directives there.
+    Directive(dela::Form),
     Key(Secret),
 }
 
@@ -272,19 +273,22 @@ impl Reader<'_> {
         };
         if is_secret_handle(&text) {
             Slot::Handle
-        } else if dela::is_directive(&text) {
+        } else if let Some(form) = dela::form_of(&text) {
             if let Some(node) = node {
                 let p = self.problem_at(
                     node,
                     path,
-                    "holds a DELA(...) directive, which is only read in additional_endpoints; \
-                     it is not used as a key",
+                    format!(
+                        "holds a {} directive, which is only read in additional_endpoints; \
+                         it is not used as a key",
+                        form.describe()
+                    ),
                     "enable delegated auth for this key with the section's delegated_auth.org_uuid, \
                      or move the directive to additional_endpoints",
                 );
                 self.problems.warn(p);
             }
-            Slot::Directive
+            Slot::Directive(form)
         } else {
             Slot::Key(Secret::new(text))
         }
@@ -454,16 +458,34 @@ pub(crate) fn read(
     };
     let dd_url_node = r.child(root, "", "dd_url");
     let dd_url = r.string(dd_url_node, "dd_url", false);
-    let infra_endpoint = dd_url
-        .clone()
-        .unwrap_or_else(|| format!("https://app.{site}"));
+    // The newest Agent's `BuildURLWithPrefix` (wire spec §10.3): a well-known Datadog site gets
+    // a trailing dot (a fully qualified name, so resolvers with `ndots:5` and a search list ask
+    // for it once instead of once per search domain) while `convert_dd_site_fqdn.enabled`.
+    let fqdn_section = r.child(root, "", "convert_dd_site_fqdn");
+    let fqdn_section = r.section(fqdn_section, "convert_dd_site_fqdn");
+    let fqdn_node = r.child(fqdn_section, "convert_dd_site_fqdn", "enabled");
+    let convert_dd_site_fqdn = r
+        .boolean(fqdn_node, "convert_dd_site_fqdn.enabled")
+        .unwrap_or(true);
+    let infra_endpoint = dd_url.clone().unwrap_or_else(|| {
+        if convert_dd_site_fqdn && !site.ends_with('.') && crate::exchange::api_base(&site).matched
+        {
+            format!("https://app.{site}.")
+        } else {
+            format!("https://app.{site}")
+        }
+    });
 
     let proxy_node = r.child(root, "", "proxy");
     let proxy_section = r.section(proxy_node, "proxy");
     let mut proxy = ProxyConfig::default();
-    for (field, target) in [("http", &mut proxy.http), ("https", &mut proxy.https)] {
+    for (field, target, var) in [
+        ("http", &mut proxy.http, &mut proxy.http_var),
+        ("https", &mut proxy.https, &mut proxy.https_var),
+    ] {
         let path = format!("proxy.{field}");
         let node = r.child(proxy_section, "proxy", field);
+        *var = node.and_then(|n| n.env.clone());
         // Proxy URLs may carry credentials: read as secret, show redacted.
         if let Some(url) = r.string(node, &path, true) {
             let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
@@ -493,6 +515,7 @@ pub(crate) fn read(
     }
     let no_proxy_node = r.child(proxy_section, "proxy", "no_proxy");
     proxy.no_proxy = r.words(no_proxy_node, "proxy.no_proxy").unwrap_or_default();
+    proxy.no_proxy_var = no_proxy_node.and_then(|n| n.env.clone());
 
     let ssl_node = r.child(root, "", "skip_ssl_validation");
     let skip_ssl_validation = r.boolean(ssl_node, "skip_ssl_validation").unwrap_or(false);
@@ -581,6 +604,8 @@ pub(crate) fn read(
         dd_url,
         infra_endpoint: infra_endpoint.clone(),
         proxy,
+        proxy_in_effect: super::proxy::ProxyInEffect::default(),
+        convert_dd_site_fqdn,
         skip_ssl_validation,
         cloud_provider_metadata,
         ec2_metadata_timeout: Duration::from_millis(timeout_ms.unsigned_abs()),
@@ -612,6 +637,9 @@ pub(crate) fn read(
             fallback: None,
             fallback_origin: None,
             notes: Vec::new(),
+            directive_form: None,
+            invalid: None,
+            aliases: Vec::new(),
         };
         resolve_fallback(
             &mut spec,
@@ -666,6 +694,9 @@ pub(crate) fn read(
             fallback: None,
             fallback_origin: None,
             notes: Vec::new(),
+            directive_form: None,
+            invalid: None,
+            aliases: Vec::new(),
         };
         resolve_fallback(
             &mut spec,
@@ -734,8 +765,9 @@ fn resolve_fallback(
             Slot::Handle => spec.notes.push(format!(
                 "{path} is a secret handle (ENC[...]); it is never used as a key"
             )),
-            Slot::Directive => spec.notes.push(format!(
-                "{path} holds a DELA(...) directive; it is never used as a key"
+            Slot::Directive(form) => spec.notes.push(format!(
+                "{path} holds a {} directive; it is never used as a key",
+                form.describe()
             )),
             Slot::Key(key) => {
                 spec.fallback = Some(key.clone());
@@ -756,7 +788,30 @@ struct DelaCtx {
     refresh: Duration,
 }
 
-/// Turns one directive into an instance, or reports why it cannot be one.
+/// An inert entry (wire spec §10.2): the instance exists, in state `invalid`, with the problem
+/// and its fix, and never serves a key. The problem is also reported, so `check-config` fails.
+fn invalid_entry(
+    r: &mut Reader<'_>,
+    out: &mut Vec<InstanceSpec>,
+    name: String,
+    form: Option<dela::Form>,
+    problem: Problem,
+) {
+    r.problems.entry_error(problem.clone());
+    out.push(InstanceSpec {
+        name,
+        delegated: None,
+        fallback: None,
+        fallback_origin: None,
+        notes: Vec::new(),
+        directive_form: form,
+        invalid: Some(problem),
+        aliases: Vec::new(),
+    });
+}
+
+/// Turns one directive into an instance; a directive that cannot be one becomes an inert
+/// `invalid` instance (every problem with it is reported).
 fn dela_instance(
     r: &mut Reader<'_>,
     node: &Node,
@@ -764,7 +819,13 @@ fn dela_instance(
     text: &str,
     target: String,
     ctx: &DelaCtx,
-) -> Option<InstanceSpec> {
+    out: &mut Vec<InstanceSpec>,
+) {
+    let form = dela::form_of(text);
+    let written = form.map_or("DELA[...]", |f| match f {
+        dela::Form::Bracket => "DELA[...]",
+        dela::Form::Paren => "DELA(...)",
+    });
     let directive = match dela::parse(text) {
         Ok(d) => d,
         Err(err) => {
@@ -772,62 +833,71 @@ fn dela_instance(
                 .problem_at(
                     node,
                     &name,
-                    format!("malformed DELA(...) directive: {err}"),
-                    "write it as DELA(<org_uuid>, aws[, region=<region>][, fallback=<key>]) \
-                     on one line",
+                    format!("malformed {written} directive: {err}"),
+                    "write it as DELA[<org_uuid>, aws[, region=<region>][, fallback=<key>]] \
+                     (newest Agent) or DELA(<org_uuid>, aws[, ...]) (older Agents), on one line",
                 )
                 .value(dela::redacted(text));
-            r.problems.error(p);
-            return None;
+            invalid_entry(r, out, name, form, p);
+            return;
         }
     };
-    let mut ok = true;
+    let mut problems = Vec::new();
     if !is_uuid(&directive.org) {
-        let p = r
-            .problem_at(
+        problems.push(
+            r.problem_at(
                 node,
                 &name,
                 format!("the directive's org `{}` is not a UUID", directive.org),
-                "put the endpoint org's UUID (8-4-4-4-12 hex digits) first in DELA(...)",
+                format!("put the endpoint org's UUID (8-4-4-4-12 hex digits) first in {written}"),
             )
-            .value(dela::redacted(text));
-        r.problems.error(p);
-        ok = false;
+            .value(dela::redacted(text)),
+        );
     }
     if directive.provider != "aws" {
-        let p = r
-            .problem_at(
+        problems.push(
+            r.problem_at(
                 node,
                 &name,
                 format!(
-                    "unsupported provider `{}` in DELA(...) directive (only `aws` exists)",
+                    "unsupported provider `{}` in {written} directive (only `aws` exists)",
                     directive.provider
                 ),
-                "use DELA(<org_uuid>, aws)",
+                match directive.form {
+                    dela::Form::Bracket => "use DELA[<org_uuid>, aws]",
+                    dela::Form::Paren => "use DELA(<org_uuid>, aws)",
+                },
             )
-            .value(dela::redacted(text));
-        r.problems.error(p);
-        ok = false;
+            .value(dela::redacted(text)),
+        );
     }
     if let Some(region) = &directive.region
         && !is_region(region)
     {
-        let p = r
-            .problem_at(
+        problems.push(
+            r.problem_at(
                 node,
                 &name,
                 format!("region `{region}` is not an AWS region name (lowercase letters, digits and `-`)"),
                 "write the region in lowercase, e.g. region=eu-west-1",
             )
-            .value(dela::redacted(text));
-        r.problems.error(p);
-        ok = false;
+            .value(dela::redacted(text)),
+        );
     }
-    if !ok {
-        return None;
+    let mut problems = problems.into_iter();
+    if let Some(first) = problems.next() {
+        for more in problems {
+            r.problems.entry_error(more);
+        }
+        invalid_entry(r, out, name, form, first);
+        return;
     }
     let has_fallback = directive.fallback.is_some();
-    Some(InstanceSpec {
+    // The Agent's instance key: the entry's config key and the directive's org (product §6).
+    // The name without the org (this daemon's earlier name) stays an alias for one release.
+    let alias = name;
+    let name = format!("{alias}[{}]", directive.org);
+    out.push(InstanceSpec {
         name,
         delegated: Some(DelegatedSpec {
             org_uuid: directive.org,
@@ -839,10 +909,13 @@ fn dela_instance(
         fallback: directive.fallback,
         fallback_origin: has_fallback.then(|| "DELA fallback=".to_owned()),
         notes: Vec::new(),
-    })
+        directive_form: Some(directive.form),
+        invalid: None,
+        aliases: vec![alias],
+    });
 }
 
-/// `additional_endpoints: {"<domain>": ["key", "DELA(...)"]}`.
+/// `additional_endpoints: {"<domain>": ["key", "DELA[...]"]}`.
 fn read_map_shape(
     r: &mut Reader<'_>,
     root: Option<&Node>,
@@ -866,15 +939,15 @@ fn read_map_shape(
             Value::Null => continue,
             Value::Seq(items) => items.iter().collect(),
             Value::Scalar { text, .. } => {
-                if dela::is_directive(text) {
+                if let Some(form) = dela::form_of(text) {
                     let p = r.problem_at(
                         &entry.value,
                         &base,
-                        "a DELA(...) directive must be an item of the endpoint's list of keys \
+                        "a DELA directive must be an item of the endpoint's list of keys \
                          (the Agent splits a bare string on spaces and would not see it)",
-                        format!("write it as a list: \"{shown}\": [\"DELA(...)\"]"),
+                        format!("write it as a list: \"{shown}\": [\"DELA[...]\"]"),
                     );
-                    r.problems.error(p);
+                    invalid_entry(r, out, base, Some(form), p);
                 }
                 continue;
             }
@@ -883,7 +956,7 @@ fn read_map_shape(
                     &entry.value,
                     &base,
                     "expected a list of API keys, found a mapping",
-                    format!("write it as \"{shown}\": [\"<api_key>\", \"DELA(<org_uuid>, aws)\"]"),
+                    format!("write it as \"{shown}\": [\"<api_key>\", \"DELA[<org_uuid>, aws]\"]"),
                 );
                 r.problems.error(p);
                 continue;
@@ -899,15 +972,15 @@ fn read_map_shape(
                         item,
                         &name,
                         format!("expected an API key string, found {}", item.type_name()),
-                        "list API keys (or DELA(...) directives) as plain strings",
+                        "list API keys (or DELA[...] directives) as plain strings",
                     );
                     r.problems.error(p);
                     continue;
                 }
             };
-            if !dela::is_directive(text) {
+            let Some(form) = dela::form_of(text) else {
                 continue;
-            }
+            };
             if domain.is_empty() {
                 let p = r.problem_at(
                     item,
@@ -915,17 +988,15 @@ fn read_map_shape(
                     "the endpoint has no domain, so the directive has nothing to exchange against",
                     "use the endpoint's URL as the key, e.g. \"https://app.datadoghq.eu\"",
                 );
-                r.problems.error(p);
+                invalid_entry(r, out, name, Some(form), p);
                 continue;
             }
-            if let Some(spec) = dela_instance(r, item, name, text, domain.to_owned(), ctx) {
-                out.push(spec);
-            }
+            dela_instance(r, item, name, text, domain.to_owned(), ctx, out);
         }
     }
 }
 
-/// `logs_config.additional_endpoints: [{host: ..., api_key: "DELA(...)", port: ..., is_reliable: ...}]`.
+/// `logs_config.additional_endpoints: [{host: ..., api_key: "DELA[...]", port: ..., is_reliable: ...}]`.
 fn read_list_shape(
     r: &mut Reader<'_>,
     root: Option<&Node>,
@@ -959,7 +1030,9 @@ fn read_list_shape(
             return;
         }
     };
-    let mut http_checked = false;
+    // The newest Agent refuses directives on the TCP logs transport ("not supported over
+    // TCP"): without use_http or force_use_http, every directive entry is inert.
+    let mut http: Option<bool> = None;
     for (i, item) in items.iter().enumerate() {
         // Non-mapping entries (a bare string, an empty item) cannot hold a directive; the Agent
         // keeps them as they are, and so do we.
@@ -971,24 +1044,23 @@ fn read_list_shape(
         let Some(text) = r.string(key_node, &format!("{name}.api_key"), true) else {
             continue;
         };
-        if !dela::is_directive(&text) {
+        let Some(form) = dela::form_of(&text) else {
             continue;
-        }
+        };
         let key_node = key_node.unwrap_or(item);
         let host_node = r.child(Some(item), &name, "host");
         let Some(host) = r.string(host_node, &format!("{name}.host"), false) else {
             let p = r.problem_at(
                 item,
                 &name,
-                "the entry has a DELA(...) directive but no host, so it has nothing to \
-                 exchange against",
+                "the entry has a DELA directive but no host, so it has nothing to exchange \
+                 against",
                 "add `host:` with the endpoint's intake host to this entry",
             );
-            r.problems.error(p);
+            invalid_entry(r, out, name, Some(form), p);
             continue;
         };
-        if !http_checked {
-            http_checked = true;
+        let over_http = *http.get_or_insert_with(|| {
             let use_http_node = r.child(logs, "logs_config", "use_http");
             let force_node = r.child(logs, "logs_config", "force_use_http");
             let use_http = r
@@ -997,20 +1069,21 @@ fn read_list_shape(
             let force = r
                 .boolean(force_node, "logs_config.force_use_http")
                 .unwrap_or(false);
-            if !use_http && !force {
-                let p = r.problem_at(
-                    key_node,
-                    &name,
-                    "uses delegated auth, which requires the HTTP logs transport; the Agent \
-                     ignores this directive until HTTP is enabled",
-                    "set logs_config.force_use_http: true",
-                );
-                r.problems.warn(p);
-            }
+            use_http || force
+        });
+        if !over_http {
+            let p = r.problem_at(
+                key_node,
+                &name,
+                "delegated auth is not supported over TCP: the logs transport is TCP \
+                 (neither logs_config.use_http nor logs_config.force_use_http is set), and the \
+                 Agent refuses the directive",
+                "set logs_config.force_use_http: true",
+            );
+            invalid_entry(r, out, name, Some(form), p);
+            continue;
         }
-        if let Some(spec) = dela_instance(r, key_node, name, &text, host, ctx) {
-            out.push(spec);
-        }
+        dela_instance(r, key_node, name, &text, host, ctx, out);
     }
 }
 

@@ -1,4 +1,10 @@
-//! The `DELA(<org>, <provider>[, name=value]...)` directive of dual shipping (wire spec §4.4).
+//! The `DELA[<org>, <provider>[, name=value]...]` directive of dual shipping (wire spec §4.4,
+//! §10.1), and its older form `DELA(<org>, <provider>[, name=value]...)`.
+//!
+//! The newest Agent writes the bracket form and treats the parenthesis form as a literal key;
+//! older Agents do the opposite. Both are recognised everywhere, with the same strictness: only
+//! the delimiters differ. A value that opens with one form and closes with the other is an error
+//! naming both.
 //!
 //! A directive sits where an API key would go in `additional_endpoints` (map shape) or
 //! `logs_config.additional_endpoints` (list shape) and asks for a managed key for that
@@ -11,10 +17,39 @@ use std::fmt;
 
 use crate::secret::Secret;
 
-/// The text that marks a directive, compared case-insensitively after trimming. Real API keys
-/// are hex, so nothing that starts this way can be a key; matching any casing guarantees a
-/// mistyped `dela(...)` is never sent to Datadog as a key.
-pub const DIRECTIVE_PREFIX: &str = "DELA(";
+/// The text that marks a directive of the newest Agent, compared case-insensitively after
+/// trimming. Real API keys are hex, so nothing that starts this way can be a key; matching any
+/// casing guarantees a mistyped `dela[...]` is never sent to Datadog as a key.
+pub const DIRECTIVE_PREFIX: &str = "DELA[";
+/// The prefix of the older form, `DELA(...)` (Agent commits before 07d768e).
+pub const LEGACY_DIRECTIVE_PREFIX: &str = "DELA(";
+
+/// Which of the two forms a directive is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `DELA[...]`: the newest Agent's form.
+    Bracket,
+    /// `DELA(...)`: the form of older Agents.
+    Paren,
+}
+
+impl Form {
+    /// The closing delimiter.
+    pub fn close(self) -> char {
+        match self {
+            Form::Bracket => ']',
+            Form::Paren => ')',
+        }
+    }
+
+    /// How `check-config` names the form.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Form::Bracket => "DELA[...] (newest Agent)",
+            Form::Paren => "DELA(...) (older Agents)",
+        }
+    }
+}
 
 /// A parsed directive.
 #[derive(Clone, PartialEq, Eq)]
@@ -27,6 +62,8 @@ pub struct Directive {
     pub region: Option<String>,
     /// `fallback=`: a static key for this endpoint, used while no managed key can be had.
     pub fallback: Option<Secret>,
+    /// The form it was written in.
+    pub form: Form,
 }
 
 impl fmt::Debug for Directive {
@@ -36,6 +73,7 @@ impl fmt::Debug for Directive {
             .field("provider", &self.provider)
             .field("region", &self.region)
             .field("fallback", &self.fallback)
+            .field("form", &self.form)
             .finish()
     }
 }
@@ -45,9 +83,14 @@ impl fmt::Debug for Directive {
 pub enum DirectiveError {
     #[error("the directive contains a line break")]
     LineBreak,
-    #[error("the directive must start with `DELA(` and end with `)`")]
+    #[error("the directive must be written DELA[...] (newest Agent) or DELA(...) (older Agents)")]
     NotADirective,
-    #[error("the directive needs at least an org and a provider: DELA(<org_uuid>, aws)")]
+    #[error(
+        "the directive mixes the two forms (opens with `{open}`, ends with `{close}`); write \
+         DELA[...] (newest Agent) or DELA(...) (older Agents)"
+    )]
+    MixedForms { open: char, close: char },
+    #[error("the directive needs at least an org and a provider: DELA[<org_uuid>, aws]")]
     TooFewFields,
     #[error("the org must be letters, digits and `-` only")]
     BadOrg,
@@ -67,12 +110,23 @@ pub enum DirectiveError {
     BadFallback,
 }
 
-/// Whether a key slot holds a directive (as opposed to a key or a secret handle).
+/// The form a key slot's value starts with, if it starts like a directive (in any casing,
+/// after trimming). A value can be malformed and still have a form: it is then a bad directive,
+/// never a key.
+pub fn form_of(value: &str) -> Option<Form> {
+    let head = value.trim().get(..DIRECTIVE_PREFIX.len())?;
+    if head.eq_ignore_ascii_case(DIRECTIVE_PREFIX) {
+        Some(Form::Bracket)
+    } else if head.eq_ignore_ascii_case(LEGACY_DIRECTIVE_PREFIX) {
+        Some(Form::Paren)
+    } else {
+        None
+    }
+}
+
+/// Whether a key slot holds a directive of either form (as opposed to a key or a secret handle).
 pub fn is_directive(value: &str) -> bool {
-    let trimmed = value.trim();
-    trimmed
-        .get(..DIRECTIVE_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(DIRECTIVE_PREFIX))
+    form_of(value).is_some()
 }
 
 /// `^[A-Za-z0-9-]+$`
@@ -100,10 +154,23 @@ pub fn parse(value: &str) -> Result<Directive, DirectiveError> {
         return Err(DirectiveError::LineBreak);
     }
     let value = value.trim();
-    if !is_directive(value) || !value.ends_with(')') || value.len() < DIRECTIVE_PREFIX.len() + 1 {
+    let Some(form) = form_of(value) else {
         return Err(DirectiveError::NotADirective);
-    }
-    let body = &value[DIRECTIVE_PREFIX.len()..value.len() - 1];
+    };
+    let body = &value[DIRECTIVE_PREFIX.len()..];
+    let other = match form {
+        Form::Bracket => Form::Paren,
+        Form::Paren => Form::Bracket,
+    };
+    let Some(body) = body.strip_suffix(form.close()) else {
+        if body.ends_with(other.close()) {
+            return Err(DirectiveError::MixedForms {
+                open: value.as_bytes()[DIRECTIVE_PREFIX.len() - 1] as char,
+                close: other.close(),
+            });
+        }
+        return Err(DirectiveError::NotADirective);
+    };
     let parts: Vec<&str> = body.split(',').collect();
     if parts.len() < 2 {
         return Err(DirectiveError::TooFewFields);
@@ -155,6 +222,7 @@ pub fn parse(value: &str) -> Result<Directive, DirectiveError> {
         provider: provider.to_ascii_lowercase(),
         region,
         fallback,
+        form,
     })
 }
 
@@ -167,11 +235,14 @@ pub fn redacted(value: &str) -> String {
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    let Some(open) = one_line.find('(') else {
+    let Some(open) = one_line.find(['(', '[']) else {
         return "***".to_owned();
     };
     let (head, rest) = one_line.split_at(open + 1);
-    let body = rest.strip_suffix(')').unwrap_or(rest);
+    let (body, close) = match rest.strip_suffix([')', ']']) {
+        Some(body) => (body, &rest[body.len()..]),
+        None => (rest, ""),
+    };
     let mut out = String::from(head);
     for (i, part) in body.split(',').enumerate() {
         if i > 0 {
@@ -195,7 +266,7 @@ pub fn redacted(value: &str) -> String {
             None => out.push_str(" ***"),
         }
     }
-    out.push(')');
+    out.push_str(close);
     out
 }
 
@@ -204,6 +275,20 @@ mod tests {
     use super::*;
 
     const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    /// `input` written with `DELA(`/`)` as given, and again in the bracket form: every rule of
+    /// wire spec §4.4 applies to both (§10.1).
+    fn both_forms(input: &str) -> [String; 2] {
+        let mut bracket = input.to_owned();
+        if let Some(open) = bracket.find('(') {
+            bracket.replace_range(open..=open, "[");
+        }
+        if bracket.ends_with(')') {
+            bracket.pop();
+            bracket.push(']');
+        }
+        [input.to_owned(), bracket]
+    }
 
     #[test]
     fn rejects_the_wire_spec_examples() {
@@ -223,7 +308,9 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            assert_eq!(parse(input).as_ref().err(), Some(expected), "{input}");
+            for input in both_forms(input) {
+                assert_eq!(parse(&input).as_ref().err(), Some(expected), "{input}");
+            }
         }
     }
 
@@ -281,7 +368,64 @@ mod tests {
             ("DELA(org, aws, fallback=a b)", DirectiveError::BadFallback),
         ];
         for (input, expected) in cases {
-            assert_eq!(parse(input).as_ref().err(), Some(expected), "{input}");
+            for input in both_forms(input) {
+                assert_eq!(parse(&input).as_ref().err(), Some(expected), "{input}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_mixing_the_two_forms_is_an_error_naming_both() {
+        for (input, open, close) in [
+            ("DELA(org, aws]", '(', ']'),
+            ("dela[org, aws)", '[', ')'),
+            ("  DELA(org, aws, region=eu-west-1]  ", '(', ']'),
+        ] {
+            let err = parse(input).unwrap_err();
+            assert_eq!(err, DirectiveError::MixedForms { open, close }, "{input}");
+            let text = err.to_string();
+            assert!(
+                text.contains("DELA[...]") && text.contains("DELA(...)"),
+                "{text}"
+            );
+        }
+        assert_eq!(parse("DELA[org, aws]]"), Err(DirectiveError::BadProvider));
+        let text = parse("DELA[org, aws").unwrap_err().to_string();
+        assert!(
+            text.contains("DELA[...]") && text.contains("DELA(...)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn parse_dela_directive_cases_of_the_agent() {
+        // TestParseDelaDirective (case-insensitive) of the Agent, in both forms.
+        let cases: &[(&str, &str, Option<&str>, bool)] = &[
+            ("DELA(org-1, aws)", "org-1", None, false),
+            ("dela(org-1, AWS)", "org-1", None, false),
+            (
+                "DeLa( org-1 , aws , REGION=us-west-2 )",
+                "org-1",
+                Some("us-west-2"),
+                false,
+            ),
+            (
+                "DELA(org-1, aws, region=eu-west-1, fallback=abc123)",
+                "org-1",
+                Some("eu-west-1"),
+                true,
+            ),
+            ("DELA(org-1, aws, FALLBACK=abc123)", "org-1", None, true),
+        ];
+        for (input, org, region, fallback) in cases {
+            for (input, form) in both_forms(input).iter().zip([Form::Paren, Form::Bracket]) {
+                let d = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+                assert_eq!(d.org, *org, "{input}");
+                assert_eq!(d.provider, "aws", "{input}");
+                assert_eq!(d.region.as_deref(), *region, "{input}");
+                assert_eq!(d.fallback.is_some(), *fallback, "{input}");
+                assert_eq!(d.form, form, "{input}");
+            }
         }
     }
 
@@ -310,6 +454,11 @@ mod tests {
 
     #[test]
     fn directive_detection_is_case_insensitive_and_trims() {
+        assert_eq!(form_of(" dela[x, aws]"), Some(Form::Bracket));
+        assert_eq!(form_of("DELA(x, aws)"), Some(Form::Paren));
+        assert_eq!(form_of("DELA{x, aws}"), None);
+        assert!(is_directive("DELA[x, aws]"));
+        assert!(is_directive("  dElA[x"));
         assert!(is_directive("DELA(x, aws)"));
         assert!(is_directive("  dela(x"));
         assert!(is_directive("Dela("));
@@ -329,14 +478,21 @@ mod tests {
             "DELA(org, aws, supersecretvalue12345)",
             "DELA(org, aws, fallback=supersecret.value",
             "DELA(org, aws, region=x\n, fallback=supersecretvalue)",
+            "DELA(org, aws, fallback=supersecretvalue]",
         ] {
-            let shown = redacted(input);
-            assert!(!shown.contains("supersecret"), "{input} -> {shown}");
-            assert!(!shown.contains('\n'));
+            for input in both_forms(input) {
+                let shown = redacted(&input);
+                assert!(!shown.contains("supersecret"), "{input} -> {shown}");
+                assert!(!shown.contains('\n'));
+            }
         }
         assert_eq!(
             redacted("DELA(org, aws, region=us-east-1, fallback=abc)"),
             "DELA(org, aws, region=us-east-1, fallback=***)"
+        );
+        assert_eq!(
+            redacted("DELA[org, aws, region=us-east-1, fallback=abc]"),
+            "DELA[org, aws, region=us-east-1, fallback=***]"
         );
     }
 }

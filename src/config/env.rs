@@ -20,6 +20,9 @@ pub(crate) enum EnvKind {
     /// A list given as space-separated words (`DD_PROXY_NO_PROXY="a b"`), as the Agent's
     /// string-slice settings read from the environment.
     Words,
+    /// A list split on commas and spaces (`DD_PROXY_NO_PROXY="a,b c"`), as the newest Agent's
+    /// `LoadProxyFromEnv` splits it (wire spec §10.4).
+    CommaOrSpaceWords,
     /// A JSON document (`DD_ADDITIONAL_ENDPOINTS='{"https://…": ["…"]}'`), as the Agent reads
     /// map- and list-shaped endpoint settings.
     Json,
@@ -72,8 +75,9 @@ pub(crate) fn bindings() -> Vec<Binding> {
         },
         bind(&["proxy", "http"], EnvKind::Scalar),
         bind(&["proxy", "https"], EnvKind::Scalar),
-        bind(&["proxy", "no_proxy"], EnvKind::Words),
+        bind(&["proxy", "no_proxy"], EnvKind::CommaOrSpaceWords),
         bind(&["skip_ssl_validation"], EnvKind::Scalar),
+        bind(&["convert_dd_site_fqdn", "enabled"], EnvKind::Scalar),
         bind(&["cloud_provider_metadata"], EnvKind::Words),
         bind(&["ec2_metadata_timeout"], EnvKind::Scalar),
         bind(&["ec2_prefer_imdsv2"], EnvKind::Scalar),
@@ -144,6 +148,17 @@ pub(crate) fn apply(
                     })
                     .collect(),
             )),
+            EnvKind::CommaOrSpaceWords => Node::new(Value::Seq(
+                text.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|w| !w.is_empty())
+                    .map(|w| {
+                        Node::new(Value::Scalar {
+                            text: w.to_owned(),
+                            kind: ScalarKind::Str,
+                        })
+                    })
+                    .collect(),
+            )),
             EnvKind::Json => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(json) => Node::from_json(&json),
                 Err(err) => {
@@ -155,7 +170,7 @@ pub(crate) fn apply(
                             format!("is not valid JSON: {err}"),
                             format!(
                                 "set {var} to a JSON document, e.g. \
-                                 '{{\"https://app.datadoghq.eu\": [\"DELA(<org_uuid>, aws)\"]}}' \
+                                 '{{\"https://app.datadoghq.eu\": [\"DELA[<org_uuid>, aws]\"]}}' \
                                  for additional_endpoints, or unset it"
                             ),
                         )
@@ -255,6 +270,7 @@ mod tests {
             "DD_PROXY_HTTPS",
             "DD_PROXY_NO_PROXY",
             "DD_SKIP_SSL_VALIDATION",
+            "DD_CONVERT_DD_SITE_FQDN_ENABLED",
             "DD_EC2_METADATA_TIMEOUT",
             "DD_EC2_PREFER_IMDSV2",
             "DD_EC2_METADATA_TOKEN_LIFETIME",
@@ -275,7 +291,7 @@ mod tests {
             ("DD_SITE", "datadoghq.eu"),
             ("DD_DELEGATED_AUTH_ORG_UUID", "b"),
             ("DD_LOGS_CONFIG_DELEGATED_AUTH_ORG_UUID", "c"),
-            ("DD_PROXY_NO_PROXY", " host1  host2 "),
+            ("DD_PROXY_NO_PROXY", " host1, host2,,.host3 "),
             ("DD_API_KEY", ""),
         ]);
         apply(&mut root, &env, Path::new("/f"), &mut problems);
@@ -290,7 +306,8 @@ mod tests {
         let Value::Seq(words) = &get(&root, &["proxy", "no_proxy"]).unwrap().value else {
             panic!("list")
         };
-        assert_eq!(words.len(), 2);
+        // Split on commas and spaces (wire spec §10.4).
+        assert_eq!(words.len(), 3);
         // Empty means unset.
         assert!(get(&root, &["api_key"]).is_none());
     }

@@ -10,15 +10,17 @@
 //! - `node`: a position-aware YAML tree for the Agent's file (which may hold anything);
 //! - `env`: the Agent's `DD_*` environment overrides, grafted into that tree;
 //! - `agent`: reads our keys from the tree and names the instances (product §6);
-//! - [`dela`]: the `DELA(...)` directive parser (wire spec §4.4);
+//! - [`dela`]: the `DELA[...]`/`DELA(...)` directive parser (wire spec §4.4, §10.1);
 //! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
-//! - `problem`: [`Problem`] and [`ConfigErrors`].
+//! - `problem`: [`Problem`] and [`ConfigErrors`];
+//! - [`proxy`]: the one proxy resolver (wire spec §10.4).
 
 mod agent;
 pub mod dela;
 mod env;
 mod node;
 mod problem;
+pub mod proxy;
 mod settings;
 
 use std::fmt::Write as _;
@@ -93,9 +95,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The instance named `name`.
+    /// The instance named `name`, or whose old name (alias) is `name`.
     pub fn instance(&self, name: &str) -> Option<&InstanceSpec> {
-        self.instances.iter().find(|i| i.name == name)
+        self.instances.iter().find(|i| i.name == name).or_else(|| {
+            self.instances
+                .iter()
+                .find(|i| i.aliases.iter().any(|a| a == name))
+        })
     }
 }
 
@@ -115,10 +121,18 @@ pub struct AgentConfig {
     pub site: String,
     /// `dd_url`, when set and non-empty.
     pub dd_url: Option<String>,
-    /// `dd_url` if set, else `https://app.<site>`: the exchange target of non-DELA instances.
+    /// `dd_url` if set, else `https://app.<site>.` for a well-known Datadog site while
+    /// `convert_dd_site_fqdn` is on (the newest Agent's FQDN form, wire spec §10.3), else
+    /// `https://app.<site>`: the exchange target of non-DELA instances, and the base of the
+    /// mapping API and `doctor`.
     pub infra_endpoint: String,
-    /// `proxy.*`.
+    /// `convert_dd_site_fqdn.enabled` (default true).
+    pub convert_dd_site_fqdn: bool,
+    /// `proxy.*` as configured: the file, with `DD_PROXY_*` overrides.
     pub proxy: ProxyConfig,
+    /// The proxies in effect once the standard variables (`HTTPS_PROXY`, …) are applied with the
+    /// Agent's precedence ([`proxy::resolve`]): what `check-config` and `status` show.
+    pub proxy_in_effect: proxy::ProxyInEffect,
     /// `skip_ssl_validation` (honoured, with a warning).
     pub skip_ssl_validation: bool,
     /// `cloud_provider_metadata`, lowercased (default: the Agent's list, which includes `aws`).
@@ -151,6 +165,12 @@ pub struct ProxyConfig {
     pub https: Option<String>,
     /// Hosts that bypass the proxy.
     pub no_proxy: Vec<String>,
+    /// The `DD_PROXY_HTTP` variable when it set `http` (it then beats `HTTP_PROXY`).
+    pub http_var: Option<String>,
+    /// The `DD_PROXY_HTTPS` variable when it set `https`.
+    pub https_var: Option<String>,
+    /// The `DD_PROXY_NO_PROXY` variable when it set `no_proxy`.
+    pub no_proxy_var: Option<String>,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -159,6 +179,9 @@ impl std::fmt::Debug for ProxyConfig {
             .field("http", &self.http.as_deref().map(redact_url_credentials))
             .field("https", &self.https.as_deref().map(redact_url_credentials))
             .field("no_proxy", &self.no_proxy)
+            .field("http_var", &self.http_var)
+            .field("https_var", &self.https_var)
+            .field("no_proxy_var", &self.no_proxy_var)
             .finish()
     }
 }
@@ -179,6 +202,16 @@ pub struct InstanceSpec {
     pub fallback_origin: Option<String>,
     /// Notes for `check-config`, e.g. that a key slot holds a secret handle.
     pub notes: Vec<String>,
+    /// For a DELA instance: the form its directive was written in.
+    pub directive_form: Option<dela::Form>,
+    /// Older names of this instance that still work, for one release (socket paths,
+    /// `secret-helper` handles, `access` rules, `sinks`): a DELA instance was named without the
+    /// Agent's trailing `[<org>]` before (product §6).
+    pub aliases: Vec<String>,
+    /// Set when this entry is inert (wire spec §10.2): a bad directive, an endpoint without a
+    /// domain or host, or a directive on the TCP logs transport. The instance is shown in state
+    /// `invalid` with this problem and its fix, and never serves a key.
+    pub invalid: Option<Problem>,
 }
 
 /// How to obtain an instance's managed key.
@@ -202,10 +235,15 @@ pub struct DelegatedSpec {
 struct Report {
     config: Option<Config>,
     errors: Vec<Problem>,
+    /// Problems of single entries; the config is still usable (their instances are inert).
+    entry_errors: Vec<Problem>,
     warnings: Vec<Problem>,
 }
 
 /// Reads both files (and `fallback_api_key_file`), applies environment overrides, and validates.
+///
+/// A problem of one `additional_endpoints` entry does not fail the load (wire spec §10.2): that
+/// entry is an inert instance with [`InstanceSpec::invalid`] set. `check-config` still fails.
 ///
 /// # Errors
 /// Every problem found, at once. Warnings are in [`Config::warnings`] on success.
@@ -443,14 +481,24 @@ fn validate_texts(
         return Report {
             config: None,
             errors: problems.errors,
+            entry_errors: problems.entry_errors,
             warnings: problems.warnings,
         };
     };
     let agent::AgentRead {
-        agent,
+        mut agent,
         mut instances,
     } = agent_read;
-    let settings = settings_read.settings;
+    agent.proxy_in_effect = proxy::resolve(&agent.proxy, env);
+    let mut settings = settings_read.settings;
+    rename_aliases(
+        &instances,
+        &mut settings,
+        &settings_read.sink_lines,
+        &settings_read.access_lines,
+        &paths.settings,
+        &mut problems,
+    );
 
     if let Some(interval) = settings.refresh.interval {
         for spec in &mut instances {
@@ -476,11 +524,11 @@ fn validate_texts(
             "delegated_auth.org_uuid",
             "no instance uses delegated auth, so the daemon only serves static keys",
             "set delegated_auth.org_uuid (or a product section's delegated_auth.org_uuid, or a \
-             DELA(...) directive in additional_endpoints)",
+             DELA[...] directive in additional_endpoints)",
         ));
     }
     for spec in &instances {
-        if spec.delegated.is_none() && spec.fallback.is_none() {
+        if spec.delegated.is_none() && spec.fallback.is_none() && spec.invalid.is_none() {
             problems.warn(Problem::new(
                 &paths.config,
                 spec.name.as_str(),
@@ -502,6 +550,7 @@ fn validate_texts(
             settings_file_present,
         }),
         errors: problems.errors,
+        entry_errors: problems.entry_errors,
         warnings: problems.warnings,
     }
 }
@@ -511,7 +560,70 @@ fn validate_texts(
 fn sort_problems(problems: &mut Problems, paths: &Paths) {
     let rank = |p: &Problem| (p.file != paths.config, p.line.unwrap_or(0));
     problems.errors.sort_by_key(rank);
+    problems.entry_errors.sort_by_key(rank);
     problems.warnings.sort_by_key(rank);
+}
+
+/// Sinks and access rules that name an instance by an old name (an alias, product §6) are
+/// pointed at its current name, with a warning: the old names work for one release.
+fn rename_aliases(
+    instances: &[InstanceSpec],
+    settings: &mut Settings,
+    sink_lines: &[Option<usize>],
+    access_lines: &[Vec<Option<usize>>],
+    file: &Path,
+    problems: &mut Problems,
+) {
+    let current = |name: &str| -> Option<&str> {
+        if instances.iter().any(|i| i.name == name) {
+            return None;
+        }
+        instances
+            .iter()
+            .find(|i| i.aliases.iter().any(|a| a == name))
+            .map(|i| i.name.as_str())
+    };
+    let warn = |key: String, line: Option<usize>, old: &str, new: &str| {
+        Problem::new(
+            file,
+            key,
+            format!(
+                "names the instance by its old name; it is now `{new}` (the Agent's name, with \
+                 the org), and the old name works until the next release"
+            ),
+            format!("write `{new}`"),
+        )
+        .at(line)
+        .value(old.to_owned())
+    };
+    for (i, sink) in settings.sinks.iter_mut().enumerate() {
+        if let Some(new) = current(&sink.instance) {
+            problems.warn(warn(
+                format!("sinks[{i}].instance"),
+                sink_lines.get(i).copied().flatten(),
+                &sink.instance,
+                new,
+            ));
+            sink.instance = new.to_owned();
+        }
+    }
+    for (i, rule) in settings.access.iter_mut().flatten().enumerate() {
+        for (j, name) in rule.instances.iter_mut().enumerate() {
+            if let Some(new) = current(name) {
+                problems.warn(warn(
+                    format!("access[{i}].instances"),
+                    access_lines
+                        .get(i)
+                        .and_then(|l| l.get(j))
+                        .copied()
+                        .flatten(),
+                    name,
+                    new,
+                ));
+                *name = new.to_owned();
+            }
+        }
+    }
 }
 
 /// Checks that need both files: sinks and access rules name existing instances.
@@ -612,7 +724,7 @@ fn read_fallback_file(
     } else if secret.expose().contains(char::is_whitespace) {
         Some("the fallback key file must hold exactly one key (it contains whitespace)")
     } else if agent::is_secret_handle(secret.expose()) || dela::is_directive(secret.expose()) {
-        Some("the fallback key file must hold a literal key, not ENC[...] or DELA(...)")
+        Some("the fallback key file must hold a literal key, not ENC[...], DELA[...] or DELA(...)")
     } else {
         None
     };
@@ -703,20 +815,8 @@ pub fn describe(cfg: &Config) -> String {
         a.ec2_metadata_token_lifetime.as_secs(),
         a.ec2_prefer_imdsv2
     );
-    if a.proxy.http.is_some() || a.proxy.https.is_some() || !a.proxy.no_proxy.is_empty() {
-        let _ = writeln!(
-            out,
-            "Proxy:               http={} https={} no_proxy=[{}]",
-            a.proxy
-                .http
-                .as_deref()
-                .map_or("-".into(), redact_url_credentials),
-            a.proxy
-                .https
-                .as_deref()
-                .map_or("-".into(), redact_url_credentials),
-            a.proxy.no_proxy.join(" ")
-        );
+    if a.proxy_in_effect.is_set() {
+        let _ = writeln!(out, "Proxy:               {}", a.proxy_in_effect.describe());
     }
     if a.skip_ssl_validation {
         let _ = writeln!(out, "TLS verification:    DISABLED (skip_ssl_validation)");
@@ -786,6 +886,23 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(out, "Instances ({}):", cfg.instances.len());
     for spec in &cfg.instances {
         let _ = writeln!(out, "  - {}", spec.name);
+        if let Some(form) = spec.directive_form {
+            let _ = writeln!(out, "      directive: {}", form.describe());
+        }
+        for alias in &spec.aliases {
+            let _ = writeln!(
+                out,
+                "      alias:     {alias} (old name; works until the next release)"
+            );
+        }
+        if let Some(problem) = &spec.invalid {
+            let _ = writeln!(
+                out,
+                "      state:     invalid (inert): {}; fix: {}",
+                problem.message, problem.fix
+            );
+            continue;
+        }
         match &spec.delegated {
             Some(d) => {
                 let _ = writeln!(out, "      org_uuid:  {}", d.org_uuid);
@@ -846,14 +963,24 @@ pub fn check_config_main(
 ) -> u8 {
     let report = load_report(paths, env);
     match report.config {
-        Some(config) if report.errors.is_empty() => {
+        Some(config) if report.errors.is_empty() && report.entry_errors.is_empty() => {
             let _ = out.write_all(describe(&config).as_bytes());
             let _ = writeln!(out, "Configuration OK.");
             0
         }
-        _ => {
+        config => {
+            // An entry's problem fails the check, so CI catches it, even though the daemon would
+            // start and keep only that entry inert (wire spec §10.2): show what would run.
+            if report.errors.is_empty()
+                && let Some(config) = &config
+            {
+                let _ = out.write_all(describe(config).as_bytes());
+            }
             for problem in &report.errors {
                 let _ = writeln!(err, "error: {problem}");
+            }
+            for problem in &report.entry_errors {
+                let _ = writeln!(err, "error: {problem} (this entry is inert; the rest runs)");
             }
             for problem in &report.warnings {
                 let _ = writeln!(err, "warning: {problem}");
@@ -861,7 +988,7 @@ pub fn check_config_main(
             let _ = writeln!(
                 err,
                 "Configuration invalid: {} error(s), {} warning(s).",
-                report.errors.len(),
+                report.errors.len() + report.entry_errors.len(),
                 report.warnings.len()
             );
             EXIT_BAD_CONFIG

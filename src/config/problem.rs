@@ -122,12 +122,19 @@ impl fmt::Display for ConfigErrors {
 #[derive(Debug, Default)]
 pub(crate) struct Problems {
     pub(crate) errors: Vec<Problem>,
+    /// Problems of one `additional_endpoints` entry (wire spec §10.2): that entry is inert (an
+    /// `invalid` instance) and everything else runs; `check-config` still fails on them.
+    pub(crate) entry_errors: Vec<Problem>,
     pub(crate) warnings: Vec<Problem>,
 }
 
 impl Problems {
     pub(crate) fn error(&mut self, problem: Problem) {
         self.errors.push(problem);
+    }
+
+    pub(crate) fn entry_error(&mut self, problem: Problem) {
+        self.entry_errors.push(problem);
     }
 
     pub(crate) fn warn(&mut self, problem: Problem) {

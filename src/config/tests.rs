@@ -61,6 +61,45 @@ fn errors(agent: &str) -> Vec<Problem> {
     load(&f.paths, &no_env).expect_err("should fail").0
 }
 
+/// Problems of single entries (wire spec §10.2): the load succeeds, with those entries inert,
+/// while `check-config` fails. Returns the loaded config and the entries' problems.
+fn entry_errors(agent: &str) -> (Config, Vec<Problem>) {
+    let f = fixture(agent, None);
+    let report = load_report(&f.paths, &no_env);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let cfg = report.config.expect("a usable configuration");
+    // Every entry problem is the problem of exactly one invalid instance, and `load` agrees.
+    for p in &report.entry_errors {
+        assert!(
+            cfg.instances
+                .iter()
+                .any(|i| i.name == p.key && i.invalid.is_some()),
+            "{p}"
+        );
+    }
+    assert!(load(&f.paths, &no_env).is_ok());
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = check_config_main(&f.paths, &no_env, &mut out, &mut err);
+    assert_eq!(
+        code,
+        if report.entry_errors.is_empty() {
+            0
+        } else {
+            EXIT_BAD_CONFIG
+        }
+    );
+    (cfg, report.entry_errors)
+}
+
+fn invalid_names(cfg: &Config) -> Vec<&str> {
+    cfg.instances
+        .iter()
+        .filter(|i| i.invalid.is_some())
+        .map(|i| i.name.as_str())
+        .collect()
+}
+
 fn names(cfg: &Config) -> Vec<&str> {
     cfg.instances.iter().map(|i| i.name.as_str()).collect()
 }
@@ -85,7 +124,7 @@ fn global_delegated_auth_with_fallback() {
     let spec = cfg.instance("api_key").unwrap();
     let d = spec.delegated.as_ref().unwrap();
     assert_eq!(d.org_uuid, ORG);
-    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com.");
     assert!(!d.explicit_target);
     assert_eq!(d.region, None);
     assert_eq!(d.refresh_interval, Duration::from_secs(3600));
@@ -149,7 +188,7 @@ fn product_sections_get_instances_only_when_enabled() {
     assert_eq!(d.org_uuid, ORG_LOGS);
     // Inherits the global refresh interval.
     assert_eq!(d.refresh_interval, Duration::from_secs(30 * 60));
-    assert_eq!(d.exchange_target, "https://app.datadoghq.com");
+    assert_eq!(d.exchange_target, "https://app.datadoghq.com.");
     assert_eq!(fallback(logs), Some(LOGS_KEY));
     assert_eq!(logs.fallback_origin.as_deref(), Some("logs_config.api_key"));
 
@@ -304,6 +343,39 @@ fn dela_in_a_key_slot_is_not_a_key() {
     assert!(cfg.instances[0].fallback.is_none());
     assert_eq!(warning_keys(&cfg), vec!["api_key"]);
     assert_eq!(cfg.warnings[0].line, Some(1));
+    assert!(cfg.warnings[0].message.contains("DELA(...)"));
+
+    // The newest Agent's form too: never a key, in a key slot or along the fallback chain.
+    let cfg = ok(&format!(
+        "api_key: \"DELA[{ORG}, aws]\"\nlogs_config:\n  api_key: \"dela[{ORG}, aws]\"\n  delegated_auth:\n    org_uuid: {ORG}\n"
+    ));
+    assert!(cfg.instances.iter().all(|i| i.fallback.is_none()));
+    let directive_warnings: Vec<&Problem> = cfg
+        .warnings
+        .iter()
+        .filter(|w| {
+            w.message
+                .contains("holds a DELA[...] (newest Agent) directive")
+        })
+        .collect();
+    assert_eq!(directive_warnings.len(), 2, "{:#?}", cfg.warnings);
+    let logs = cfg.instance("logs_config.api_key").unwrap();
+    assert_eq!(
+        logs.notes,
+        vec![
+            "logs_config.api_key holds a DELA[...] (newest Agent) directive; it is never used as a key",
+            "api_key holds a DELA[...] (newest Agent) directive; it is never used as a key",
+        ]
+    );
+    // Nor as the fallback file's content.
+    let f = fixture(
+        &format!("delegated_auth:\n  org_uuid: {ORG}\n"),
+        Some("fallback_api_key_file: $DIR/key\n"),
+    );
+    std::fs::write(f.dir.join("key"), format!("DELA[{ORG},aws]\n")).unwrap();
+    std::fs::set_permissions(f.dir.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let errs = load(&f.paths, &no_env).unwrap_err().0;
+    assert!(errs[0].message.contains("DELA[...]"), "{}", errs[0]);
 }
 
 #[test]
@@ -404,7 +476,7 @@ fn env_overrides_win_over_the_file() {
     let cfg = load(&f.paths, &env).unwrap_or_else(|e| panic!("{e}"));
     let a = &cfg.agent;
     assert_eq!(a.site, "datadoghq.eu");
-    assert_eq!(a.infra_endpoint, "https://app.datadoghq.eu");
+    assert_eq!(a.infra_endpoint, "https://app.datadoghq.eu.");
     assert_eq!(a.provider, Provider::Aws);
     assert_eq!(a.aws_region.as_deref(), Some("eu-central-1"));
     assert_eq!(a.proxy.http.as_deref(), Some("http://proxy:3128"));
@@ -467,7 +539,7 @@ fn dd_url_sets_the_default_target() {
     assert_eq!(cfg.agent.infra_endpoint, "https://other.internal");
     // An empty dd_url is unset.
     let cfg = ok("dd_url: \"\"\nsite: \" us5.datadoghq.com \"\n");
-    assert_eq!(cfg.agent.infra_endpoint, "https://app.us5.datadoghq.com");
+    assert_eq!(cfg.agent.infra_endpoint, "https://app.us5.datadoghq.com.");
 }
 
 #[test]
@@ -526,8 +598,8 @@ fn dela_map_shape_instances() {
         names(&cfg),
         vec![
             "api_key",
-            "additional_endpoints[https://app.datadoghq.eu][1]",
-            "additional_endpoints[https://app.datadoghq.eu][2]"
+            "additional_endpoints[https://app.datadoghq.eu][1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "additional_endpoints[https://app.datadoghq.eu][2][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]"
         ]
     );
     let one = &cfg.instances[1];
@@ -564,8 +636,8 @@ fn dela_list_shape_instances() {
         names(&cfg),
         vec![
             "api_key",
-            "logs_config.additional_endpoints[1]",
-            "logs_config.additional_endpoints[3]"
+            "logs_config.additional_endpoints[1][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[3][3fa85f64-5717-4562-b3fc-2c963f66afa6]"
         ]
     );
     let d = cfg.instances[1].delegated.as_ref().unwrap();
@@ -580,20 +652,39 @@ fn dela_list_shape_instances() {
 }
 
 #[test]
-fn dela_list_shape_warns_without_http_transport() {
-    let cfg = ok(&format!(
-        "logs_config:\n  use_http: false\n  additional_endpoints:\n\
-         \x20 - api_key: \"DELA({ORG_EU}, aws)\"\n    host: intake.datadoghq.eu\n"
+fn dela_list_shape_over_tcp_is_inert() {
+    // The newest Agent refuses directives on the TCP logs transport: every directive entry is
+    // an invalid instance, in either form; the rest runs.
+    let (cfg, errs) = entry_errors(&format!(
+        "api_key: {KEY}\nlogs_config:\n  use_http: false\n  additional_endpoints:\n\
+         \x20 - api_key: \"DELA[{ORG_EU}, aws]\"\n    host: intake.datadoghq.eu\n\
+         \x20 - api_key: \"DELA({ORG}, aws)\"\n    host: intake.datadoghq.com\n"
     ));
-    assert_eq!(names(&cfg).len(), 2);
-    let w: Vec<&Problem> = cfg
-        .warnings
-        .iter()
-        .filter(|p| p.key == "logs_config.additional_endpoints[0]")
-        .collect();
-    assert_eq!(w.len(), 1);
-    assert!(w[0].fix.contains("force_use_http"));
-    assert_eq!(w[0].line, Some(4));
+    assert_eq!(
+        invalid_names(&cfg),
+        vec![
+            "logs_config.additional_endpoints[0]",
+            "logs_config.additional_endpoints[1]"
+        ]
+    );
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+    assert_eq!(errs.len(), 2);
+    assert!(
+        errs[0].message.contains("not supported over TCP"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].fix.contains("force_use_http"));
+    assert_eq!(errs[0].line, Some(5));
+    assert_eq!(cfg.instances[1].directive_form, Some(dela::Form::Bracket));
+    assert_eq!(cfg.instances[2].directive_form, Some(dela::Form::Paren));
+    // Over HTTP both run.
+    let cfg = ok(&format!(
+        "logs_config:\n  force_use_http: true\n  additional_endpoints:\n\
+         \x20 - api_key: \"DELA[{ORG_EU}, aws]\"\n    host: intake.datadoghq.eu\n"
+    ));
+    assert!(invalid_names(&cfg).is_empty());
+    assert!(cfg.instances[1].delegated.is_some());
 }
 
 #[test]
@@ -617,16 +708,16 @@ fn dela_from_environment_json() {
         names(&cfg),
         vec![
             "api_key",
-            "additional_endpoints[https://app.datadoghq.eu][0]",
-            "logs_config.additional_endpoints[0]"
+            "additional_endpoints[https://app.datadoghq.eu][0][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
+            "logs_config.additional_endpoints[0][3fa85f64-5717-4562-b3fc-2c963f66afa6]"
         ]
     );
 }
 
 #[test]
-fn bad_directives_are_errors_naming_the_key() {
-    let errs = errors(&format!(
-        "additional_endpoints:\n\
+fn bad_directives_make_only_their_entry_inert() {
+    let (cfg, errs) = entry_errors(&format!(
+        "api_key: {KEY}\nadditional_endpoints:\n\
          \x20 \"https://app.datadoghq.eu\":\n\
          \x20   - \"DELA(org, aws, fallback=secretvalue99)\"\n\
          \x20   - \"DELA({ORG}, gcp)\"\n\
@@ -634,21 +725,51 @@ fn bad_directives_are_errors_naming_the_key() {
          \x20   - \"DELA({ORG}, aws, secretvalue99)\"\n\
          \x20 \"\": [\"DELA({ORG}, aws)\"]\n\
          \x20 \"https://x\": \"DELA({ORG}, aws)\"\n\
-         logs_config:\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws)\"\n      port: 443\n"
+         \x20 \"https://app.datadoghq.eu/mixed\": [\"DELA[{ORG}, aws)\"]\n\
+         \x20 \"https://app.us5.datadoghq.com\": [\"DELA[{ORG}, aws]\"]\n\
+         logs_config:\n  force_use_http: true\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws)\"\n      port: 443\n"
     ));
     let got: Vec<(&str, Option<usize>)> = errs.iter().map(|p| (p.key.as_str(), p.line)).collect();
     assert_eq!(
         got,
         vec![
-            ("additional_endpoints[https://app.datadoghq.eu][0]", Some(3)),
-            ("additional_endpoints[https://app.datadoghq.eu][1]", Some(4)),
-            ("additional_endpoints[https://app.datadoghq.eu][2]", Some(5)),
-            ("additional_endpoints[https://app.datadoghq.eu][3]", Some(6)),
-            ("additional_endpoints[][0]", Some(7)),
-            ("additional_endpoints[https://x]", Some(8)),
-            ("logs_config.additional_endpoints[0]", Some(11)),
+            ("additional_endpoints[https://app.datadoghq.eu][0]", Some(4)),
+            ("additional_endpoints[https://app.datadoghq.eu][1]", Some(5)),
+            ("additional_endpoints[https://app.datadoghq.eu][2]", Some(6)),
+            ("additional_endpoints[https://app.datadoghq.eu][3]", Some(7)),
+            ("additional_endpoints[][0]", Some(8)),
+            ("additional_endpoints[https://x]", Some(9)),
+            (
+                "additional_endpoints[https://app.datadoghq.eu/mixed][0]",
+                Some(10)
+            ),
+            ("logs_config.additional_endpoints[0]", Some(15)),
         ]
     );
+    // TestMapShapeEntryWithoutADomainRegistersNothing: the blank map key registers nothing that
+    // serves (an inert instance only).
+    let blank = cfg.instance("additional_endpoints[][0]").unwrap();
+    assert!(blank.delegated.is_none() && blank.fallback.is_none() && blank.invalid.is_some());
+    // Everything else runs: the static api_key and the good directive.
+    assert_eq!(fallback(&cfg.instances[0]), Some(KEY));
+    let good = cfg
+        .instance("additional_endpoints[https://app.us5.datadoghq.com][0]")
+        .unwrap();
+    assert!(good.invalid.is_none());
+    assert_eq!(good.directive_form, Some(dela::Form::Bracket));
+    assert_eq!(invalid_names(&cfg).len(), 8);
+    assert!(
+        cfg.instances
+            .iter()
+            .filter(|i| i.invalid.is_some())
+            .all(|i| i.delegated.is_none() && i.fallback.is_none())
+    );
+    assert!(
+        errs[6].message.contains("mixes the two forms"),
+        "{}",
+        errs[6]
+    );
+    assert!(errs[6].fix.contains("DELA[") && errs[6].fix.contains("DELA("));
     assert!(errs[0].message.contains("not a UUID"));
     assert!(errs[1].message.contains("unsupported provider `gcp`"));
     assert!(errs[2].message.contains("lowercase"));
@@ -710,10 +831,12 @@ fn odd_text_never_panics() {
         "proxy:\n  https: ééééééééé\nsite: \"é/é\"\nadditional_endpoints:\n  \"é\": [\"DELA(é, aws)\"]\n",
     );
     let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        vec!["proxy.https", "site", "additional_endpoints[é][0]"]
-    );
+    // The directive's problem is its entry's only (wire spec §10.2): not among the errors.
+    assert_eq!(keys, vec!["proxy.https", "site"]);
+    let (cfg, errs) =
+        entry_errors("additional_endpoints:\n  \"é\": [\"DELA[é, aws]\", \"DELA(é]\"]\n");
+    assert_eq!(errs.len(), 2);
+    assert_eq!(invalid_names(&cfg).len(), 2);
 }
 
 #[test]
@@ -1077,4 +1200,209 @@ fn load_from_strings_without_settings_text_is_a_missing_settings_file() {
         .0;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].message, "the settings file does not exist");
+}
+
+// ------------------------------------------------------------------------------------------
+// Proxy precedence (wire spec §10.4)
+
+/// Every combination of `DD_PROXY_HTTPS`, `HTTPS_PROXY`, `https_proxy` and the file's
+/// `proxy.https`, through `load` and `check-config`'s description: the first set one wins, and
+/// its password is masked. `no_proxy` likewise, `DD_PROXY_NO_PROXY` split on commas and spaces.
+#[test]
+fn proxy_precedence_through_load_and_describe() {
+    for mask in 0u8..16 {
+        let has = |bit: u8| mask & (1 << bit) != 0;
+        let yaml = if has(3) {
+            "proxy:\n  https: http://u:filepw@file:1\n  no_proxy: [file.example]\n"
+        } else {
+            ""
+        };
+        let f = fixture(yaml, None);
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if has(0) {
+            pairs.push(("DD_PROXY_HTTPS", "http://u:ddpw@dd:1"));
+            pairs.push(("DD_PROXY_NO_PROXY", "a.example, b.example c.example"));
+        }
+        if has(1) {
+            pairs.push(("HTTPS_PROXY", "http://u:upperpw@upper:1"));
+            pairs.push(("NO_PROXY", "upper.example,x"));
+        }
+        if has(2) {
+            pairs.push(("https_proxy", "http://u:lowerpw@lower:1"));
+            pairs.push(("no_proxy", "lower.example"));
+        }
+        let cfg = load(&f.paths, &env_of(&pairs)).unwrap_or_else(|e| panic!("{e}"));
+        let p = &cfg.agent.proxy_in_effect;
+        let (source, host, no_proxy): (&str, &str, &[&str]) = if has(0) {
+            (
+                "DD_PROXY_HTTPS",
+                "dd",
+                &["a.example", "b.example", "c.example"],
+            )
+        } else if has(1) {
+            ("HTTPS_PROXY", "upper", &["upper.example", "x"])
+        } else if has(2) {
+            ("https_proxy", "lower", &["lower.example"])
+        } else if has(3) {
+            ("proxy.https", "file", &["file.example"])
+        } else {
+            assert!(!p.is_set(), "mask {mask:04b}");
+            assert!(!describe(&cfg).contains("Proxy:"));
+            continue;
+        };
+        let https = p.https.as_ref().unwrap();
+        assert_eq!(https.source, source, "mask {mask:04b}");
+        assert_eq!(p.no_proxy, no_proxy, "mask {mask:04b}");
+        let text = describe(&cfg);
+        let line = format!(
+            "Proxy:               https=http://***@{host}:1 (from {source}) http=- no_proxy=[{}] (from {})",
+            no_proxy.join(" "),
+            p.no_proxy_source.as_deref().unwrap()
+        );
+        assert!(text.contains(&line), "mask {mask:04b}: {text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// DELA instance names: the Agent's trailing [<org>], old names as aliases for one release
+
+#[test]
+fn dela_names_carry_the_org_and_old_names_are_aliases() {
+    let f = fixture(
+        &format!(
+            "api_key: {KEY}\nadditional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG_EU}, aws, fallback=k1]\"]\n\
+             logs_config:\n  use_http: true\n  additional_endpoints:\n    - api_key: \"DELA({ORG}, aws, fallback=k2)\"\n      host: intake.example\n"
+        ),
+        Some(
+            "access:\n  - instances: [api_key, \"additional_endpoints[https://app.datadoghq.eu][0]\"]\n    uids: [0]\n\
+             sinks:\n  - instance: \"logs_config.additional_endpoints[0]\"\n    path: $DIR/logs.key\n",
+        ),
+    );
+    let cfg = load(&f.paths, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let new_map = format!("additional_endpoints[https://app.datadoghq.eu][0][{ORG_EU}]");
+    let new_list = format!("logs_config.additional_endpoints[0][{ORG}]");
+    assert_eq!(
+        names(&cfg),
+        vec!["api_key", new_map.as_str(), new_list.as_str()]
+    );
+    assert_eq!(
+        cfg.instances[1].aliases,
+        vec!["additional_endpoints[https://app.datadoghq.eu][0]"]
+    );
+    // Lookups by the old name find the instance.
+    assert_eq!(
+        cfg.instance("logs_config.additional_endpoints[0]")
+            .unwrap()
+            .name,
+        new_list
+    );
+    // Access rules and sinks written with an old name now use the current one, with a warning.
+    let rules = cfg.settings.access.as_ref().unwrap();
+    assert_eq!(
+        rules[0].instances,
+        vec!["api_key".to_owned(), new_map.clone()]
+    );
+    assert_eq!(cfg.settings.sinks[0].instance, new_list);
+    let renamed: Vec<(&str, Option<usize>)> = cfg
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("old name"))
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        renamed,
+        vec![
+            ("access[0].instances", Some(2)),
+            ("sinks[0].instance", Some(5))
+        ]
+    );
+    assert!(describe(&cfg).contains(
+        "      alias:     additional_endpoints[https://app.datadoghq.eu][0] (old name; works until the next release)"
+    ));
+}
+
+// ------------------------------------------------------------------------------------------
+// FQDN sites (wire spec §10.3)
+
+#[test]
+fn well_known_sites_are_fully_qualified_unless_disabled() {
+    let url = |cfg: &Config| {
+        crate::exchange::intake_key_url(
+            &cfg.instance("api_key")
+                .unwrap()
+                .delegated
+                .as_ref()
+                .unwrap()
+                .exchange_target,
+        )
+    };
+    let org = format!("delegated_auth:\n  org_uuid: {ORG}\n");
+    for (yaml, env, expected) in [
+        ("", vec![], "https://api.datadoghq.com./api/v2/intake-key"),
+        (
+            "site: datadoghq.eu\n",
+            vec![],
+            "https://api.datadoghq.eu./api/v2/intake-key",
+        ),
+        (
+            "site: us5.datadoghq.com\n",
+            vec![],
+            "https://api.us5.datadoghq.com./api/v2/intake-key",
+        ),
+        (
+            "site: ddog-gov.com\n",
+            vec![],
+            "https://api.ddog-gov.com./api/v2/intake-key",
+        ),
+        // Already fully qualified: one dot, not two.
+        (
+            "site: datadoghq.eu.\n",
+            vec![],
+            "https://api.datadoghq.eu./api/v2/intake-key",
+        ),
+        // Not a Datadog site: as written.
+        (
+            "site: example.com\n",
+            vec![],
+            "https://app.example.com/api/v2/intake-key",
+        ),
+        // dd_url wins, as written.
+        (
+            "dd_url: https://app.datadoghq.eu\n",
+            vec![],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        // Disabled in the file, or by the environment.
+        (
+            "site: datadoghq.eu\nconvert_dd_site_fqdn:\n  enabled: false\n",
+            vec![],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        (
+            "site: datadoghq.eu\n",
+            vec![("DD_CONVERT_DD_SITE_FQDN_ENABLED", "false")],
+            "https://api.datadoghq.eu/api/v2/intake-key",
+        ),
+        (
+            "convert_dd_site_fqdn:\n  enabled: false\n",
+            vec![("DD_CONVERT_DD_SITE_FQDN_ENABLED", "true")],
+            "https://api.datadoghq.com./api/v2/intake-key",
+        ),
+    ] {
+        let f = fixture(&format!("{yaml}{org}"), None);
+        let cfg = load(&f.paths, &env_of(&env)).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        assert_eq!(url(&cfg), expected, "{yaml} {env:?}");
+    }
+    // DELA endpoints are used as written.
+    let cfg = ok(&format!(
+        "{org}additional_endpoints:\n  \"https://app.datadoghq.eu\": [\"DELA[{ORG_EU}, aws]\"]\n"
+    ));
+    assert_eq!(
+        cfg.instances[1].delegated.as_ref().unwrap().exchange_target,
+        "https://app.datadoghq.eu"
+    );
+    // A wrong type is an error naming the key.
+    let errs = errors("convert_dd_site_fqdn:\n  enabled: maybe\n");
+    assert_eq!(errs[0].key, "convert_dd_site_fqdn.enabled");
 }

@@ -23,14 +23,16 @@ use tracing::{debug, error, info, warn};
 use self::control::Control;
 use self::exchanger::AwsExchanger;
 use crate::cli::exit;
-use crate::config::{self, Config, IdRef};
+use crate::config::{self, Config, IdRef, Problem};
 use crate::keystore::KeyStore;
-use crate::lifecycle::{ExchangeKey, InstancePlan, Manager, ManagerHandle, RejectOutcome, Timing};
+use crate::lifecycle::{
+    ExchangeKey, InstancePlan, InvalidEntry, Manager, ManagerHandle, RejectOutcome, Timing,
+};
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
 use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
 use crate::sink::{self, SinkSpec};
-use crate::status::{DaemonInfo, EnvironmentStatus};
+use crate::status::{DaemonInfo, EnvironmentStatus, ProxyStatus};
 
 /// Options of `run` from the command line.
 #[derive(Clone, Debug)]
@@ -233,6 +235,16 @@ pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
             }),
             fallback: i.fallback.clone(),
             fallback_origin: i.fallback_origin.clone(),
+            aliases: i.aliases.clone(),
+            invalid: i.invalid.as_ref().map(|p| InvalidEntry {
+                // The problem's own text, without the fix (shown on its own).
+                problem: Problem {
+                    fix: String::new(),
+                    ..p.clone()
+                }
+                .to_string(),
+                fix: p.fix.clone(),
+            }),
         })
         .collect()
 }
@@ -427,6 +439,7 @@ impl Daemon {
                 .iter()
                 .map(|w| format!("{}: {}", w.key, w.message))
                 .collect(),
+            proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
             // Detection runs in the background; status says so until it is published.
             environment: EnvironmentStatus {
                 kind: "detecting".to_owned(),
@@ -709,6 +722,7 @@ impl Daemon {
                 let mut info = DaemonInfo::clone(&self.state.info.load());
                 info.config_loaded_at = Some(SystemTime::now());
                 info.last_reload_error = None;
+                info.proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
                 info.config_warnings = cfg
                     .warnings
                     .iter()

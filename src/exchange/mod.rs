@@ -17,11 +17,12 @@
 //!   following one could only produce an unauthenticated request to a host nobody configured;
 //!   instead the 3xx is reported as `invalid_response` naming where it pointed, so the operator
 //!   can fix `dd_url`/`site`.
-//! - **Proxies** are resolved here rather than by reqwest's implicit environment lookup, so the
-//!   rule is explicit and testable without mutating the process environment: for each of
-//!   `http`, `https` and `no_proxy`, the `proxy.*` value from `datadog.yaml` wins, else
-//!   `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` (either case) from the environment. Loopback
-//!   destinations never go through a proxy (as in Go's `ProxyFromEnvironment`).
+//! - **Proxies** are resolved by [`crate::config::proxy::resolve`] (the one resolver) rather
+//!   than by reqwest's implicit environment lookup, so the rule is explicit and testable without
+//!   mutating the process environment: for each of `http`, `https` and `no_proxy`, `DD_PROXY_*`
+//!   wins, then `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` (upper case first), then `proxy.*` from
+//!   `datadog.yaml` (the newest Agent's order, wire spec §10.4). Loopback destinations never go
+//!   through a proxy (as in Go's `ProxyFromEnvironment`).
 //! - **The response is streamed and capped at 1 MiB**; going over is `invalid_response` (the
 //!   Agent truncates silently, which fails to parse anyway). The buffer is zeroed on drop.
 //! - **Server error text** is only ever taken from JSON:API `errors[].detail|title` (never the
@@ -71,10 +72,20 @@ pub struct ClientOptions {
     pub proxy_https: Option<String>,
     /// `proxy.no_proxy`: hosts, domains (`.example.com`), IPs or CIDRs reached directly.
     pub no_proxy: Vec<String>,
+    /// The `DD_PROXY_*` variables that set the three fields above, if any: those values beat
+    /// the standard variables, the file's values do not (wire spec §10.4).
+    pub proxy_vars: ProxyVars,
     /// `skip_ssl_validation`: accept any TLS certificate. The caller must warn loudly.
     pub skip_ssl_validation: bool,
     /// Overall deadline of one exchange ([`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
+    /// Extra trusted root certificates (PEM), on top of the system's. Not read from any
+    /// configuration: tests use it to trust a test CA.
+    pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// Host name → address overrides of name resolution, matched against the URL's host as
+    /// written (`api.datadoghq.com.` with its dot). Not read from any configuration: tests use it
+    /// to reach a real Datadog name on loopback.
+    pub resolve_overrides: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl ClientOptions {
@@ -86,8 +97,15 @@ impl ClientOptions {
             proxy_http: agent.proxy.http.clone(),
             proxy_https: agent.proxy.https.clone(),
             no_proxy: agent.proxy.no_proxy.clone(),
+            proxy_vars: ProxyVars {
+                http: agent.proxy.http_var.clone(),
+                https: agent.proxy.https_var.clone(),
+                no_proxy: agent.proxy.no_proxy_var.clone(),
+            },
             skip_ssl_validation: agent.skip_ssl_validation,
             timeout,
+            extra_root_certs_pem: Vec::new(),
+            resolve_overrides: Vec::new(),
         }
     }
 }
@@ -98,10 +116,24 @@ impl Default for ClientOptions {
             proxy_http: None,
             proxy_https: None,
             no_proxy: Vec::new(),
+            proxy_vars: ProxyVars::default(),
             skip_ssl_validation: false,
             timeout: DEFAULT_TIMEOUT,
+            extra_root_certs_pem: Vec::new(),
+            resolve_overrides: Vec::new(),
         }
     }
+}
+
+/// Which `DD_PROXY_*` variable set each proxy field of [`ClientOptions`] (`None`: the file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyVars {
+    /// `DD_PROXY_HTTP`, when it set `proxy_http`.
+    pub http: Option<String>,
+    /// `DD_PROXY_HTTPS`, when it set `proxy_https`.
+    pub https: Option<String>,
+    /// `DD_PROXY_NO_PROXY`, when it set `no_proxy`.
+    pub no_proxy: Option<String>,
 }
 
 /// The proxies actually used, after merging [`ClientOptions`] with the environment.
@@ -113,47 +145,31 @@ pub struct ProxySettings {
     pub https: Option<String>,
     /// Destinations reached directly (always includes loopback).
     pub no_proxy: Vec<String>,
+    /// The choice with its sources, as `check-config` and `status` show it.
+    pub in_effect: crate::config::proxy::ProxyInEffect,
 }
 
 impl ProxySettings {
-    /// Merges `opts` with the environment seen through `env` (see the module doc): per field,
-    /// configuration wins over `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` (upper or lower case, the
-    /// upper-case name first). Empty values count as unset.
+    /// Merges `opts` with the environment seen through `env` through the one resolver,
+    /// [`crate::config::proxy::resolve`] (see the module doc), and adds the loopback
+    /// destinations that are always reached directly. Empty values count as unset.
     pub fn resolve(opts: &ClientOptions, env: impl Fn(&str) -> Option<String>) -> Self {
-        let from_env = |name: &str| {
-            [name.to_ascii_uppercase(), name.to_ascii_lowercase()]
-                .into_iter()
-                .filter_map(|n| env(&n))
-                .map(|v| v.trim().to_owned())
-                .find(|v| !v.is_empty())
+        let file = crate::config::ProxyConfig {
+            http: opts.proxy_http.clone(),
+            https: opts.proxy_https.clone(),
+            no_proxy: opts.no_proxy.clone(),
+            http_var: opts.proxy_vars.http.clone(),
+            https_var: opts.proxy_vars.https.clone(),
+            no_proxy_var: opts.proxy_vars.no_proxy.clone(),
         };
-        let configured = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let mut no_proxy: Vec<String> = opts
-            .no_proxy
-            .iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if no_proxy.is_empty() {
-            no_proxy = from_env("no_proxy")
-                .map(|v| {
-                    v.split(',')
-                        .map(|s| s.trim().to_owned())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-        }
+        let in_effect = crate::config::proxy::resolve(&file, &env);
+        let mut no_proxy = in_effect.no_proxy.clone();
         no_proxy.extend(ALWAYS_DIRECT.split(',').map(str::to_owned));
         ProxySettings {
-            http: configured(&opts.proxy_http).or_else(|| from_env("http_proxy")),
-            https: configured(&opts.proxy_https).or_else(|| from_env("https_proxy")),
+            http: in_effect.http.as_ref().map(|c| c.url.clone()),
+            https: in_effect.https.as_ref().map(|c| c.url.clone()),
             no_proxy,
+            in_effect,
         }
     }
 }
@@ -323,6 +339,15 @@ impl ExchangeClient {
             // Every proxy decision is made here (see the module doc), not by reqwest's
             // implicit environment lookup; proxies added below re-enable proxying.
             .no_proxy();
+        for pem in &opts.extra_root_certs_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ExchangeError::Client {
+                reason: format!("an extra root certificate is unusable: {}", error_chain(&e)),
+            })?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        for (host, addr) in &opts.resolve_overrides {
+            builder = builder.resolve(host, *addr);
+        }
         let no_proxy = reqwest::NoProxy::from_string(&proxies.no_proxy.join(","));
         for (which, url) in [
             ("proxy.http", &proxies.http),
@@ -808,7 +833,8 @@ mod tests {
         assert_eq!(p.http.as_deref(), Some("http://lower:3128"));
         assert_eq!(&p.no_proxy[..2], ["internal.example", ".corp"]);
 
-        // Configuration wins, field by field.
+        // The standard variables beat the file (wire spec §10.4), field by field; a file value
+        // stays where no variable is set.
         let configured = ClientOptions {
             proxy_https: Some("http://configured:8080".into()),
             no_proxy: vec!["only.this".into()],
@@ -822,10 +848,27 @@ mod tests {
                 ("NO_PROXY", "env.example"),
             ]),
         );
-        assert_eq!(p.https.as_deref(), Some("http://configured:8080"));
+        assert_eq!(p.https.as_deref(), Some("http://envproxy:3128"));
         assert_eq!(p.http.as_deref(), Some("http://envhttp:3128"));
+        assert_eq!(p.no_proxy[0], "env.example");
+        assert!(!p.no_proxy.contains(&"only.this".to_owned()));
+        let p = ProxySettings::resolve(&configured, env_of(&[]));
+        assert_eq!(p.https.as_deref(), Some("http://configured:8080"));
         assert_eq!(p.no_proxy[0], "only.this");
-        assert!(!p.no_proxy.contains(&"env.example".to_owned()));
+        // DD_PROXY_HTTPS (it set the configured value) beats HTTPS_PROXY.
+        let dd = ClientOptions {
+            proxy_vars: ProxyVars {
+                https: Some("DD_PROXY_HTTPS".into()),
+                ..ProxyVars::default()
+            },
+            ..configured.clone()
+        };
+        let p = ProxySettings::resolve(&dd, env_of(&[("HTTPS_PROXY", "http://envproxy:3128")]));
+        assert_eq!(p.https.as_deref(), Some("http://configured:8080"));
+        assert_eq!(
+            p.in_effect.https.as_ref().map(|c| c.source.as_str()),
+            Some("DD_PROXY_HTTPS")
+        );
 
         // Empty values are unset.
         let blank = ClientOptions {

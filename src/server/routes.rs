@@ -232,13 +232,16 @@ async fn route(
                 if method != Method::POST {
                     return (Route::Rejected, Err(ApiError::MethodNotAllowed("POST")));
                 }
-                let instance = decode(encoded);
+                // An old instance name (an alias) is resolved once, here.
+                let decoded = decode(encoded);
+                let instance = state.store.canonical(&decoded);
                 (Route::Rejected, rejected(state, peer, &instance, req).await)
             } else {
                 if method != Method::GET && method != Method::HEAD {
                     return (Route::Key, Err(ApiError::MethodNotAllowed("GET")));
                 }
-                let instance = decode(rest);
+                let decoded = decode(rest);
+                let instance = state.store.canonical(&decoded);
                 (Route::Key, get_key(state, peer, &instance, &req).await)
             }
         }
