@@ -71,7 +71,10 @@ fn endless_container_credential_answers_are_cut() {
     env.insert("AWS_CONTAINER_AUTHORIZATION_TOKEN".into(), "token".into());
     let d = Daemon::start(&delegated(), SETTINGS, env);
     let error = d.wait_error("api_key", "larger than 64 KiB");
-    assert!(error.starts_with("ECS/EKS container credentials"), "{error}");
+    assert!(
+        error.starts_with("ECS/EKS container credentials"),
+        "{error}"
+    );
     assert!(
         rss_kib(d.pid()) < RSS_BOUND_KIB,
         "RSS {} KiB; {error}",
