@@ -11,21 +11,8 @@ use http::{Method, StatusCode};
 
 use crate::client::{self, ClientError};
 use crate::config;
+use crate::exit;
 use crate::status::{StatusDoc, render_text};
-
-/// Exit codes of product §8.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Runtime failure.
-    pub const FAILURE: u8 = 1;
-    /// Bad usage (clap uses it too).
-    pub const USAGE: u8 = 2;
-    /// The daemon cannot be reached (sysexits EX_UNAVAILABLE).
-    pub const UNREACHABLE: u8 = 69;
-    /// Bad configuration (sysexits EX_CONFIG).
-    pub const CONFIG: u8 = 78;
-}
 
 /// Requests to the daemon from the CLI give up after this long (a long poll adds its wait).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

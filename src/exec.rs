@@ -36,8 +36,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cli::exit;
 use crate::client::{self, ClientError, Reply};
+use crate::exit;
 use crate::secret::Secret;
 
 /// Signals exec passes on to the command.

@@ -14,6 +14,7 @@
 //! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.
+//! - [`exit`]: the exit codes every command returns (imports nothing).
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`files`]: bounded, non-blocking reads of files the daemon does not own.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
@@ -38,6 +39,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod exchange;
 pub mod exec;
+pub mod exit;
 pub mod files;
 pub mod keystore;
 pub mod lifecycle;

@@ -34,9 +34,9 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::cli::exit;
 use crate::client::{self, ClientError};
 use crate::exec::ServedKey;
+use crate::exit;
 use crate::secret::Secret;
 
 /// The largest request read from stdin. The Agent sends a few handles (tens of bytes each);
