@@ -7,7 +7,8 @@
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`cli`]: the command line; each command a small function returning an exit code.
-//! - [`client`]: the CLI's HTTP client for the socket.
+//! - [`client`]: the socket's client side: one request, and [`client::KeyClient`] (a key with
+//!   waiting, and the stream of its rotations) for `get`, `secret-helper` and `exec`.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
@@ -22,6 +23,8 @@
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`net`]: what every outbound HTTP client shares: client options and proxies, the
+//!   https-or-loopback rule, capped reads, the user agent.
 //! - [`schedule`]: the refresh and retry timing policy as pure functions.
 //! - [`secret_helper`]: `secret-helper`, the Agent's `secret_backend_command` protocol.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
@@ -46,6 +49,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;
+pub mod net;
 pub mod schedule;
 pub mod secret;
 pub mod secret_helper;

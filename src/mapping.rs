@@ -38,7 +38,8 @@ use serde_json::Value;
 
 use crate::arn_pattern::ArnPattern;
 use crate::config::Config;
-use crate::exchange::{ClientOptions, ExchangeClient, api_base, error_detail};
+use crate::exchange::{ExchangeClient, api_base, error_detail};
+use crate::net::{ClientOptions, SchemeRefusal};
 use crate::secret::Secret;
 
 /// Environment variable holding the org's API key.
@@ -343,17 +344,16 @@ impl MappingClient {
                 "the API base {api_base:?} is not a URL ({e}); check site and dd_url"
             ))
         })?;
-        match base.scheme() {
-            "https" => {}
-            "http" if crate::exchange::is_loopback(&base) => {}
-            "http" => {
+        match crate::net::check_scheme(&base) {
+            Ok(()) => {}
+            Err(SchemeRefusal::PlainHttp) => {
                 return Err(MappingError::Url(format!(
                     "refusing to send the API and application keys to {} over plain http://; \
                      use https:// (check site and dd_url)",
                     base.origin().ascii_serialization()
                 )));
             }
-            other => {
+            Err(SchemeRefusal::Other(other)) => {
                 return Err(MappingError::Url(format!(
                     "the API base {api_base} has scheme {other:?}; only https:// is supported"
                 )));
