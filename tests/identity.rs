@@ -10,7 +10,8 @@ mod aws_support;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_support::{
-    ORG, assert_verified, assumed_role_arn, options, pairs, resolve, run_child, static_env,
+    ORG, assert_proves_role_session, assert_verified, assumed_role_arn, options, pairs, resolve,
+    run_child,
 };
 use datadog_delegated_auth::aws::{
     AwsEnv, AwsOptions, CredentialSource, EnvironmentKind, Identity, build_proof, decode_proof,
@@ -45,10 +46,7 @@ async fn static_env_session_credentials_prove_the_role() {
         .assume_role(DEFAULT_ROLE, "static-session")
         .await
         .unwrap();
-    let identity = Identity::new(
-        options(IMDS_TIMEOUT),
-        AwsEnv::from_pairs(static_env(&creds)),
-    );
+    let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(creds.env_vars()));
     assert_eq!(identity.source(), Some(CredentialSource::StaticEnv));
     let outcome = resolve(&identity).await;
     assert_eq!(outcome.kind, "static-env");
@@ -56,18 +54,13 @@ async fn static_env_session_credentials_prove_the_role() {
         outcome.source.as_deref(),
         Some("static environment variables")
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "static-session"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "static-session").await;
 }
 
 #[tokio::test]
 async fn static_env_user_keys_without_token_and_a_regional_host() {
     let moto = moto().await;
-    let mut env = static_env(moto.user_creds());
+    let mut env = moto.user_creds().env_vars();
     env.push(("AWS_REGION".into(), "eu-west-1".into()));
     let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(env));
     let outcome = resolve(&identity).await;
@@ -87,10 +80,7 @@ async fn static_env_user_keys_without_token_and_a_regional_host() {
 async fn altered_org_header_or_body_is_refused() {
     let moto = moto().await;
     let creds = moto.assume_role(DEFAULT_ROLE, "tamper").await.unwrap();
-    let identity = Identity::new(
-        options(IMDS_TIMEOUT),
-        AwsEnv::from_pairs(static_env(&creds)),
-    );
+    let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(creds.env_vars()));
     let creds = identity.credentials().await.unwrap();
     let proof = build_proof(
         &creds,
@@ -172,12 +162,7 @@ async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
         decode_proof(outcome.proof()).unwrap().url,
         "https://sts.eu-central-1.amazonaws.com"
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "i-0123456789abcdef0"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "i-0123456789abcdef0").await;
 
     // IMDSv2 only: a token first, every GET carries it.
     let requests = imds.requests();
@@ -291,12 +276,7 @@ async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
         Some("ap-southeast-2"),
         "region from task metadata v4"
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "ecs-task-0123456789abcdef"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "ecs-task-0123456789abcdef").await;
     let credential_requests: Vec<_> = ecs
         .requests()
         .into_iter()
@@ -368,12 +348,7 @@ async fn eks_pod_identity_proves_the_role_with_the_token_file() {
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     assert_eq!(outcome.kind, "eks-pod-identity");
     assert_eq!(outcome.region.as_deref(), Some("us-west-2"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "eks-datadog-agent-pod"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "eks-datadog-agent-pod").await;
     let requests = pod.requests();
     assert!(
         requests
@@ -417,12 +392,7 @@ async fn eks_irsa_web_identity_proves_the_role() {
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     assert_eq!(outcome.kind, "eks-irsa");
     assert_eq!(outcome.source.as_deref(), Some("IRSA web identity"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "irsa-datadog-agent"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "irsa-datadog-agent").await;
 }
 
 #[tokio::test]
@@ -548,12 +518,7 @@ async fn imdsv1_is_used_only_when_allowed() {
     let outcome = resolve(&identity).await;
     assert_eq!(outcome.kind, "ec2");
     assert_eq!(outcome.region.as_deref(), Some("us-west-1"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "i-0fedcba9876543210"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "i-0fedcba9876543210").await;
     assert!(
         imds.requests()
             .iter()

@@ -47,6 +47,24 @@ pub struct StaticCreds {
     pub session_token: Option<String>,
 }
 
+impl StaticCreds {
+    /// The static-credential variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
+    /// `AWS_SESSION_TOKEN` when these are temporary credentials.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID".to_owned(), self.access_key_id.clone()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                self.secret_access_key.clone(),
+            ),
+        ];
+        if let Some(token) = &self.session_token {
+            env.push(("AWS_SESSION_TOKEN".to_owned(), token.clone()));
+        }
+        env
+    }
+}
+
 impl std::fmt::Debug for StaticCreds {
     // Test output may end up in CI logs; keep the secret halves out of it anyway.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
