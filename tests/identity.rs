@@ -313,13 +313,12 @@ async fn ecs_endpoint_401_names_the_source_and_its_fix() {
     ]);
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     let error = outcome.error();
-    assert!(
-        error.starts_with("ECS/EKS container credentials: "),
-        "{error}"
+    assert_source_error(
+        error,
+        "ECS/EKS container credentials: ",
+        &["401", "task role"],
+        CredentialSource::Container,
     );
-    assert!(error.contains("401"), "{error}");
-    assert!(error.contains("task role"), "{error}");
-    assert_only_fix_of(error, CredentialSource::Container);
 }
 
 #[tokio::test]
@@ -409,13 +408,12 @@ async fn irsa_token_file_missing_names_the_source_and_its_fix() {
     ]);
     let identity = Identity::new(options(IMDS_TIMEOUT), env);
     assert_eq!(identity.detect().await.kind, EnvironmentKind::EksIrsa);
-    let error = identity.credentials().await.unwrap_err().to_string();
-    assert!(
-        error.starts_with("IRSA web identity: cannot read the token file /nonexistent/"),
-        "{error}"
+    assert_source_error(
+        &identity.credentials().await.unwrap_err().to_string(),
+        "IRSA web identity: cannot read the token file /nonexistent/",
+        &["eks.amazonaws.com/role-arn"],
+        CredentialSource::WebIdentity,
     );
-    assert!(error.contains("eks.amazonaws.com/role-arn"), "{error}");
-    assert_only_fix_of(&error, CredentialSource::WebIdentity);
 }
 
 #[tokio::test]
@@ -439,13 +437,12 @@ async fn imds_down_names_the_source_and_its_fix() {
         "{reason}"
     );
     assert!(reason.contains("EC2 IMDS did not answer"), "{reason}");
-    let error = identity.credentials().await.unwrap_err().to_string();
-    assert!(
-        error.starts_with("EC2 IMDS: IMDS could not be reached"),
-        "{error}"
+    assert_source_error(
+        &identity.credentials().await.unwrap_err().to_string(),
+        "EC2 IMDS: IMDS could not be reached",
+        &["instance profile"],
+        CredentialSource::Imds,
     );
-    assert!(error.contains("instance profile"), "{error}");
-    assert_only_fix_of(&error, CredentialSource::Imds);
 }
 
 #[tokio::test]
@@ -613,6 +610,16 @@ async fn an_injected_environment_that_aws_config_cannot_see_is_refused() {
         error.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
         "{error}"
     );
+}
+
+/// Asserts a credentials error opens with `start`, holds each of `fragments`, and carries no
+/// other source's remediation than `source`'s.
+fn assert_source_error(error: &str, start: &str, fragments: &[&str], source: CredentialSource) {
+    assert!(error.starts_with(start), "{error}");
+    for fragment in fragments {
+        assert!(error.contains(fragment), "{error}");
+    }
+    assert_only_fix_of(error, source);
 }
 
 /// Asserts an error carries no other source's remediation.

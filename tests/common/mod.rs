@@ -72,6 +72,20 @@ pub fn container_env(full_uri: &str, token_file: Option<&Path>) -> HashMap<Strin
 }
 
 impl Daemon {
+    /// Runs `check-config` on this daemon's files with `env`: (exit code, stdout, stderr).
+    pub fn check_config(&self, env: &HashMap<String, String>) -> (i32, String, String) {
+        cli(
+            &[
+                "check-config",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--settings",
+                self.settings.to_str().unwrap(),
+            ],
+            env,
+        )
+    }
+
     /// Writes the files and starts `run`; waits until the socket answers.
     pub fn start(datadog_yaml: &str, settings_yaml: &str, env: HashMap<String, String>) -> Daemon {
         let d = Self::spawn(datadog_yaml, settings_yaml, env, &[]);
