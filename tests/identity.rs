@@ -39,13 +39,16 @@ async fn moto() -> Moto {
         .expect("moto_server starts (pip install 'moto[server]==5.2.1')")
 }
 
+/// [`moto`] and temporary credentials of a `session` of its default role.
+async fn moto_with_session(session: &str) -> (Moto, sandbox::moto::StaticCreds) {
+    let moto = moto().await;
+    let creds = moto.assume_role(DEFAULT_ROLE, session).await.unwrap();
+    (moto, creds)
+}
+
 #[tokio::test]
 async fn static_env_session_credentials_prove_the_role() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "static-session")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("static-session").await;
     let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(creds.env_vars()));
     assert_eq!(identity.source(), Some(CredentialSource::StaticEnv));
     let outcome = resolve(&identity).await;
@@ -132,11 +135,7 @@ async fn altered_org_header_or_body_is_refused() {
 
 #[tokio::test]
 async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
-    let moto = moto().await;
-    let first = moto
-        .assume_role(DEFAULT_ROLE, "i-0123456789abcdef0")
-        .await
-        .unwrap();
+    let (moto, first) = moto_with_session("i-0123456789abcdef0").await;
     let imds = ImdsEmulator::start(ImdsOptions {
         region: "eu-central-1".into(),
         credentials: Some(first),
@@ -207,11 +206,7 @@ async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
 
 #[tokio::test]
 async fn credentials_are_cached_until_near_expiry() {
-    let creds = sandbox::moto::StaticCreds {
-        access_key_id: "ASIACACHED".into(),
-        secret_access_key: "secret".into(),
-        session_token: Some("token".into()),
-    };
+    let creds = sandbox::moto::StaticCreds::placeholder("ASIACACHED");
     let imds = ImdsEmulator::start(ImdsOptions {
         credentials: Some(creds),
         credential_ttl: Duration::from_secs(3600),
@@ -241,11 +236,7 @@ async fn credentials_are_cached_until_near_expiry() {
 
 #[tokio::test]
 async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "ecs-task-0123456789abcdef")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("ecs-task-0123456789abcdef").await;
     let ecs = EcsEmulator::start(EcsOptions {
         auth_token: Some("ecs-auth-token".into()),
         region: "ap-southeast-2".into(),
@@ -293,11 +284,7 @@ async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
 #[tokio::test]
 async fn ecs_endpoint_401_names_the_source_and_its_fix() {
     let ecs = EcsEmulator::start(EcsOptions {
-        credentials: Some(sandbox::moto::StaticCreds {
-            access_key_id: "ASIAUNUSED".into(),
-            secret_access_key: "s".into(),
-            session_token: Some("t".into()),
-        }),
+        credentials: Some(sandbox::moto::StaticCreds::placeholder("ASIAUNUSED")),
         ..EcsOptions::default()
     })
     .await
@@ -323,11 +310,7 @@ async fn ecs_endpoint_401_names_the_source_and_its_fix() {
 
 #[tokio::test]
 async fn eks_pod_identity_proves_the_role_with_the_token_file() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "eks-datadog-agent-pod")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("eks-datadog-agent-pod").await;
     let dir = tempfile::tempdir().unwrap();
     let pod = PodIdentityEmulator::start_on(([127, 0, 0, 1], 0).into(), Some(creds), dir.path())
         .await
@@ -449,11 +432,7 @@ async fn imds_down_names_the_source_and_its_fix() {
 async fn imds_token_never_answered_fails_fast_with_the_hop_limit_fix() {
     let imds = ImdsEmulator::start(ImdsOptions {
         token_mode: TokenMode::NeverAnswer,
-        credentials: Some(sandbox::moto::StaticCreds {
-            access_key_id: "ASIAUNREACHABLE".into(),
-            secret_access_key: "s".into(),
-            session_token: Some("t".into()),
-        }),
+        credentials: Some(sandbox::moto::StaticCreds::placeholder("ASIAUNREACHABLE")),
         ..ImdsOptions::default()
     })
     .await
@@ -491,11 +470,7 @@ async fn imds_token_never_answered_fails_fast_with_the_hop_limit_fix() {
 
 #[tokio::test]
 async fn imdsv1_is_used_only_when_allowed() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "i-0fedcba9876543210")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("i-0fedcba9876543210").await;
     let imds = ImdsEmulator::start(ImdsOptions {
         allow_v1: true,
         token_mode: TokenMode::NeverAnswer,
@@ -526,11 +501,7 @@ async fn imdsv1_is_used_only_when_allowed() {
 
 #[tokio::test]
 async fn half_set_pairs_are_skipped_with_warnings_naming_the_missing_variable() {
-    let creds = sandbox::moto::StaticCreds {
-        access_key_id: "ASIAFROMIMDS".into(),
-        secret_access_key: "s".into(),
-        session_token: Some("t".into()),
-    };
+    let creds = sandbox::moto::StaticCreds::placeholder("ASIAFROMIMDS");
     let imds = ImdsEmulator::start(ImdsOptions {
         credentials: Some(creds),
         ..ImdsOptions::default()

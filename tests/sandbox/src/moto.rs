@@ -48,6 +48,16 @@ pub struct StaticCreds {
 }
 
 impl StaticCreds {
+    /// Temporary credentials no STS knows (secret `s`, token `t`), for emulators whose answers
+    /// are never replayed.
+    pub fn placeholder(access_key_id: &str) -> StaticCreds {
+        StaticCreds {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: "s".to_owned(),
+            session_token: Some("t".to_owned()),
+        }
+    }
+
     /// The static-credential variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
     /// `AWS_SESSION_TOKEN` when these are temporary credentials.
     pub fn env_vars(&self) -> Vec<(String, String)> {
