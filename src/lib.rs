@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //!
+//! `docs/architecture.md` shows how these fit together: the data flow from `datadog.yaml` to a
+//! socket answer, the tasks and what each owns, and the refresh state machine.
+//!
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`cli`]: the command line; each command a small function returning an exit code.
