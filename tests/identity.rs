@@ -39,6 +39,19 @@ async fn moto() -> Moto {
         .expect("moto_server starts (pip install 'moto[server]==5.2.1')")
 }
 
+/// An environment whose IMDS is a loopback port nothing listens on (bound, noted, closed).
+fn imds_nowhere() -> AwsEnv {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    AwsEnv::from_pairs([(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    )])
+}
+
 /// [`moto`] and temporary credentials of a `session` of its default role.
 async fn moto_with_session(session: &str) -> (Moto, sandbox::moto::StaticCreds) {
     let moto = moto().await;
@@ -401,16 +414,7 @@ async fn irsa_token_file_missing_names_the_source_and_its_fix() {
 
 #[tokio::test]
 async fn imds_down_names_the_source_and_its_fix() {
-    // A port nothing listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = AwsEnv::from_pairs([(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-        format!("http://127.0.0.1:{port}"),
-    )]);
+    let env = imds_nowhere();
     let identity = Identity::new(options(IMDS_TIMEOUT), env);
     let detection = identity.detect().await;
     assert_eq!(detection.kind, EnvironmentKind::None);
@@ -531,15 +535,7 @@ async fn half_set_pairs_are_skipped_with_warnings_naming_the_missing_variable() 
 
 #[tokio::test]
 async fn explicit_provider_skips_detection_but_not_resolution() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = AwsEnv::from_pairs([(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-        format!("http://127.0.0.1:{port}"),
-    )]);
+    let env = imds_nowhere();
     let identity = Identity::new(
         AwsOptions {
             provider_explicit: true,
