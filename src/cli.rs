@@ -9,23 +9,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use http::{Method, StatusCode};
 
-use crate::client::{self, ClientError};
+use crate::client::{self, ClientError, Failure, KeyClient, Wait};
 use crate::config;
+use crate::exit;
 use crate::status::{StatusDoc, render_text};
-
-/// Exit codes of product §8.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Runtime failure.
-    pub const FAILURE: u8 = 1;
-    /// Bad usage (clap uses it too).
-    pub const USAGE: u8 = 2;
-    /// The daemon cannot be reached (sysexits EX_UNAVAILABLE).
-    pub const UNREACHABLE: u8 = 69;
-    /// Bad configuration (sysexits EX_CONFIG).
-    pub const CONFIG: u8 = 78;
-}
 
 /// Requests to the daemon from the CLI give up after this long (a long poll adds its wait).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -280,57 +267,32 @@ async fn status(socket: PathBuf, json: bool) -> u8 {
 }
 
 async fn get(socket: PathBuf, instance: String, wait: bool, timeout: Duration, json: bool) -> u8 {
-    let path = format!("/v1/keys/{}", client::encode_instance(&instance));
     // Every request and pause fits in what is left of --timeout: a hung daemon costs the
     // caller --timeout, not one more request timeout past it.
-    let deadline = tokio::time::Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    loop {
-        let outcome = client::request(
-            &socket,
-            Method::GET,
-            &path,
-            &[],
-            None,
-            CLIENT_TIMEOUT.min(left()),
-        )
-        .await;
-        let retry = match &outcome {
-            Ok(reply) if reply.status == StatusCode::OK => {
-                // Never print an empty line for a key a script would then use.
-                return match crate::exec::ServedKey::from_reply(reply) {
-                    Ok(_) if json => {
-                        println!("{}", String::from_utf8_lossy(&reply.body));
-                        exit::OK
-                    }
-                    Ok(served) => {
-                        println!("{}", served.key.expose());
-                        exit::OK
-                    }
-                    Err(e) => {
-                        eprintln!("error: the daemon answered with {e}");
-                        exit::FAILURE
-                    }
-                };
-            }
-            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => true,
-            Ok(_) => false,
-            Err(ClientError::Unreachable { .. }) => true,
-            Err(_) => false,
-        };
-        let waiting = wait && !left().is_zero();
-        if !(retry && waiting) {
-            return match outcome {
-                Ok(reply) => {
-                    eprintln!("error: {} ({})", reply.error_message(), reply.status);
-                    exit::FAILURE
-                }
-                Err(e) => client_failure(&e),
-            };
+    let until = Wait::until(tokio::time::Instant::now() + timeout)
+        .request_cap(CLIENT_TIMEOUT)
+        .retrying(wait);
+    match KeyClient::new(socket).get(&instance, until).await {
+        Ok(fetched) if json => {
+            println!("{}", String::from_utf8_lossy(&fetched.reply.body));
+            exit::OK
         }
-        // Waiting for the daemon to start or the first key: a short, bounded retry loop on the
-        // client side only; the daemon itself never polls.
-        tokio::time::sleep(Duration::from_millis(250).min(left())).await;
+        Ok(fetched) => {
+            // Never an empty line for a key a script would then use: an empty key is refused.
+            println!("{}", fetched.key.key.expose());
+            exit::OK
+        }
+        Err(e) => match e.last {
+            Failure::BadAnswer(e) => {
+                eprintln!("error: the daemon answered with {e}");
+                exit::FAILURE
+            }
+            Failure::Answer(reply) => {
+                eprintln!("error: {} ({})", reply.error_message(), reply.status);
+                exit::FAILURE
+            }
+            Failure::Daemon(e) => client_failure(&e),
+        },
     }
 }
 

@@ -36,11 +36,10 @@ use crate::aws::{
     Identity, build_proof, decode_proof, env::vars, remediation, sts_endpoint,
 };
 use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec};
-use crate::exchange::{ClientOptions, ExchangeClient, ExchangeError, intake_key_url};
+use crate::exchange::{ExchangeClient, ExchangeError, intake_key_url};
+use crate::net::{ClientOptions, USER_AGENT};
 use crate::secret::Secret;
 
-/// The `User-Agent` carried (unsigned) in doctor's proof, as in the daemon's.
-pub const USER_AGENT: &str = concat!("datadog-delegated-auth/", env!("CARGO_PKG_VERSION"));
 /// Clock offset above which `clock` warns.
 pub const CLOCK_WARN: Duration = Duration::from_secs(60);
 /// Clock offset above which `clock` fails: Datadog refuses proofs more than 5 minutes off.
@@ -398,7 +397,7 @@ pub async fn diagnose(
         (Some(spec), Some(proof), Ok(_)) => {
             let client = ExchangeClient::with_env(
                 &agent
-                    .map(|a| ClientOptions::from_agent(a, crate::exchange::DEFAULT_TIMEOUT))
+                    .map(|a| ClientOptions::from_agent(a, crate::net::DEFAULT_TIMEOUT))
                     .unwrap_or_default(),
                 |k| env.get(k).map(str::to_owned),
             );
@@ -703,7 +702,7 @@ async fn call_sts(http: &reqwest::Client, target: &str, proof: &Secret) -> StsAn
         Ok(url) => url,
         Err(e) => return unreachable(format!("the STS URL does not parse ({e})")),
     };
-    if url.scheme() != "https" && !(url.scheme() == "http" && crate::exchange::is_loopback(&url)) {
+    if crate::net::check_scheme(&url).is_err() {
         return unreachable(
             "refusing to send a signed request over plain http:// to a host that is not \
              loopback; use https://"

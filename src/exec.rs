@@ -28,41 +28,19 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cli::exit;
-use crate::client::{self, ClientError, Reply};
+use crate::client::{ClientError, Failure, FetchedKey, Followed, KeyClient, READ_TIMEOUT, Wait};
+use crate::exit;
 use crate::secret::Secret;
 
 /// Signals exec passes on to the command.
 const FORWARDED: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
-
-/// How long one long poll waits for a rotation (the daemon's maximum, product §7).
-const LONG_POLL: Duration = Duration::from_secs(300);
-
-/// Margin over the long poll for the whole request (a slow daemon answering the 304).
-const LONG_POLL_SLACK: Duration = Duration::from_secs(30);
-
-/// A long poll answered sooner than this with nothing new did not wait (a daemon in its graceful
-/// shutdown answers at once): back off instead of asking again straight away.
-const MIN_POLL: Duration = Duration::from_secs(1);
-
-/// Backoff while the daemon cannot be reached: first retry after about a second, then doubling
-/// up to half a minute, so a daemon restart is noticed quickly and a long outage costs little.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Pause between attempts while waiting for the first key (as `get --wait`).
-const FIRST_KEY_PAUSE: Duration = Duration::from_millis(250);
-
-/// A plain key read gives up after this long (it never waits on the daemon's side).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to do when the key changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,53 +109,6 @@ fn parse_env_name(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_owned())
-}
-
-/// A key as the daemon serves it.
-#[derive(Clone, Debug)]
-pub struct ServedKey {
-    /// The daemon's generation (ETag) of this value.
-    pub generation: u64,
-    /// The key.
-    pub key: Secret,
-}
-
-#[derive(Deserialize)]
-struct KeyBody {
-    api_key: String,
-    generation: u64,
-}
-
-impl ServedKey {
-    /// Reads a `200` answer of `GET /v1/keys/{instance}`.
-    ///
-    /// # Errors
-    /// A description (without the body, which holds the key) when it is not the key document.
-    pub fn from_reply(reply: &Reply) -> Result<ServedKey, String> {
-        let body: KeyBody = serde_json::from_slice(&reply.body).map_err(|e| {
-            format!(
-                "an answer this version does not understand ({}): is the daemon a different version?",
-                json_category(&e)
-            )
-        })?;
-        if body.api_key.is_empty() {
-            return Err("an empty key".into());
-        }
-        Ok(ServedKey {
-            generation: body.generation,
-            key: Secret::new(body.api_key),
-        })
-    }
-}
-
-/// What kind of JSON error (never its text, which may quote the body and so the key).
-fn json_category(e: &serde_json::Error) -> &'static str {
-    match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "not JSON",
-        serde_json::error::Category::Data => "unexpected fields",
-        serde_json::error::Category::Eof => "truncated",
-    }
 }
 
 /// Why exec stopped without a status of the command to report.
@@ -270,12 +201,64 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
+/// Fetches the first key, waiting (up to `--timeout`) while the daemon is starting, busy or has
+/// nothing to serve yet.
+async fn first_key(client: &KeyClient, args: &Args) -> Result<FetchedKey, ExecError> {
+    let wait = Wait::until(Instant::now() + args.timeout)
+        .request_cap(READ_TIMEOUT)
+        .request_floor(Duration::from_millis(100))
+        .retry_timeouts();
+    match client.get(&args.instance, wait).await {
+        Ok(fetched) => Ok(fetched.key),
+        Err(e) => Err(match e.last {
+            Failure::BadAnswer(reason) => ExecError::BadAnswer {
+                instance: args.instance.clone(),
+                reason,
+            },
+            Failure::Answer(reply) => ExecError::Refused {
+                instance: args.instance.clone(),
+                status: reply.status,
+                message: reply.error_message(),
+            },
+            Failure::Daemon(e) => ExecError::Daemon(e),
+        }),
+    }
+}
+
+/// Follows rotations and publishes each new value on `tx`, saying when following fails and
+/// recovers. Runs until the receiver is gone.
+async fn follow(
+    client: KeyClient,
+    instance: String,
+    known: FetchedKey,
+    tx: watch::Sender<FetchedKey>,
+) {
+    let rotations = client.follow(&instance, known);
+    futures_util::pin_mut!(rotations);
+    while !tx.is_closed() {
+        let Some(event) = rotations.next().await else {
+            return;
+        };
+        match event {
+            Followed::Rotated(key) => {
+                let _ = tx.send(key);
+            }
+            Followed::Trouble(msg) => say(format!(
+                "{msg}; the command keeps its current key, retrying"
+            )),
+            Followed::Recovered => say(format!(
+                "the daemon answers again; following rotations of {instance:?}"
+            )),
+        }
+    }
+}
+
 /// Runs the command to its end; returns its exit code.
 async fn run(socket: PathBuf, args: Args) -> Result<u8, ExecError> {
     let mut signals = signal_hook_tokio::Signals::new(FORWARDED).map_err(ExecError::Signals)?;
-    let path = format!("/v1/keys/{}", client::encode_instance(&args.instance));
+    let client = KeyClient::new(socket.clone());
     let first = tokio::select! {
-        r = first_key(&socket, &path, &args) => r,
+        r = first_key(&client, &args) => r,
         Some(sig) = wait_stop_signal(&mut signals) => {
             // Nothing started yet: stop as the command would have.
             return Ok((128 + sig).clamp(0, 255) as u8);
@@ -284,13 +267,7 @@ async fn run(socket: PathBuf, args: Args) -> Result<u8, ExecError> {
     let known = first?;
 
     let (tx, mut rx) = watch::channel(known.clone());
-    let follower = tokio::spawn(follow(
-        socket.clone(),
-        path,
-        args.instance.clone(),
-        known,
-        tx,
-    ));
+    let follower = tokio::spawn(follow(client, args.instance.clone(), known, tx));
     let outcome = supervise(&socket, &args, &mut signals, &mut rx).await;
     follower.abort();
     outcome
@@ -304,151 +281,6 @@ async fn wait_stop_signal(signals: &mut signal_hook_tokio::Signals) -> Option<i3
         }
     }
     None
-}
-
-/// Fetches the first key, waiting (up to `--timeout`) while the daemon is starting or has
-/// nothing to serve yet.
-async fn first_key(socket: &Path, path: &str, args: &Args) -> Result<ServedKey, ExecError> {
-    let deadline = Instant::now() + args.timeout;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let outcome = client::request(
-            socket,
-            Method::GET,
-            path,
-            &[],
-            None,
-            READ_TIMEOUT.min(remaining.max(Duration::from_millis(100))),
-        )
-        .await;
-        let retry = match &outcome {
-            Ok(reply) if reply.status == StatusCode::OK => {
-                return ServedKey::from_reply(reply).map_err(|reason| ExecError::BadAnswer {
-                    instance: args.instance.clone(),
-                    reason,
-                });
-            }
-            Ok(reply) => reply.status == StatusCode::SERVICE_UNAVAILABLE,
-            Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. }) => true,
-            Err(_) => false,
-        };
-        if !retry || Instant::now() >= deadline {
-            return Err(match outcome {
-                Ok(reply) => ExecError::Refused {
-                    instance: args.instance.clone(),
-                    status: reply.status,
-                    message: reply.error_message(),
-                },
-                Err(e) => ExecError::Daemon(e),
-            });
-        }
-        tokio::time::sleep(FIRST_KEY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
-    }
-}
-
-/// Capped exponential backoff with jitter (half fixed, half random, so retries of many execs
-/// spread out but none waits much less than the step).
-struct Backoff {
-    step: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff { step: BACKOFF_MIN }
-    }
-
-    fn reset(&mut self) {
-        self.step = BACKOFF_MIN;
-    }
-
-    fn next(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(BACKOFF_MAX);
-        let half = step / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
-
-/// Follows rotations with the long poll and publishes each new value on `tx`. Runs until the
-/// receiver is gone.
-async fn follow(
-    socket: PathBuf,
-    path: String,
-    instance: String,
-    mut known: ServedKey,
-    tx: watch::Sender<ServedKey>,
-) {
-    let mut backoff = Backoff::new();
-    // After a failure the daemon may have restarted with a new numbering of generations: read
-    // the key plainly once instead of trusting the old ETag.
-    let mut resync = false;
-    let mut problem: Option<String> = None;
-    let mut report = |now: Option<String>| {
-        match (&problem, &now) {
-            (Some(_), None) => say(format!(
-                "the daemon answers again; following rotations of {instance:?}"
-            )),
-            (old, Some(msg)) if old.as_ref() != Some(msg) => say(format!(
-                "{msg}; the command keeps its current key, retrying"
-            )),
-            _ => {}
-        }
-        problem = now;
-    };
-    while !tx.is_closed() {
-        let started = Instant::now();
-        let etag = format!("\"{}\"", known.generation);
-        let (query, headers, timeout): (String, Vec<(&str, &str)>, Duration) = if resync {
-            (path.clone(), vec![], READ_TIMEOUT)
-        } else {
-            (
-                format!("{path}?wait={}s", LONG_POLL.as_secs()),
-                vec![("if-none-match", etag.as_str())],
-                LONG_POLL + LONG_POLL_SLACK,
-            )
-        };
-        let outcome = client::request(&socket, Method::GET, &query, &headers, None, timeout).await;
-        // Whether this answer brought a new value for the command.
-        let mut rotated = false;
-        let failure = match outcome {
-            Ok(reply) if reply.status == StatusCode::OK => match ServedKey::from_reply(&reply) {
-                Ok(served) => {
-                    if served.key != known.key {
-                        rotated = true;
-                        let _ = tx.send(served.clone());
-                    }
-                    known = served;
-                    None
-                }
-                Err(e) => Some(format!("the daemon answered with {e}")),
-            },
-            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => None,
-            Ok(reply) if reply.status == StatusCode::NOT_FOUND => Some(format!(
-                "the daemon no longer serves {instance:?} (removed from its configuration?)"
-            )),
-            Ok(reply) => Some(format!(
-                "the daemon answered {} for {instance:?}: {}",
-                reply.status,
-                reply.error_message()
-            )),
-            Err(e) => Some(e.to_string()),
-        };
-        let failed = failure.is_some();
-        report(failure);
-        if failed {
-            resync = true;
-            tokio::time::sleep(backoff.next()).await;
-        } else if !resync && !rotated && started.elapsed() < MIN_POLL {
-            // A long poll that did not wait and brought nothing new: a daemon shutting down
-            // answers open polls at once, and one restarted renumbers its generations. Not a
-            // failure to report, but no reason to ask again straight away either.
-            tokio::time::sleep(backoff.next()).await;
-        } else {
-            resync = false;
-            backoff.reset();
-        }
-    }
 }
 
 /// The running command.
@@ -494,7 +326,7 @@ async fn supervise(
     socket: &Path,
     args: &Args,
     signals: &mut signal_hook_tokio::Signals,
-    rx: &mut watch::Receiver<ServedKey>,
+    rx: &mut watch::Receiver<FetchedKey>,
 ) -> Result<u8, ExecError> {
     let first = rx.borrow_and_update().key.clone();
     let mut running = start(socket, args, &first)?;
@@ -629,39 +461,5 @@ mod tests {
         assert!(parse_env_name("DD_API_KEY").is_ok());
         assert!(parse_env_name("").is_err());
         assert!(parse_env_name("A=B").is_err());
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new();
-        let first = b.next();
-        assert!(
-            first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN,
-            "{first:?}"
-        );
-        let mut last = first;
-        for _ in 0..10 {
-            last = b.next();
-        }
-        assert!(last >= BACKOFF_MAX / 2 && last <= BACKOFF_MAX, "{last:?}");
-        b.reset();
-        assert!(b.next() <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn key_replies_are_read_without_echoing_the_body() {
-        let reply = |body: &str| Reply {
-            status: StatusCode::OK,
-            headers: http::HeaderMap::new(),
-            body: bytes::Bytes::from(body.to_owned()),
-        };
-        let k = ServedKey::from_reply(&reply(
-            r#"{"instance":"api_key","api_key":"abcdefghij12345","generation":7,"source":"fallback"}"#,
-        ))
-        .unwrap();
-        assert_eq!((k.generation, k.key.expose()), (7, "abcdefghij12345"));
-        let e = ServedKey::from_reply(&reply(r#"{"api_key":"secretsecret99"}"#)).unwrap_err();
-        assert!(!e.contains("secretsecret99"), "{e}");
-        assert!(ServedKey::from_reply(&reply(r#"{"api_key":"","generation":1}"#)).is_err());
     }
 }

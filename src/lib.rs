@@ -4,16 +4,21 @@
 //!
 //! # Layout
 //!
+//! `docs/architecture.md` shows how these fit together: the data flow from `datadog.yaml` to a
+//! socket answer, the tasks and what each owns, and the refresh state machine.
+//!
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`cli`]: the command line; each command a small function returning an exit code.
-//! - [`client`]: the CLI's HTTP client for the socket.
+//! - [`client`]: the socket's client side: one request, and [`client::KeyClient`] (a key with
+//!   waiting, and the stream of its rotations) for `get`, `secret-helper` and `exec`.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
 //! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.
+//! - [`exit`]: the exit codes every command returns (imports nothing).
 //! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
 //! - [`files`]: bounded, non-blocking reads of files the daemon does not own.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
@@ -21,6 +26,8 @@
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.
+//! - [`net`]: what every outbound HTTP client shares: client options and proxies, the
+//!   https-or-loopback rule, capped reads, the user agent.
 //! - [`schedule`]: the refresh and retry timing policy as pure functions.
 //! - [`secret_helper`]: `secret-helper`, the Agent's `secret_backend_command` protocol.
 //! - [`secret`]: the redacting, zeroing type every key, proof and AWS secret lives in.
@@ -38,12 +45,14 @@ pub mod daemon;
 pub mod doctor;
 pub mod exchange;
 pub mod exec;
+pub mod exit;
 pub mod files;
 pub mod keystore;
 pub mod lifecycle;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;
+pub mod net;
 pub mod schedule;
 pub mod secret;
 pub mod secret_helper;

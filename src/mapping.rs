@@ -38,7 +38,8 @@ use serde_json::Value;
 
 use crate::arn_pattern::ArnPattern;
 use crate::config::Config;
-use crate::exchange::{ClientOptions, ExchangeClient, api_base, error_detail};
+use crate::exchange::{ExchangeClient, api_base, error_detail};
+use crate::net::{CappedReadError, ClientOptions, SchemeRefusal};
 use crate::secret::Secret;
 
 /// Environment variable holding the org's API key.
@@ -343,17 +344,16 @@ impl MappingClient {
                 "the API base {api_base:?} is not a URL ({e}); check site and dd_url"
             ))
         })?;
-        match base.scheme() {
-            "https" => {}
-            "http" if crate::exchange::is_loopback(&base) => {}
-            "http" => {
+        match crate::net::check_scheme(&base) {
+            Ok(()) => {}
+            Err(SchemeRefusal::PlainHttp) => {
                 return Err(MappingError::Url(format!(
                     "refusing to send the API and application keys to {} over plain http://; \
                      use https:// (check site and dd_url)",
                     base.origin().ascii_serialization()
                 )));
             }
-            other => {
+            Err(SchemeRefusal::Other(other)) => {
                 return Err(MappingError::Url(format!(
                     "the API base {api_base} has scheme {other:?}; only https:// is supported"
                 )));
@@ -825,24 +825,20 @@ fn api_error(
     }
 }
 
-/// Reads the body, refusing more than [`MAX_RESPONSE_BYTES`].
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| {
-        format!(
+/// Reads the body through [`crate::net::read_capped`], refusing more than
+/// [`MAX_RESPONSE_BYTES`].
+async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    match crate::net::read_capped(response, MAX_RESPONSE_BYTES).await {
+        Ok(mut body) => Ok(std::mem::take(&mut *body)),
+        Err(CappedReadError::Transport(e)) => Err(format!(
             "the connection broke while reading the answer ({})",
             crate::exchange::transport_reason(&e, REQUEST_TIMEOUT)
-        )
-    })? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!(
-                "the answer is larger than {} MiB; is the API host right?",
-                MAX_RESPONSE_BYTES / (1024 * 1024)
-            ));
-        }
-        body.extend_from_slice(&chunk);
+        )),
+        Err(CappedReadError::TooLarge) => Err(format!(
+            "the answer is larger than {} MiB; is the API host right?",
+            MAX_RESPONSE_BYTES / (1024 * 1024)
+        )),
     }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -30,13 +30,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::cli::exit;
-use crate::client::{self, ClientError};
-use crate::exec::ServedKey;
+use crate::client::{ClientError, Failure, GetError, KeyClient, Wait};
+use crate::exit;
 use crate::secret::Secret;
 
 /// The largest request read from stdin. The Agent sends a few handles (tens of bytes each);
@@ -58,9 +57,6 @@ const CONCURRENT_LOOKUPS: usize = 16;
 /// Vector's exec backend default `timeout` (5 s, same protocol), so our answer (with per-handle
 /// errors) always arrives before the caller kills us; long enough to ride out a daemon restart.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// Pause between attempts while the daemon is starting or has no key yet.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// The protocol's major version this helper speaks (`1.0` and `1.1` differ only in request
 /// fields we may ignore).
@@ -262,46 +258,42 @@ async fn resolve_one(socket: &Path, instance: &str, deadline: Instant) -> Outcom
                 .into(),
         );
     }
-    let path = format!("/v1/keys/{}", client::encode_instance(instance));
-    // The last transient failure (daemon starting, no key yet), reported if time runs out.
-    let mut last: Option<String> = None;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(last.unwrap_or_else(|| timeout_message(socket)));
+    let wait = Wait::until(deadline);
+    match KeyClient::new(socket).get(instance, wait).await {
+        Ok(fetched) => Ok(fetched.key.key),
+        Err(GetError { last, before }) => Err(failure_message(socket, instance, last, before)),
+    }
+}
+
+/// The per-handle error for a lookup that brought no key. A timeout reports the transient
+/// failure before it (daemon starting, no key yet), when there was one.
+fn failure_message(
+    socket: &Path,
+    instance: &str,
+    last: Failure,
+    before: Option<Failure>,
+) -> String {
+    match last {
+        Failure::BadAnswer(e) => {
+            format!("datadog-delegated-auth answered for {instance:?} with {e}")
         }
-        match client::request(socket, Method::GET, &path, &[], None, remaining).await {
-            Ok(reply) if reply.status == StatusCode::OK => {
-                return ServedKey::from_reply(&reply).map(|k| k.key).map_err(|e| {
-                    format!("datadog-delegated-auth answered for {instance:?} with {e}")
-                });
-            }
-            Ok(reply) if reply.status == StatusCode::NOT_FOUND => {
-                return Err(format!(
-                    "datadog-delegated-auth has no instance named {instance:?}: secret handles are instance names such as api_key or logs_config.api_key (`datadog-delegated-auth status` lists them)"
-                ));
-            }
-            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
-                last = Some(format!(
-                    "datadog-delegated-auth has no key to serve for {instance:?}: {}",
-                    reply.error_message()
-                ));
-            }
-            Ok(reply) => {
-                return Err(format!(
-                    "datadog-delegated-auth refused {instance:?} ({}): {}",
-                    reply.status,
-                    reply.error_message()
-                ));
-            }
-            Err(e @ ClientError::Unreachable { .. }) => last = Some(e.to_string()),
-            Err(ClientError::Timeout { .. }) => {
-                return Err(last.unwrap_or_else(|| timeout_message(socket)));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
+        Failure::Answer(reply) if reply.status == StatusCode::NOT_FOUND => format!(
+            "datadog-delegated-auth has no instance named {instance:?}: secret handles are instance names such as api_key or logs_config.api_key (`datadog-delegated-auth status` lists them)"
+        ),
+        Failure::Answer(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => format!(
+            "datadog-delegated-auth has no key to serve for {instance:?}: {}",
+            reply.error_message()
+        ),
+        Failure::Answer(reply) => format!(
+            "datadog-delegated-auth refused {instance:?} ({}): {}",
+            reply.status,
+            reply.error_message()
+        ),
+        Failure::Daemon(ClientError::Timeout { .. }) => match before {
+            Some(earlier) => failure_message(socket, instance, earlier, None),
+            None => timeout_message(socket),
+        },
+        Failure::Daemon(e) => e.to_string(),
     }
 }
 

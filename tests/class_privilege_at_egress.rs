@@ -260,16 +260,7 @@ fn url_userinfo_is_masked_everywhere() {
         common::cli(&["status", "--socket", &socket], &env).1,
         common::cli(&["status", "--json", "--socket", &socket], &env).1,
     ];
-    let (_, out, err) = common::cli(
-        &[
-            "check-config",
-            "--config",
-            d.config.to_str().unwrap(),
-            "--settings",
-            d.settings.to_str().unwrap(),
-        ],
-        &env,
-    );
+    let (_, out, err) = d.check_config(&env);
     seen.push(out + &err);
     for text in &seen {
         assert!(!text.contains("hunter"), "a URL password leaked:\n{text}");
@@ -293,16 +284,7 @@ fn an_access_key_left_empty_refuses_every_read_with_a_warning() {
         "{}",
         d.logs()
     );
-    let (code, out, err) = common::cli(
-        &[
-            "check-config",
-            "--config",
-            d.config.to_str().unwrap(),
-            "--settings",
-            d.settings.to_str().unwrap(),
-        ],
-        &base_env(),
-    );
+    let (code, out, err) = d.check_config(&base_env());
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         format!("{out}{err}").contains("access list is empty"),

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, base_env, cli, context_switches, wakeups_since, write_by_rename};
+use common::{Daemon, base_env, context_switches, wakeups_since, write_by_rename};
 use nix::sys::signal::Signal;
 
 const KEY_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
@@ -52,16 +52,7 @@ fn reads_of_the_config_files_never_reload_and_a_change_reloads_once() {
         woke, 0,
         "reading the configuration files woke the daemon {woke} times"
     );
-    let (code, _, err) = cli(
-        &[
-            "check-config",
-            "--config",
-            d.config.to_str().unwrap(),
-            "--settings",
-            d.settings.to_str().unwrap(),
-        ],
-        &base_env(),
-    );
+    let (code, _, err) = d.check_config(&base_env());
     assert_eq!(code, 0, "{err}");
     settle(&d, (0, 0));
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use datadog_delegated_auth::config::{
-    self, Config, IdRef, LogFormat, Paths, Problem, Provider, check_config_main, describe, load,
+    self, Config, ConfigErrors, IdRef, LogFormat, Paths, Problem, Provider, check_config_main,
+    describe, load,
 };
 
 fn data(rel: &str) -> PathBuf {
@@ -28,13 +29,74 @@ enum In {
     Settings,
 }
 
+/// An expected problem: (file, key, line, message fragment).
+type Expected = (In, &'static str, Option<usize>, &'static str);
+
+/// The problems of `invalid/bad_uuid.yaml`.
+const BAD_UUID: &[Expected] = &[
+    (
+        In::Agent,
+        "delegated_auth.org_uuid",
+        Some(3),
+        "is not a UUID",
+    ),
+    (
+        In::Agent,
+        "logs_config.delegated_auth.org_uuid",
+        Some(6),
+        "is not a UUID",
+    ),
+];
+
+/// The problems of `invalid/settings_bad_values.yaml`.
+const BAD_SETTINGS: &[Expected] = &[
+    (In::Settings, "socket.path", Some(2), "absolute path"),
+    (In::Settings, "socket.mode", Some(3), "octal"),
+    (In::Settings, "socket.group", Some(4), "user/group name"),
+    (
+        In::Settings,
+        "access[0].uids[1]",
+        Some(7),
+        "user/group name",
+    ),
+    (
+        In::Settings,
+        "refresh.interval",
+        Some(9),
+        "between 1s and 7 days",
+    ),
+    (
+        In::Settings,
+        "refresh.retry_max",
+        Some(11),
+        "shorter than refresh.retry_min",
+    ),
+    (
+        In::Settings,
+        "refresh.startup_grace",
+        Some(12),
+        "at most 10m",
+    ),
+    (
+        In::Settings,
+        "sinks[0].instance",
+        Some(14),
+        "does not define",
+    ),
+    (In::Settings, "sinks[0].mode", Some(16), "other users"),
+    (In::Settings, "log.level", Some(18), "not a log level"),
+    (In::Settings, "log.format", Some(19), "not a log format"),
+];
+
 enum Expect {
     Valid {
         instances: &'static [&'static str],
         warnings: &'static [&'static str],
     },
     /// (file, key, line, message fragment), in report order.
-    Invalid(&'static [(In, &'static str, Option<usize>, &'static str)]),
+    Invalid(&'static [Expected]),
+    /// The problems of several files, reported together in this order.
+    InvalidAll(&'static [&'static [Expected]]),
     /// Problems of single `additional_endpoints` entries (wire spec §10.2): the daemon loads the
     /// file with those entries inert (`invalid` instances), `check-config` still fails. (key,
     /// line, message fragment), in report order; `serving` are the instances that still run.
@@ -254,20 +316,7 @@ fn cases() -> Vec<Case> {
             agent: "invalid/bad_uuid.yaml",
             settings: None,
             env: &[],
-            expect: Expect::Invalid(&[
-                (
-                    In::Agent,
-                    "delegated_auth.org_uuid",
-                    Some(3),
-                    "is not a UUID",
-                ),
-                (
-                    In::Agent,
-                    "logs_config.delegated_auth.org_uuid",
-                    Some(6),
-                    "is not a UUID",
-                ),
-            ]),
+            expect: Expect::Invalid(BAD_UUID),
         },
         Case {
             agent: "invalid/bad_dela.yaml",
@@ -422,100 +471,14 @@ fn cases() -> Vec<Case> {
             agent: "valid/seed_fallback.yaml",
             settings: Some("invalid/settings_bad_values.yaml"),
             env: &[],
-            expect: Expect::Invalid(&[
-                (In::Settings, "socket.path", Some(2), "absolute path"),
-                (In::Settings, "socket.mode", Some(3), "octal"),
-                (In::Settings, "socket.group", Some(4), "user/group name"),
-                (
-                    In::Settings,
-                    "access[0].uids[1]",
-                    Some(7),
-                    "user/group name",
-                ),
-                (
-                    In::Settings,
-                    "refresh.interval",
-                    Some(9),
-                    "between 1s and 7 days",
-                ),
-                (
-                    In::Settings,
-                    "refresh.retry_max",
-                    Some(11),
-                    "shorter than refresh.retry_min",
-                ),
-                (
-                    In::Settings,
-                    "refresh.startup_grace",
-                    Some(12),
-                    "at most 10m",
-                ),
-                (
-                    In::Settings,
-                    "sinks[0].instance",
-                    Some(14),
-                    "does not define",
-                ),
-                (In::Settings, "sinks[0].mode", Some(16), "other users"),
-                (In::Settings, "log.level", Some(18), "not a log level"),
-                (In::Settings, "log.format", Some(19), "not a log format"),
-            ]),
+            expect: Expect::Invalid(BAD_SETTINGS),
         },
         Case {
             // Both files broken: all problems of both are reported together.
             agent: "invalid/bad_uuid.yaml",
             settings: Some("invalid/settings_bad_values.yaml"),
             env: &[],
-            expect: Expect::Invalid(&[
-                (
-                    In::Agent,
-                    "delegated_auth.org_uuid",
-                    Some(3),
-                    "is not a UUID",
-                ),
-                (
-                    In::Agent,
-                    "logs_config.delegated_auth.org_uuid",
-                    Some(6),
-                    "is not a UUID",
-                ),
-                (In::Settings, "socket.path", Some(2), "absolute path"),
-                (In::Settings, "socket.mode", Some(3), "octal"),
-                (In::Settings, "socket.group", Some(4), "user/group name"),
-                (
-                    In::Settings,
-                    "access[0].uids[1]",
-                    Some(7),
-                    "user/group name",
-                ),
-                (
-                    In::Settings,
-                    "refresh.interval",
-                    Some(9),
-                    "between 1s and 7 days",
-                ),
-                (
-                    In::Settings,
-                    "refresh.retry_max",
-                    Some(11),
-                    "shorter than refresh.retry_min",
-                ),
-                (
-                    In::Settings,
-                    "refresh.startup_grace",
-                    Some(12),
-                    "at most 10m",
-                ),
-                (
-                    In::Settings,
-                    "sinks[0].instance",
-                    Some(14),
-                    "does not define",
-                ),
-                (In::Settings, "sinks[0].mode", Some(16), "other users"),
-                (In::Settings, "log.level", Some(18), "not a log level"),
-                (In::Settings, "log.format", Some(19), "not a log format"),
-            ]),
+            expect: Expect::InvalidAll(&[BAD_UUID, BAD_SETTINGS]),
         },
     ]
 }
@@ -561,29 +524,10 @@ fn every_fixture_loads_as_expected() {
                 assert_no_secret(&describe(&cfg), &label);
             }
             (Expect::Invalid(expected), Err(errors)) => {
-                let got: Vec<(In, &str, Option<usize>)> = errors
-                    .0
-                    .iter()
-                    .map(|p| (which(p, &paths), p.key.as_str(), p.line))
-                    .collect();
-                let want: Vec<(In, &str, Option<usize>)> =
-                    expected.iter().map(|(f, k, l, _)| (*f, *k, *l)).collect();
-                assert_eq!(got, want, "{label}: problems\n{errors}");
-                for (problem, (_, _, _, fragment)) in errors.0.iter().zip(expected.iter()) {
-                    assert!(
-                        problem.message.contains(fragment),
-                        "{label}: {:?} does not contain {fragment:?}",
-                        problem.message
-                    );
-                    assert!(!problem.fix.is_empty(), "{label}: no fix for {problem}");
-                }
-                let text = errors.to_string();
-                assert_eq!(
-                    text.lines().count(),
-                    errors.0.len(),
-                    "{label}: one line each"
-                );
-                assert_no_secret(&text, &label);
+                check_problems(expected, &errors, &paths, &label);
+            }
+            (Expect::InvalidAll(lists), Err(errors)) => {
+                check_problems(&lists.concat(), &errors, &paths, &label);
             }
             (Expect::Entries { problems, serving }, Ok(cfg)) => {
                 let running: Vec<&str> = cfg
@@ -625,11 +569,39 @@ fn every_fixture_loads_as_expected() {
             (Expect::Valid { .. }, Err(errors)) => {
                 panic!("{label}: expected valid, got:\n{errors}")
             }
-            (Expect::Invalid(_), Ok(cfg)) => {
+            (Expect::Invalid(_) | Expect::InvalidAll(_), Ok(cfg)) => {
                 panic!("{label}: expected problems, got {:#?}", cfg.instances)
             }
         }
     }
+}
+
+/// Checks the reported problems against `expected`: file, key and line in order, each message
+/// holding its fragment and a fix, one line each, no secret.
+fn check_problems(expected: &[Expected], errors: &ConfigErrors, paths: &Paths, label: &str) {
+    let got: Vec<(In, &str, Option<usize>)> = errors
+        .0
+        .iter()
+        .map(|p| (which(p, paths), p.key.as_str(), p.line))
+        .collect();
+    let want: Vec<(In, &str, Option<usize>)> =
+        expected.iter().map(|(f, k, l, _)| (*f, *k, *l)).collect();
+    assert_eq!(got, want, "{label}: problems\n{errors}");
+    for (problem, (_, _, _, fragment)) in errors.0.iter().zip(expected.iter()) {
+        assert!(
+            problem.message.contains(fragment),
+            "{label}: {:?} does not contain {fragment:?}",
+            problem.message
+        );
+        assert!(!problem.fix.is_empty(), "{label}: no fix for {problem}");
+    }
+    let text = errors.to_string();
+    assert_eq!(
+        text.lines().count(),
+        errors.0.len(),
+        "{label}: one line each"
+    );
+    assert_no_secret(&text, label);
 }
 
 fn which(p: &Problem, paths: &Paths) -> In {

@@ -132,7 +132,7 @@ fn doctor_text(datadog_yaml: &str, env: &HashMap<String, String>) -> (i32, Strin
 }
 
 /// The world's role credentials as static variables, with STS pointed at moto.
-fn static_env(world: &World) -> HashMap<String, String> {
+fn static_env_with_moto_sts(world: &World) -> HashMap<String, String> {
     let mut env = world.static_env();
     env.insert("AWS_ENDPOINT_URL_STS".into(), world.moto.url());
     env
@@ -354,7 +354,7 @@ fn unmapped_arn_gets_the_servers_detail_and_the_pattern_then_mapping_create_fixe
         world.dd.url(),
         org.uuid
     );
-    let mut env = static_env(&world);
+    let mut env = static_env_with_moto_sts(&world);
     env.insert("AWS_REGION".into(), "us-east-1".into());
     let run = doctor(&yaml, &env, &[]);
     assert_eq!(run.code, 1);
@@ -588,7 +588,7 @@ fn unreachable_sts_only_warns_and_the_pattern_comes_from_datadogs_refusal() {
 #[test]
 fn a_broken_configuration_fails_config_but_the_aws_checks_still_run() {
     let world = World::start();
-    let mut env = static_env(&world);
+    let mut env = static_env_with_moto_sts(&world);
     env.insert("AWS_REGION".into(), "us-east-1".into());
     let run = doctor("delegated_auth:\n  org_uuid: not-a-uuid\n", &env, &[]);
     assert_eq!(run.code, 1);
@@ -621,7 +621,7 @@ fn instance_selection() {
         "logs_config:\n  delegated_auth:\n    org_uuid: {}\n",
         logs_org.uuid
     ));
-    let mut env = static_env(&world);
+    let mut env = static_env_with_moto_sts(&world);
     env.insert("AWS_REGION".into(), "us-east-1".into());
 
     let run = doctor(&yaml, &env, &["--instance", "logs_config.api_key"]);
@@ -686,7 +686,7 @@ fn instance_selection() {
 #[test]
 fn sts_refusals_name_the_cause() {
     let world = World::start();
-    let mut env = static_env(&world);
+    let mut env = static_env_with_moto_sts(&world);
     env.insert("AWS_REGION".into(), "us-east-1".into());
     // Right key id, wrong secret: STS (moto) refuses the signature; Datadog would too.
     env.insert(
@@ -716,7 +716,7 @@ fn sts_refusals_name_the_cause() {
 fn json_and_text_agree() {
     // The `Run` helper parses JSON; here the shape of one element is pinned for scripts.
     let world = World::start();
-    let mut env = static_env(&world);
+    let mut env = static_env_with_moto_sts(&world);
     env.insert("AWS_REGION".into(), "us-east-1".into());
     let run = doctor(&world.datadog_yaml(""), &env, &[]);
     for check in &run.checks {

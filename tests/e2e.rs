@@ -182,13 +182,16 @@ fn eks_irsa_web_identity_credentials() {
     w.assert_no_secrets_in_log(&d, &[]);
 }
 
-/// IRSA behind a corporate proxy: AssumeRoleWithWebIdentity, the one AWS call that leaves the
-/// host, goes through `proxy.*` like the exchange (as in the Agent). Plain HTTP: the STS host
-/// does not resolve, so only the proxy (`proxy.http`, a forwarder to moto) can reach it.
-/// HTTPS: the call opens a `CONNECT` tunnel through `proxy.https` naming the real STS host.
-#[test]
-fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
-    let w = World::start();
+/// IRSA whose STS call a proxy can carry: a projected token (in the returned directory), moto
+/// open to 4 unsigned calls, its address, and a forwarding relay to it.
+fn irsa_behind_a_forwarder(
+    w: &World,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::net::SocketAddr,
+    Relay,
+) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94aWVkIn0.sig").unwrap();
@@ -197,6 +200,17 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
     let forward =
         w.rt.block_on(Relay::start(RelayKind::Forward, moto))
             .unwrap();
+    (dir, token, moto, forward)
+}
+
+/// IRSA behind a corporate proxy: AssumeRoleWithWebIdentity, the one AWS call that leaves the
+/// host, goes through `proxy.*` like the exchange (as in the Agent). Plain HTTP: the STS host
+/// does not resolve, so only the proxy (`proxy.http`, a forwarder to moto) can reach it.
+/// HTTPS: the call opens a `CONNECT` tunnel through `proxy.https` naming the real STS host.
+#[test]
+fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
+    let w = World::start();
+    let (_dir, token, moto, forward) = irsa_behind_a_forwarder(&w);
 
     let sts = format!("http://sts.proxied.invalid:{}", moto.port());
     let proxy = format!("proxy:\n  http: {}\n", forward.url());
@@ -252,14 +266,7 @@ fn eks_irsa_sts_call_goes_through_the_configured_proxy() {
 #[test]
 fn proxy_precedence_environment_over_the_file() {
     let w = World::start();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94aWVkIn0.sig").unwrap();
-    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
-    let moto: std::net::SocketAddr = w.moto.url().trim_start_matches("http://").parse().unwrap();
-    let forward =
-        w.rt.block_on(Relay::start(RelayKind::Forward, moto))
-            .unwrap();
+    let (_dir, token, moto, forward) = irsa_behind_a_forwarder(&w);
     // A port nothing listens on: a proxy that refuses every connection.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -309,16 +316,7 @@ fn proxy_precedence_environment_over_the_file() {
             "{out}"
         );
         assert!(!out.contains("hunter2"));
-        let (code, out, err) = cli(
-            &[
-                "check-config",
-                "--config",
-                d.config.to_str().unwrap(),
-                "--settings",
-                d.settings.to_str().unwrap(),
-            ],
-            &env,
-        );
+        let (code, out, err) = d.check_config(&env);
         assert_eq!(code, 0, "{err}");
         assert!(
             out.contains(&format!("http={shown} (from {winner})")),
@@ -645,16 +643,7 @@ fn bracket_directives_run_and_bad_entries_stay_inert() {
     );
 
     // The same file fails check-config, so CI catches it.
-    let (code, _, err) = cli(
-        &[
-            "check-config",
-            "--config",
-            d.config.to_str().unwrap(),
-            "--settings",
-            d.settings.to_str().unwrap(),
-        ],
-        &base_env(),
-    );
+    let (code, _, err) = d.check_config(&base_env());
     assert_eq!(code, 78, "{err}");
     assert_eq!(
         err.matches("(this entry is inert; the rest runs)").count(),

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::world::{PATTERN, World, eventually, uuid};
-use common::{Daemon, base_env, irsa_env, write_by_rename};
+use common::{Daemon, base_env, container_env, irsa_env, write_by_rename};
 use datadog_delegated_auth::client;
 use http::Method;
 use sandbox::datadog::{DatadogEmulator, DatadogOptions, Fault, Outcome};
@@ -145,6 +145,24 @@ fn observe(
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Waits until `api_key` serves the fallback, no answer before it being a managed key.
+fn until_fallback(d: &Daemon) -> Read {
+    observe(
+        d,
+        "api_key",
+        "the fallback",
+        |r| assert!(!r.is_delegated()),
+        Read::is_fallback,
+    )
+}
+
+/// Waits for an exchange of `api_key` that failed on its AWS credentials.
+fn wait_credentials_failure(d: &Daemon) {
+    eventually("a credentials failure", PATIENCE, || {
+        (exchanges_metric(d, "api_key", "credentials") >= 1).then_some(())
+    });
 }
 
 /// Reads `instance` for `period`, checking `each` on every answer.
@@ -758,13 +776,7 @@ fn imds_unanswered_or_slow() {
         ..ImdsOptions::default()
     });
     let d = Daemon::start(&w.datadog_yaml(""), FAST, env);
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
+    until_fallback(&d);
     let err = eventually("the hop-limit message", PATIENCE, || {
         let e = status_of(&d, "api_key")["last_error"].as_str()?.to_owned();
         Some(e)
@@ -919,13 +931,7 @@ fn imdsv1_only_when_configured() {
         ..ImdsOptions::default()
     });
     let d = Daemon::start(&w.datadog_yaml(""), HOURLY, env.clone());
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
+    until_fallback(&d);
     let err = eventually("the IMDS error", PATIENCE, || {
         status_of(&d, "api_key")["last_error"]
             .as_str()
@@ -977,17 +983,9 @@ fn container_credentials_refused_or_down() {
         }))
         .unwrap();
     ecs.set_unauthorized(true);
-    let mut env = base_env();
-    env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), ecs.full_uri());
-    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let env = container_env(&ecs.full_uri(), None);
     let d = Daemon::start(&w.datadog_yaml(""), HOURLY, env);
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
+    until_fallback(&d);
     let err = eventually("the container error", PATIENCE, || {
         status_of(&d, "api_key")["last_error"]
             .as_str()
@@ -1006,23 +1004,10 @@ fn container_credentials_refused_or_down() {
         ))
         .unwrap();
     w.rt.block_on(relay.stop());
-    let mut env = base_env();
-    env.insert(
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
-        format!("{}{}", relay.url(), ecs.relative_uri()),
-    );
-    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let env = container_env(&format!("{}{}", relay.url(), ecs.relative_uri()), None);
     let d = Daemon::start(&w.datadog_yaml(""), HOURLY, env);
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
-    eventually("a credentials failure", PATIENCE, || {
-        (exchanges_metric(&d, "api_key", "credentials") >= 1).then_some(())
-    });
+    until_fallback(&d);
+    wait_credentials_failure(&d);
     w.rt.block_on(relay.resume()).unwrap();
     managed(&w.dd, &d, "api_key");
     finish(Some(&w), d, &[]);
@@ -1041,24 +1026,10 @@ fn pod_identity_token_refused_then_rotated() {
         .unwrap();
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), "eyJhbGciOiJSUzI1NiJ9.stale.sig").unwrap();
-    let mut env = base_env();
-    env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), pod.full_uri());
-    env.insert(
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".into(),
-        token_file.path().display().to_string(),
-    );
-    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let env = container_env(&pod.full_uri(), Some(token_file.path()));
     let d = Daemon::start(&w.datadog_yaml(""), HOURLY, env);
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
-    eventually("a credentials failure", PATIENCE, || {
-        (exchanges_metric(&d, "api_key", "credentials") >= 1).then_some(())
-    });
+    until_fallback(&d);
+    wait_credentials_failure(&d);
     // kubelet refreshes the projected token (the agent's current one).
     let current = std::fs::read_to_string(pod.token_file()).unwrap();
     write_by_rename(token_file.path(), &current);
@@ -1075,13 +1046,7 @@ fn web_identity_token_missing_then_sts_refusing() {
     let token = dir.path().join("token");
     let env = irsa_env(&token, "eks-faults", &w.moto.url());
     let d = Daemon::start(&w.datadog_yaml(""), FAST, env);
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
+    until_fallback(&d);
     let err = eventually("the token file error", PATIENCE, || {
         status_of(&d, "api_key")["last_error"]
             .as_str()
@@ -1120,13 +1085,7 @@ fn tls_certificate_refused_until_validation_is_skipped() {
     let tls = w.rt.block_on(TlsFront::start(w.dd.addr())).unwrap();
     let yaml = yaml_for(&tls.url(), &w.org.uuid, Some(&w.org.api_key), "");
     let d = Daemon::start(&yaml, HOURLY, w.static_env());
-    observe(
-        &d,
-        "api_key",
-        "the fallback",
-        |r| assert!(!r.is_delegated()),
-        Read::is_fallback,
-    );
+    until_fallback(&d);
     let err = eventually("the TLS error", PATIENCE, || {
         status_of(&d, "api_key")["last_error"]
             .as_str()

@@ -10,7 +10,8 @@ mod aws_support;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_support::{
-    ORG, assert_verified, assumed_role_arn, options, pairs, resolve, run_child, static_env,
+    ORG, assert_proves_role_session, assert_verified, assumed_role_arn, options, pairs, resolve,
+    run_child,
 };
 use datadog_delegated_auth::aws::{
     AwsEnv, AwsOptions, CredentialSource, EnvironmentKind, Identity, build_proof, decode_proof,
@@ -38,17 +39,30 @@ async fn moto() -> Moto {
         .expect("moto_server starts (pip install 'moto[server]==5.2.1')")
 }
 
+/// An environment whose IMDS is a loopback port nothing listens on (bound, noted, closed).
+fn imds_nowhere() -> AwsEnv {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    AwsEnv::from_pairs([(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    )])
+}
+
+/// [`moto`] and temporary credentials of a `session` of its default role.
+async fn moto_with_session(session: &str) -> (Moto, sandbox::moto::StaticCreds) {
+    let moto = moto().await;
+    let creds = moto.assume_role(DEFAULT_ROLE, session).await.unwrap();
+    (moto, creds)
+}
+
 #[tokio::test]
 async fn static_env_session_credentials_prove_the_role() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "static-session")
-        .await
-        .unwrap();
-    let identity = Identity::new(
-        options(IMDS_TIMEOUT),
-        AwsEnv::from_pairs(static_env(&creds)),
-    );
+    let (moto, creds) = moto_with_session("static-session").await;
+    let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(creds.env_vars()));
     assert_eq!(identity.source(), Some(CredentialSource::StaticEnv));
     let outcome = resolve(&identity).await;
     assert_eq!(outcome.kind, "static-env");
@@ -56,18 +70,13 @@ async fn static_env_session_credentials_prove_the_role() {
         outcome.source.as_deref(),
         Some("static environment variables")
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "static-session"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "static-session").await;
 }
 
 #[tokio::test]
 async fn static_env_user_keys_without_token_and_a_regional_host() {
     let moto = moto().await;
-    let mut env = static_env(moto.user_creds());
+    let mut env = moto.user_creds().env_vars();
     env.push(("AWS_REGION".into(), "eu-west-1".into()));
     let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(env));
     let outcome = resolve(&identity).await;
@@ -87,10 +96,7 @@ async fn static_env_user_keys_without_token_and_a_regional_host() {
 async fn altered_org_header_or_body_is_refused() {
     let moto = moto().await;
     let creds = moto.assume_role(DEFAULT_ROLE, "tamper").await.unwrap();
-    let identity = Identity::new(
-        options(IMDS_TIMEOUT),
-        AwsEnv::from_pairs(static_env(&creds)),
-    );
+    let identity = Identity::new(options(IMDS_TIMEOUT), AwsEnv::from_pairs(creds.env_vars()));
     let creds = identity.credentials().await.unwrap();
     let proof = build_proof(
         &creds,
@@ -142,11 +148,7 @@ async fn altered_org_header_or_body_is_refused() {
 
 #[tokio::test]
 async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
-    let moto = moto().await;
-    let first = moto
-        .assume_role(DEFAULT_ROLE, "i-0123456789abcdef0")
-        .await
-        .unwrap();
+    let (moto, first) = moto_with_session("i-0123456789abcdef0").await;
     let imds = ImdsEmulator::start(ImdsOptions {
         region: "eu-central-1".into(),
         credentials: Some(first),
@@ -172,12 +174,7 @@ async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
         decode_proof(outcome.proof()).unwrap().url,
         "https://sts.eu-central-1.amazonaws.com"
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "i-0123456789abcdef0"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "i-0123456789abcdef0").await;
 
     // IMDSv2 only: a token first, every GET carries it.
     let requests = imds.requests();
@@ -222,11 +219,7 @@ async fn ec2_imdsv2_instance_profile_proves_the_role_and_rotates() {
 
 #[tokio::test]
 async fn credentials_are_cached_until_near_expiry() {
-    let creds = sandbox::moto::StaticCreds {
-        access_key_id: "ASIACACHED".into(),
-        secret_access_key: "secret".into(),
-        session_token: Some("token".into()),
-    };
+    let creds = sandbox::moto::StaticCreds::placeholder("ASIACACHED");
     let imds = ImdsEmulator::start(ImdsOptions {
         credentials: Some(creds),
         credential_ttl: Duration::from_secs(3600),
@@ -256,11 +249,7 @@ async fn credentials_are_cached_until_near_expiry() {
 
 #[tokio::test]
 async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "ecs-task-0123456789abcdef")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("ecs-task-0123456789abcdef").await;
     let ecs = EcsEmulator::start(EcsOptions {
         auth_token: Some("ecs-auth-token".into()),
         region: "ap-southeast-2".into(),
@@ -291,12 +280,7 @@ async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
         Some("ap-southeast-2"),
         "region from task metadata v4"
     );
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "ecs-task-0123456789abcdef"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "ecs-task-0123456789abcdef").await;
     let credential_requests: Vec<_> = ecs
         .requests()
         .into_iter()
@@ -313,11 +297,7 @@ async fn ecs_task_role_proves_the_role_with_region_from_task_metadata() {
 #[tokio::test]
 async fn ecs_endpoint_401_names_the_source_and_its_fix() {
     let ecs = EcsEmulator::start(EcsOptions {
-        credentials: Some(sandbox::moto::StaticCreds {
-            access_key_id: "ASIAUNUSED".into(),
-            secret_access_key: "s".into(),
-            session_token: Some("t".into()),
-        }),
+        credentials: Some(sandbox::moto::StaticCreds::placeholder("ASIAUNUSED")),
         ..EcsOptions::default()
     })
     .await
@@ -333,22 +313,17 @@ async fn ecs_endpoint_401_names_the_source_and_its_fix() {
     ]);
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     let error = outcome.error();
-    assert!(
-        error.starts_with("ECS/EKS container credentials: "),
-        "{error}"
+    assert_source_error(
+        error,
+        "ECS/EKS container credentials: ",
+        &["401", "task role"],
+        CredentialSource::Container,
     );
-    assert!(error.contains("401"), "{error}");
-    assert!(error.contains("task role"), "{error}");
-    assert_only_fix_of(error, CredentialSource::Container);
 }
 
 #[tokio::test]
 async fn eks_pod_identity_proves_the_role_with_the_token_file() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "eks-datadog-agent-pod")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("eks-datadog-agent-pod").await;
     let dir = tempfile::tempdir().unwrap();
     let pod = PodIdentityEmulator::start_on(([127, 0, 0, 1], 0).into(), Some(creds), dir.path())
         .await
@@ -368,12 +343,7 @@ async fn eks_pod_identity_proves_the_role_with_the_token_file() {
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     assert_eq!(outcome.kind, "eks-pod-identity");
     assert_eq!(outcome.region.as_deref(), Some("us-west-2"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "eks-datadog-agent-pod"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "eks-datadog-agent-pod").await;
     let requests = pod.requests();
     assert!(
         requests
@@ -417,12 +387,7 @@ async fn eks_irsa_web_identity_proves_the_role() {
     let outcome = run_child(CHILD, &env, IMDS_TIMEOUT, &[]).await;
     assert_eq!(outcome.kind, "eks-irsa");
     assert_eq!(outcome.source.as_deref(), Some("IRSA web identity"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "irsa-datadog-agent"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "irsa-datadog-agent").await;
 }
 
 #[tokio::test]
@@ -439,27 +404,17 @@ async fn irsa_token_file_missing_names_the_source_and_its_fix() {
     ]);
     let identity = Identity::new(options(IMDS_TIMEOUT), env);
     assert_eq!(identity.detect().await.kind, EnvironmentKind::EksIrsa);
-    let error = identity.credentials().await.unwrap_err().to_string();
-    assert!(
-        error.starts_with("IRSA web identity: cannot read the token file /nonexistent/"),
-        "{error}"
+    assert_source_error(
+        &identity.credentials().await.unwrap_err().to_string(),
+        "IRSA web identity: cannot read the token file /nonexistent/",
+        &["eks.amazonaws.com/role-arn"],
+        CredentialSource::WebIdentity,
     );
-    assert!(error.contains("eks.amazonaws.com/role-arn"), "{error}");
-    assert_only_fix_of(&error, CredentialSource::WebIdentity);
 }
 
 #[tokio::test]
 async fn imds_down_names_the_source_and_its_fix() {
-    // A port nothing listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = AwsEnv::from_pairs([(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-        format!("http://127.0.0.1:{port}"),
-    )]);
+    let env = imds_nowhere();
     let identity = Identity::new(options(IMDS_TIMEOUT), env);
     let detection = identity.detect().await;
     assert_eq!(detection.kind, EnvironmentKind::None);
@@ -469,24 +424,19 @@ async fn imds_down_names_the_source_and_its_fix() {
         "{reason}"
     );
     assert!(reason.contains("EC2 IMDS did not answer"), "{reason}");
-    let error = identity.credentials().await.unwrap_err().to_string();
-    assert!(
-        error.starts_with("EC2 IMDS: IMDS could not be reached"),
-        "{error}"
+    assert_source_error(
+        &identity.credentials().await.unwrap_err().to_string(),
+        "EC2 IMDS: IMDS could not be reached",
+        &["instance profile"],
+        CredentialSource::Imds,
     );
-    assert!(error.contains("instance profile"), "{error}");
-    assert_only_fix_of(&error, CredentialSource::Imds);
 }
 
 #[tokio::test]
 async fn imds_token_never_answered_fails_fast_with_the_hop_limit_fix() {
     let imds = ImdsEmulator::start(ImdsOptions {
         token_mode: TokenMode::NeverAnswer,
-        credentials: Some(sandbox::moto::StaticCreds {
-            access_key_id: "ASIAUNREACHABLE".into(),
-            secret_access_key: "s".into(),
-            session_token: Some("t".into()),
-        }),
+        credentials: Some(sandbox::moto::StaticCreds::placeholder("ASIAUNREACHABLE")),
         ..ImdsOptions::default()
     })
     .await
@@ -524,11 +474,7 @@ async fn imds_token_never_answered_fails_fast_with_the_hop_limit_fix() {
 
 #[tokio::test]
 async fn imdsv1_is_used_only_when_allowed() {
-    let moto = moto().await;
-    let creds = moto
-        .assume_role(DEFAULT_ROLE, "i-0fedcba9876543210")
-        .await
-        .unwrap();
+    let (moto, creds) = moto_with_session("i-0fedcba9876543210").await;
     let imds = ImdsEmulator::start(ImdsOptions {
         allow_v1: true,
         token_mode: TokenMode::NeverAnswer,
@@ -548,12 +494,7 @@ async fn imdsv1_is_used_only_when_allowed() {
     let outcome = resolve(&identity).await;
     assert_eq!(outcome.kind, "ec2");
     assert_eq!(outcome.region.as_deref(), Some("us-west-1"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "i-0fedcba9876543210"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "i-0fedcba9876543210").await;
     assert!(
         imds.requests()
             .iter()
@@ -564,11 +505,7 @@ async fn imdsv1_is_used_only_when_allowed() {
 
 #[tokio::test]
 async fn half_set_pairs_are_skipped_with_warnings_naming_the_missing_variable() {
-    let creds = sandbox::moto::StaticCreds {
-        access_key_id: "ASIAFROMIMDS".into(),
-        secret_access_key: "s".into(),
-        session_token: Some("t".into()),
-    };
+    let creds = sandbox::moto::StaticCreds::placeholder("ASIAFROMIMDS");
     let imds = ImdsEmulator::start(ImdsOptions {
         credentials: Some(creds),
         ..ImdsOptions::default()
@@ -598,15 +535,7 @@ async fn half_set_pairs_are_skipped_with_warnings_naming_the_missing_variable() 
 
 #[tokio::test]
 async fn explicit_provider_skips_detection_but_not_resolution() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = AwsEnv::from_pairs([(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-        format!("http://127.0.0.1:{port}"),
-    )]);
+    let env = imds_nowhere();
     let identity = Identity::new(
         AwsOptions {
             provider_explicit: true,
@@ -648,6 +577,16 @@ async fn an_injected_environment_that_aws_config_cannot_see_is_refused() {
         error.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
         "{error}"
     );
+}
+
+/// Asserts a credentials error opens with `start`, holds each of `fragments`, and carries no
+/// other source's remediation than `source`'s.
+fn assert_source_error(error: &str, start: &str, fragments: &[&str], source: CredentialSource) {
+    assert!(error.starts_with(start), "{error}");
+    for fragment in fragments {
+        assert!(error.contains(fragment), "{error}");
+    }
+    assert_only_fix_of(error, source);
 }
 
 /// Asserts an error carries no other source's remediation.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aws_support::{assert_verified, assumed_role_arn, pairs, run_child};
+use aws_support::{assert_proves_role_session, pairs, run_child};
 use sandbox::ecs::{EcsEmulator, EcsOptions};
 use sandbox::imds::{ImdsEmulator, ImdsOptions};
 use sandbox::moto::{DEFAULT_ROLE, Moto, StaticCreds};
@@ -222,12 +222,7 @@ async fn link_local_defaults_work_in_a_private_network_namespace() {
     let outcome = run_child("child_identity", &[], IMDS_TIMEOUT, &wrapper).await;
     assert_eq!(outcome.kind, "ec2", "{outcome:?}");
     assert_eq!(outcome.region.as_deref(), Some("eu-north-1"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "i-0123456789abcdef0"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "i-0123456789abcdef0").await;
 
     // ECS: the relative URI joined onto 169.254.170.2, task metadata for the region.
     let env = pairs(&[
@@ -243,12 +238,7 @@ async fn link_local_defaults_work_in_a_private_network_namespace() {
     let outcome = run_child("child_identity", &env, IMDS_TIMEOUT, &wrapper).await;
     assert_eq!(outcome.kind, "ecs", "{outcome:?}");
     assert_eq!(outcome.region.as_deref(), Some("ca-central-1"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "ecs-task-netns"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "ecs-task-netns").await;
 
     // EKS Pod Identity: exactly what the Pod Identity webhook injects.
     let env = pairs(&[
@@ -265,12 +255,7 @@ async fn link_local_defaults_work_in_a_private_network_namespace() {
     assert_eq!(outcome.kind, "eks-pod-identity", "{outcome:?}");
     // No region variable: it comes from the IMDS identity document (also reachable here).
     assert_eq!(outcome.region.as_deref(), Some("eu-north-1"));
-    assert_verified(
-        &moto.url(),
-        outcome.proof(),
-        &assumed_role_arn(DEFAULT_ROLE, "eks-pod-netns"),
-    )
-    .await;
+    assert_proves_role_session(&moto.url(), &outcome, "eks-pod-netns").await;
 
     drop(emulators.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), emulators.wait()).await;

@@ -25,8 +25,9 @@ use super::AwsOptions;
 use super::env::{AwsEnv, vars};
 use super::http::capped_client;
 use super::imds::{Imds, ImdsFailure, SECURITY_CREDENTIALS_PATH, chain};
-use crate::exchange::{ProxySettings, redact_userinfo};
+use crate::net::ProxySettings;
 use crate::secret::Secret;
+use crate::secret::redact_userinfo;
 
 /// Bound on one AssumeRoleWithWebIdentity call (token file read + STS round trip). The Agent's
 /// IRSA client uses 10 s; pinned here so the documented value cannot drift with SDK defaults.
@@ -766,7 +767,7 @@ mod tests {
     #[test]
     fn irsa_sts_proxy_follows_the_endpoint_scheme_and_the_proxy_rule() {
         let with = |http: Option<&str>, https: Option<&str>| AwsOptions {
-            proxy: crate::exchange::ClientOptions {
+            proxy: crate::net::ClientOptions {
                 proxy_http: http.map(str::to_owned),
                 proxy_https: https.map(str::to_owned),
                 ..Default::default()

@@ -79,23 +79,20 @@ pub(crate) fn capped_client(proxy: Option<ProxyConfig>) -> SharedHttpClient {
 }
 
 /// The body of a `reqwest` answer from a metadata endpoint (the IMDSv1 fallback, ECS task
-/// metadata), at most `cap` bytes.
+/// metadata), at most `cap` bytes: [`crate::net::read_capped`], worded for these callers.
 ///
 /// # Errors
 /// A transport error, or a body over `cap`, as a sentence.
 pub(crate) async fn read_capped(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     cap: usize,
 ) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > cap {
-            return Err(format!(
-                "the answer is larger than {} KiB: is the endpoint the one it should be?",
-                cap / 1024
-            ));
-        }
-        body.extend_from_slice(&chunk);
+    match crate::net::read_capped(response, cap).await {
+        Ok(mut body) => Ok(std::mem::take(&mut *body)),
+        Err(crate::net::CappedReadError::Transport(e)) => Err(e.to_string()),
+        Err(crate::net::CappedReadError::TooLarge) => Err(format!(
+            "the answer is larger than {} KiB: is the endpoint the one it should be?",
+            cap / 1024
+        )),
     }
-    Ok(body)
 }

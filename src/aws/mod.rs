@@ -69,7 +69,7 @@ pub struct AwsOptions {
     /// AssumeRoleWithWebIdentity is the one AWS call that leaves the host, and it goes through
     /// the same proxy as the exchange. IMDS and the container endpoints are link-local and
     /// never proxied.
-    pub proxy: crate::exchange::ClientOptions,
+    pub proxy: crate::net::ClientOptions,
 }
 
 impl AwsOptions {
@@ -85,10 +85,7 @@ impl AwsOptions {
             imds_allowed: agent.aws_metadata_enabled(),
             provider_explicit: agent.provider == crate::config::Provider::Aws,
             configured_region: agent.aws_region.clone(),
-            proxy: crate::exchange::ClientOptions::from_agent(
-                agent,
-                crate::exchange::DEFAULT_TIMEOUT,
-            ),
+            proxy: crate::net::ClientOptions::from_agent(agent, crate::net::DEFAULT_TIMEOUT),
         }
     }
 }
@@ -102,7 +99,7 @@ impl Default for AwsOptions {
             imds_allowed: true,
             provider_explicit: false,
             configured_region: None,
-            proxy: crate::exchange::ClientOptions::default(),
+            proxy: crate::net::ClientOptions::default(),
         }
     }
 }

@@ -11,14 +11,13 @@ use tracing::{debug, warn};
 
 use crate::aws::{self, AwsEnv, AwsOptions, Identity};
 use crate::config::Config;
-use crate::exchange::{self, ClientOptions, ExchangeClient};
+use crate::exchange::{self, ExchangeClient};
 use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger};
+use crate::net::ClientOptions;
+use crate::net::USER_AGENT;
 use crate::schedule::Cause;
 use crate::server::ServerState;
 use crate::status::EnvironmentStatus;
-
-/// The `User-Agent` carried (unsigned) in the proof, like the Agent's `datadog-agent/<version>`.
-const USER_AGENT: &str = concat!("datadog-delegated-auth/", env!("CARGO_PKG_VERSION"));
 
 struct Parts {
     identity: Identity,

@@ -22,8 +22,8 @@ use tracing::{debug, error, info, warn};
 
 use self::control::Control;
 use self::exchanger::AwsExchanger;
-use crate::cli::exit;
 use crate::config::{self, Config, IdRef, Problem};
+use crate::exit;
 use crate::keystore::KeyStore;
 use crate::lifecycle::{
     ExchangeKey, InstancePlan, InvalidEntry, Manager, ManagerHandle, RejectOutcome, Timing,

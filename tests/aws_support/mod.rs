@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use datadog_delegated_auth::aws::{AwsEnv, AwsOptions, Identity, build_proof};
-use sandbox::moto::StaticCreds;
 
 /// The org every test proof is bound to.
 pub const ORG: &str = "11111111-2222-3333-4444-555555555555";
@@ -198,21 +197,20 @@ pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The static-credential variables for `creds`.
-pub fn static_env(creds: &StaticCreds) -> Vec<(String, String)> {
-    let mut env = pairs(&[
-        ("AWS_ACCESS_KEY_ID", creds.access_key_id.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str()),
-    ]);
-    if let Some(token) = &creds.session_token {
-        env.push(("AWS_SESSION_TOKEN".into(), token.clone()));
-    }
-    env
-}
-
 /// The ARN STS reports for a role session in moto's account.
 pub fn assumed_role_arn(role: &str, session: &str) -> String {
     format!("arn:aws:sts::123456789012:assumed-role/{role}/{session}")
+}
+
+/// Asserts the child produced a proof STS (moto) accepts as a session `session` of moto's
+/// default role.
+pub async fn assert_proves_role_session(moto_url: &str, outcome: &Outcome, session: &str) {
+    assert_verified(
+        moto_url,
+        outcome.proof(),
+        &assumed_role_arn(sandbox::moto::DEFAULT_ROLE, session),
+    )
+    .await;
 }
 
 /// Replays `proof` to moto as Datadog would and asserts STS accepted it as `expected_arn`.

@@ -56,7 +56,36 @@ pub fn irsa_env(token_file: &Path, session: &str, sts_url: &str) -> HashMap<Stri
     env
 }
 
+/// [`base_env`] plus the ECS/EKS container credentials endpoint at `full_uri`, with the Pod
+/// Identity token file when given, in us-east-1.
+pub fn container_env(full_uri: &str, token_file: Option<&Path>) -> HashMap<String, String> {
+    let mut env = base_env();
+    env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), full_uri.into());
+    if let Some(file) = token_file {
+        env.insert(
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".into(),
+            file.display().to_string(),
+        );
+    }
+    env.insert("AWS_REGION".into(), "us-east-1".into());
+    env
+}
+
 impl Daemon {
+    /// Runs `check-config` on this daemon's files with `env`: (exit code, stdout, stderr).
+    pub fn check_config(&self, env: &HashMap<String, String>) -> (i32, String, String) {
+        cli(
+            &[
+                "check-config",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--settings",
+                self.settings.to_str().unwrap(),
+            ],
+            env,
+        )
+    }
+
     /// Writes the files and starts `run`; waits until the socket answers.
     pub fn start(datadog_yaml: &str, settings_yaml: &str, env: HashMap<String, String>) -> Daemon {
         let d = Self::spawn(datadog_yaml, settings_yaml, env, &[]);

@@ -85,15 +85,7 @@ impl World {
     /// The daemon's environment with the role credentials as static env variables.
     pub fn static_env(&self) -> HashMap<String, String> {
         let mut env = base_env();
-        env.insert("AWS_ACCESS_KEY_ID".into(), self.creds.access_key_id.clone());
-        env.insert(
-            "AWS_SECRET_ACCESS_KEY".into(),
-            self.creds.secret_access_key.clone(),
-        );
-        env.insert(
-            "AWS_SESSION_TOKEN".into(),
-            self.creds.session_token.clone().unwrap_or_default(),
-        );
+        env.extend(self.creds.env_vars());
         env
     }
 

@@ -154,6 +154,20 @@ pub async fn send(
     headers: &[(String, String)],
     body: impl Into<Bytes>,
 ) -> Result<ClientResponse, SandboxError> {
+    send_limited(method, url, headers, body, usize::MAX).await
+}
+
+/// [`send`], reading at most `limit` bytes of the answer (a longer one is an error).
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_limited(
+    method: Method,
+    url: &str,
+    headers: &[(String, String)],
+    body: impl Into<Bytes>,
+    limit: usize,
+) -> Result<ClientResponse, SandboxError> {
     let fail = |detail: String| SandboxError::Http {
         method: method.to_string(),
         url: url.to_owned(),
@@ -174,7 +188,7 @@ pub async fn send(
             .await
             .map_err(|e| fail(format!("{e:?}")))?;
         let (parts, body) = response.into_parts();
-        let body = body
+        let body = http_body_util::Limited::new(body, limit)
             .collect()
             .await
             .map_err(|e| fail(e.to_string()))?

@@ -47,6 +47,34 @@ pub struct StaticCreds {
     pub session_token: Option<String>,
 }
 
+impl StaticCreds {
+    /// Temporary credentials no STS knows (secret `s`, token `t`), for emulators whose answers
+    /// are never replayed.
+    pub fn placeholder(access_key_id: &str) -> StaticCreds {
+        StaticCreds {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: "s".to_owned(),
+            session_token: Some("t".to_owned()),
+        }
+    }
+
+    /// The static-credential variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
+    /// `AWS_SESSION_TOKEN` when these are temporary credentials.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID".to_owned(), self.access_key_id.clone()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                self.secret_access_key.clone(),
+            ),
+        ];
+        if let Some(token) = &self.session_token {
+            env.push(("AWS_SESSION_TOKEN".to_owned(), token.clone()));
+        }
+        env
+    }
+}
+
 impl std::fmt::Debug for StaticCreds {
     // Test output may end up in CI logs; keep the secret halves out of it anyway.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

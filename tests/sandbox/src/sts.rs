@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use http::Method;
 
 use crate::SandboxError;
-use crate::http::send;
+use crate::http::send_limited;
 
 /// A decoded proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,34 +53,71 @@ impl Proof {
     }
 }
 
+/// The four fields of a proof, base64 undone (the one place the sandbox splits a proof: the
+/// Datadog emulator's checks start from it too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofFields {
+    /// The body.
+    pub body: Vec<u8>,
+    /// The headers field: JSON, not yet parsed.
+    pub headers_json: Vec<u8>,
+    /// The method, as sent.
+    pub method: String,
+    /// The URL, bytes as sent.
+    pub url: Vec<u8>,
+}
+
+/// Why a proof does not split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError {
+    /// Not four `|`-separated fields: how many there are.
+    FieldCount(usize),
+    /// This field (`body`, `headers`, `url`) is not standard base64 with padding.
+    Base64(&'static str),
+}
+
+/// Splits `body|headers|METHOD|url` and undoes the base64 of the three encoded fields, in that
+/// order.
+///
+/// # Errors
+/// The first [`SplitError`].
+pub fn split_proof(proof: &str) -> Result<ProofFields, SplitError> {
+    let fields: Vec<&str> = proof.split('|').collect();
+    let [body, headers, method, url] = fields[..] else {
+        return Err(SplitError::FieldCount(fields.len()));
+    };
+    let b64 = |name: &'static str, value: &str| {
+        STANDARD.decode(value).map_err(|_| SplitError::Base64(name))
+    };
+    Ok(ProofFields {
+        body: b64("body", body)?,
+        headers_json: b64("headers", headers)?,
+        method: method.to_owned(),
+        url: b64("url", url)?,
+    })
+}
+
 /// Splits and decodes a proof.
 ///
 /// # Errors
 /// [`SandboxError::Proof`] naming the field that is malformed.
 pub fn decode_proof(proof: &str) -> Result<Proof, SandboxError> {
-    let parts: Vec<&str> = proof.split('|').collect();
-    let [body, headers, method, url] = parts.as_slice() else {
-        return Err(SandboxError::Proof(format!(
-            "expected 4 fields separated by '|', got {}",
-            parts.len()
-        )));
-    };
-    let b64 = |name: &str, value: &str| {
-        STANDARD
-            .decode(value)
-            .map_err(|e| SandboxError::Proof(format!("{name} is not standard base64: {e}")))
-    };
-    let body = b64("body", body)?;
-    let headers: BTreeMap<String, Vec<String>> = serde_json::from_slice(&b64("headers", headers)?)
+    let fields = split_proof(proof).map_err(|e| {
+        SandboxError::Proof(match e {
+            SplitError::FieldCount(n) => format!("expected 4 fields separated by '|', got {n}"),
+            SplitError::Base64(name) => format!("{name} is not standard base64"),
+        })
+    })?;
+    let headers: BTreeMap<String, Vec<String>> = serde_json::from_slice(&fields.headers_json)
         .map_err(|e| {
             SandboxError::Proof(format!("headers are not a JSON map of string lists: {e}"))
         })?;
-    let url = String::from_utf8(b64("url", url)?)
+    let url = String::from_utf8(fields.url)
         .map_err(|_| SandboxError::Proof("url is not UTF-8".into()))?;
     Ok(Proof {
-        body,
+        body: fields.body,
         headers,
-        method: (*method).to_owned(),
+        method: fields.method,
         url,
     })
 }
@@ -119,19 +156,63 @@ pub async fn replay_proof(sts_url: &str, proof: &str) -> Result<Replay, SandboxE
 pub async fn replay_decoded(sts_url: &str, proof: &Proof) -> Result<Replay, SandboxError> {
     let method = Method::from_bytes(proof.method.as_bytes())
         .map_err(|_| SandboxError::Proof(format!("invalid method {:?}", proof.method)))?;
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for (name, values) in &proof.headers {
-        if name.eq_ignore_ascii_case("content-length") {
+    let headers = proof
+        .headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.as_str(), v.as_str())));
+    let target = format!("{}{}", sts_url.trim_end_matches('/'), url_path(&proof.url));
+    send_replay(method, &target, headers, &proof.body, usize::MAX)
+        .await
+        .map_err(|e| match e {
+            ReplayError::BadHeader(name) => {
+                SandboxError::Proof(format!("header {name:?} cannot be sent"))
+            }
+            ReplayError::Unreachable(e) => e,
+        })
+}
+
+/// Headers never replayed: rebuilt (`Content-Length`) or hop-by-hop.
+const NOT_REPLAYED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
+
+/// Why a replay got no answer.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// A header of the proof cannot be sent (its name, cut to 64 characters).
+    BadHeader(String),
+    /// STS could not be reached, or did not answer in time.
+    Unreachable(SandboxError),
+}
+
+/// The one replayer, as Datadog's backend replays a proof: `method` to `target` with the
+/// proof's `headers` exactly (the signed `Host` kept, so the signature verifies against another
+/// TCP target) but for those rebuilt or hop-by-hop, `Content-Length` rebuilt from `body`, and
+/// nothing else; the answer read up to `limit` bytes.
+///
+/// # Errors
+/// [`ReplayError`].
+pub async fn send_replay<'a>(
+    method: Method,
+    target: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+    limit: usize,
+) -> Result<Replay, ReplayError> {
+    let mut replayed: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers {
+        if NOT_REPLAYED.contains(&name.to_ascii_lowercase().as_str()) {
             continue;
         }
-        for value in values {
-            headers.push((name.clone(), value.clone()));
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(ReplayError::BadHeader(name.chars().take(64).collect()));
         }
+        replayed.push((name.to_owned(), value.to_owned()));
     }
-    headers.push(("Content-Length".into(), proof.body.len().to_string()));
-    let path = url_path(&proof.url);
-    let target = format!("{}{}", sts_url.trim_end_matches('/'), path);
-    let response = send(method, &target, &headers, proof.body.clone()).await?;
+    replayed.push(("Content-Length".into(), body.len().to_string()));
+    let response = send_limited(method, target, &replayed, body.to_vec(), limit)
+        .await
+        .map_err(ReplayError::Unreachable)?;
     Ok(Replay {
         status: response.status.as_u16(),
         body: response.text(),

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::sts::{ProofFields, SplitError, split_proof};
+
 /// The only body a GetCallerIdentity proof may carry (wire spec §1.1).
 pub const STS_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
@@ -165,19 +167,15 @@ pub fn check_proof(
         Some((scheme, proof)) if scheme.eq_ignore_ascii_case("Delegated") => proof.trim(),
         _ => return Err(ProofError::MissingScheme),
     };
-    let fields: Vec<&str> = proof.split('|').collect();
-    let [body_b64, headers_b64, method, url_b64] = fields[..] else {
-        return Err(ProofError::FieldCount(fields.len()));
-    };
-    let body = STANDARD
-        .decode(body_b64)
-        .map_err(|_| ProofError::Base64("body"))?;
-    let headers_json = STANDARD
-        .decode(headers_b64)
-        .map_err(|_| ProofError::Base64("headers"))?;
-    let url = STANDARD
-        .decode(url_b64)
-        .map_err(|_| ProofError::Base64("url"))?;
+    let ProofFields {
+        body,
+        headers_json,
+        method,
+        url,
+    } = split_proof(proof).map_err(|e| match e {
+        SplitError::FieldCount(n) => ProofError::FieldCount(n),
+        SplitError::Base64(field) => ProofError::Base64(field),
+    })?;
     if method != "POST" {
         return Err(ProofError::Method(method.chars().take(16).collect()));
     }

@@ -7,31 +7,18 @@
 //! lenient parse of an attacker-chosen STS answer).
 
 use std::fmt;
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::proof::CheckedProof;
-
-/// STS answers within this or is reported unreachable. Generous: moto is Python on a small,
-/// shared machine.
-const STS_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::SandboxError;
+use crate::sts::ReplayError;
 
 /// Largest STS answer read (a GetCallerIdentity answer is under 1 KiB).
 const MAX_STS_ANSWER: usize = 64 * 1024;
 
-/// Headers never replayed: rebuilt (`Content-Length`) or hop-by-hop.
-const NOT_REPLAYED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
-
-/// The replaying client.
+/// The replaying client: [`crate::sts::send_replay`] (within its 30 s, generous because moto is
+/// Python on a small, shared machine) to one STS, with the answer read strictly.
 pub(super) struct StsReplay {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// Who STS says signed the proof.
@@ -93,38 +80,27 @@ impl StsReplay {
         }
         Ok(StsReplay {
             base: base.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
         })
     }
 
     pub(super) async fn replay(&self, proof: &CheckedProof) -> Result<Caller, StsError> {
-        let mut request = Request::post(format!("{}/", self.base));
-        for (name, value) in &proof.headers {
-            if NOT_REPLAYED.contains(&name.to_ascii_lowercase().as_str()) {
-                continue;
+        let headers = proof.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let answer = crate::sts::send_replay(
+            http::Method::POST,
+            &format!("{}/", self.base),
+            headers,
+            &proof.body,
+            MAX_STS_ANSWER,
+        )
+        .await
+        .map_err(|e| match e {
+            ReplayError::BadHeader(name) => StsError::BadHeader(name),
+            ReplayError::Unreachable(SandboxError::Http { detail, .. }) => {
+                StsError::Unreachable(detail)
             }
-            let name_ok = HeaderName::from_bytes(name.as_bytes());
-            let value_ok = HeaderValue::from_str(value);
-            let (Ok(header_name), Ok(header_value)) = (name_ok, value_ok) else {
-                return Err(StsError::BadHeader(name.chars().take(64).collect()));
-            };
-            request = request.header(header_name, header_value);
-        }
-        let request = request
-            .header(http::header::CONTENT_LENGTH, proof.body.len())
-            .body(Full::new(Bytes::from(proof.body.clone())))
-            .map_err(|e| StsError::BadHeader(e.to_string()))?;
-        let response = tokio::time::timeout(STS_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| StsError::Unreachable(format!("no answer within {STS_TIMEOUT:?}")))?
-            .map_err(|e| StsError::Unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_STS_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| StsError::Unreachable(format!("reading the answer: {e}")))?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body);
+            ReplayError::Unreachable(other) => StsError::Unreachable(other.to_string()),
+        })?;
+        let (status, text) = (answer.status, answer.body);
         if status != 200 {
             return Err(StsError::Rejected {
                 status,
