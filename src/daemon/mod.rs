@@ -426,7 +426,7 @@ impl Daemon {
             applied.exchanger.clone(),
             shutdown.child_token(),
         );
-        manager.apply(applied.plans, applied.timing);
+        manager.apply(applied.plans, applied.timing).await;
 
         let info = DaemonInfo {
             config_path: opts.paths.config.display().to_string(),
@@ -715,7 +715,7 @@ impl Daemon {
                 // The exchanger keeps its identity: a reload swaps what it uses, and the manager
                 // keeps unchanged instances (their keys and schedules) as they are.
                 self.exchanger.replace(applied.exchanger);
-                self.manager.apply(applied.plans, applied.timing);
+                self.manager.apply(applied.plans, applied.timing).await;
                 self.sinks.cancel();
                 self.sinks = start_sinks(&applied.sinks, &self.state);
                 self.exchanger.publish_environment(self.state.clone());
