@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::report::GroupShared;
 use super::state::{Action, Draws, Event, History, Managed, Phase, Serve, State, step, view};
-use super::{ATTEMPT_TIMEOUT, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, Timing, lock};
+use super::{
+    ATTEMPT_TIMEOUT, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind, Timing, lock,
+};
 use crate::keystore::{InstanceStatus, KeySource, KeyState, ServedKey, Slot, Snapshot};
 use crate::metrics::Metrics;
 use crate::schedule::Cause;
@@ -236,7 +238,7 @@ impl<E: Exchanger> Group<E> {
         };
         let result = outcome.unwrap_or_else(|_| {
             Err(ExchangeFailure {
-                kind: "unavailable",
+                kind: FailureKind::Unavailable,
                 cause: Cause::Unanswered,
                 message: format!(
                     "the exchange did not finish within {}; check network access to AWS and to the Datadog API",
@@ -272,7 +274,9 @@ impl<E: Exchanger> Group<E> {
             }
             Err(failure) => {
                 for m in &self.cfg.members {
-                    self.links.metrics.exchange(&m.name, failure.kind, elapsed);
+                    self.links
+                        .metrics
+                        .exchange(&m.name, failure.kind.as_str(), elapsed);
                 }
                 let actions = self.step(Event::Failed {
                     cause: failure.cause,
@@ -283,7 +287,7 @@ impl<E: Exchanger> Group<E> {
                 self.history.failed(failure);
                 warn!(
                     instances = %names,
-                    kind,
+                    kind = kind.as_str(),
                     consecutive_failures = self.history.failures,
                     next_attempt_in = %humantime::format_duration(self.until_next()),
                     error = self.history.last_error.as_deref().unwrap_or_default(),
@@ -539,11 +543,11 @@ mod tests {
     async fn failed_first_attempt_serves_the_fallback_until_a_retry_succeeds() {
         let fake = Fake::per_org(
             [
-                (Some(ORG), fail("unauthorized")),
+                (Some(ORG), fail(FailureKind::Unauthorized)),
                 (Some(ORG), ok("managed-key-second-0002")),
-                (Some(OTHER_ORG), fail("unavailable")),
+                (Some(OTHER_ORG), fail(FailureKind::Unavailable)),
             ],
-            Otherwise::Fail(fail("unavailable")),
+            Otherwise::Fail(fail(FailureKind::Unavailable)),
         );
         let h = Harness::start(fake, two_orgs()).await;
         let slot = h.slot("api_key");
@@ -559,7 +563,7 @@ mod tests {
             s.status.last_error.as_deref(),
             Some("scripted unauthorized failure")
         );
-        assert_eq!(s.status.last_error_kind, Some("unauthorized"));
+        assert_eq!(s.status.last_error_kind, Some(FailureKind::Unauthorized));
         assert!(s.status.next_is_retry);
         assert!(
             s.status
@@ -678,7 +682,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_without_a_key_back_off_exponentially_with_full_jitter_and_a_cap() {
         let h = Harness::start(
-            Fake::new([], Otherwise::Fail(fail("unavailable"))),
+            Fake::new([], Otherwise::Fail(fail(FailureKind::Unavailable))),
             vec![plan("api_key", Some(ORG), None)],
         )
         .await;
@@ -721,7 +725,7 @@ mod tests {
     async fn the_last_managed_key_is_kept_through_failures() {
         let fake = Fake::new(
             [ok("managed-key-kept-00001")],
-            Otherwise::Fail(fail("unavailable")),
+            Otherwise::Fail(fail(FailureKind::Unavailable)),
         );
         let h = Harness::start(fake, vec![plan("api_key", Some(ORG), Some(FALLBACK))]).await;
         let slot = h.slot("api_key");
@@ -734,7 +738,7 @@ mod tests {
             "failures do not touch the ETag"
         );
         assert!(s.status.consecutive_failures >= 4);
-        assert_eq!(s.status.last_error_kind, Some("unavailable"));
+        assert_eq!(s.status.last_error_kind, Some(FailureKind::Unavailable));
         assert!(s.status.next_is_retry);
 
         // A relaxed lane: each refresh gets three quick retries, then waits for the next beat.
@@ -769,7 +773,7 @@ mod tests {
         let s = slot.current();
         assert_eq!(served(&s), ("managed-key-kept-00002", KeySource::Delegated));
         assert_eq!(s.generation, active.generation);
-        assert_eq!(s.status.last_error_kind, Some("unavailable"));
+        assert_eq!(s.status.last_error_kind, Some(FailureKind::Unavailable));
         let times = h.call_offsets();
         let gaps: Vec<Duration> = times[1..].windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.len() >= 3, "{gaps:?}");

@@ -527,7 +527,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_fallback_on_reload_is_served_without_a_new_exchange() {
         let mut h = Harness::start(
-            Fake::new([], Otherwise::Fail(fail("unauthorized"))),
+            Fake::new([], Otherwise::Fail(fail(FailureKind::Unauthorized))),
             vec![plan("api_key", Some(ORG), Some(FALLBACK))],
         )
         .await;

@@ -70,6 +70,7 @@ use std::time::Duration;
 use crate::schedule::Cause;
 use crate::secret::Secret;
 
+mod failure;
 mod group;
 mod manager;
 mod report;
@@ -77,6 +78,7 @@ mod state;
 #[cfg(test)]
 mod testing;
 
+pub use failure::FailureKind;
 pub use manager::Manager;
 pub use report::{ManagerHandle, RejectOutcome};
 
@@ -157,8 +159,8 @@ pub struct Exchanged {
 /// A failed exchange.
 #[derive(Clone, Debug)]
 pub struct ExchangeFailure {
-    /// `unauthorized`, `throttled`, `unavailable`, `invalid_response`, `credentials` or `config`.
-    pub kind: &'static str,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
     /// Whether the Datadog API answered; decides whether quick retries are worth it.
     pub cause: Cause,
     /// Operator-readable description with the fix, without secrets.

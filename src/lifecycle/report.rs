@@ -299,8 +299,8 @@ mod tests {
         let fake = Fake::new(
             [
                 ok("managed-key-revoked-0001"),
-                fail("unauthorized"),
-                fail("unavailable"),
+                fail(FailureKind::Unauthorized),
+                fail(FailureKind::Unavailable),
                 ok("managed-key-fresh-00002"),
             ],
             Otherwise::Keys,
@@ -365,7 +365,7 @@ mod tests {
         let fake = Fake::new(
             [
                 ok("managed-key-single-0001"),
-                fail("unavailable").after(Wait::Gate(gate.clone())),
+                fail(FailureKind::Unavailable).after(Wait::Gate(gate.clone())),
             ],
             Otherwise::Keys,
         );

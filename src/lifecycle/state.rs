@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{ExchangeFailure, Exchanged};
+use super::{ExchangeFailure, Exchanged, FailureKind};
 use crate::schedule::{self, Cause, Lane, Pacer};
 use crate::secret::Secret;
 
@@ -236,7 +236,7 @@ pub(super) enum Serve<'a> {
 pub(super) fn view<'a>(
     phase: &'a Phase,
     fallback: Option<&'a Secret>,
-    last_error_kind: Option<&str>,
+    last_error_kind: Option<FailureKind>,
     startup_grace: Duration,
 ) -> (Serve<'a>, Option<String>) {
     const REJECTED: &str = "a consumer reported the managed key rejected and the refresh failed";
@@ -290,7 +290,7 @@ pub(super) struct History {
     /// The last failure's message.
     pub last_error: Option<String>,
     /// The last failure's kind.
-    pub last_error_kind: Option<&'static str>,
+    pub last_error_kind: Option<FailureKind>,
 }
 
 impl History {
@@ -618,7 +618,7 @@ mod tests {
             ),
             (
                 Phase::NoKey,
-                Some("unauthorized"),
+                Some(FailureKind::Unauthorized),
                 "Fallback",
                 "Nothing",
                 true,
@@ -643,12 +643,16 @@ mod tests {
             view(phase, fallback, error, grace).1.unwrap_or_default()
         };
         assert!(
-            reason(&Phase::NoKey, Some(&fallback), Some("unauthorized"))
-                .contains("last exchange failed (unauthorized)")
+            reason(
+                &Phase::NoKey,
+                Some(&fallback),
+                Some(FailureKind::Unauthorized)
+            )
+            .contains("last exchange failed (unauthorized)")
         );
         assert!(reason(&Phase::NoKey, Some(&fallback), None).contains("startup grace of 10s"));
         assert!(
-            reason(&Phase::NoKey, None, Some("unavailable"))
+            reason(&Phase::NoKey, None, Some(FailureKind::Unavailable))
                 .contains("no fallback api_key is configured")
         );
         assert!(

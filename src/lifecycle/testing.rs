@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ExchangeFailure, ExchangeKey, Exchanged, Exchanger, InstancePlan, Manager, Timing, lock,
+    ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind, InstancePlan, Manager, Timing,
+    lock,
 };
 use crate::keystore::{KeySource, KeyStore, Slot, Snapshot};
 use crate::metrics::Metrics;
@@ -36,7 +37,7 @@ pub(super) enum Wait {
 #[derive(Clone)]
 pub(super) struct Step {
     wait: Wait,
-    outcome: Result<String, (&'static str, Cause, Option<Duration>)>,
+    outcome: Result<String, (FailureKind, Cause, Option<Duration>)>,
 }
 
 pub(super) fn ok(key: &str) -> Step {
@@ -48,10 +49,14 @@ pub(super) fn ok(key: &str) -> Step {
 
 /// A failure of this kind. `unavailable` stands for a request that got no answer (a
 /// refused connection); [`server_error`] for the server answering 5xx.
-pub(super) fn fail(kind: &'static str) -> Step {
+pub(super) fn fail(kind: FailureKind) -> Step {
     let cause = match kind {
-        "unavailable" | "credentials" | "config" => Cause::Unanswered,
-        _ => Cause::Answered,
+        FailureKind::Unavailable | FailureKind::Credentials | FailureKind::Config => {
+            Cause::Unanswered
+        }
+        FailureKind::Unauthorized | FailureKind::Throttled | FailureKind::InvalidResponse => {
+            Cause::Answered
+        }
     };
     Step {
         wait: Wait::No,
@@ -63,14 +68,14 @@ pub(super) fn fail(kind: &'static str) -> Step {
 pub(super) fn server_error() -> Step {
     Step {
         wait: Wait::No,
-        outcome: Err(("unavailable", Cause::Answered, None)),
+        outcome: Err((FailureKind::Unavailable, Cause::Answered, None)),
     }
 }
 
 pub(super) fn throttled(retry_after: Duration) -> Step {
     Step {
         wait: Wait::No,
-        outcome: Err(("throttled", Cause::Answered, Some(retry_after))),
+        outcome: Err((FailureKind::Throttled, Cause::Answered, Some(retry_after))),
     }
 }
 
