@@ -565,25 +565,12 @@ mod tests {
         );
         assert_eq!(s.status.last_error_kind, Some(FailureKind::Unauthorized));
         assert!(s.status.next_is_retry);
-        assert!(
-            s.status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("last exchange failed (unauthorized)")
-        );
+        assert!(reason(&s).contains("last exchange failed (unauthorized)"));
         // The second instance has no fallback: unavailable while its exchange fails.
         let other = h.slot("logs_config.api_key").current();
         assert_eq!(other.state, KeyState::Unavailable);
         assert!(other.served.is_none());
-        assert!(
-            other
-                .status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("no fallback api_key is configured")
-        );
+        assert!(reason(&other).contains("no fallback api_key is configured"));
 
         let s = until(&slot, "active", |s| s.state == KeyState::Active).await;
         let retry_at = Instant::now() - h.t0;
@@ -623,23 +610,11 @@ mod tests {
         settle().await;
         let s = with.current();
         assert_eq!(served(&s), (FALLBACK, KeySource::Fallback));
-        assert!(
-            s.status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("startup grace of 10s")
-        );
+        assert!(reason(&s).contains("startup grace of 10s"));
         let s = without.current();
         assert_eq!(s.state, KeyState::Unavailable);
         assert!(s.served.is_none());
-        assert!(
-            s.status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("no fallback api_key is configured")
-        );
+        assert!(reason(&s).contains("no fallback api_key is configured"));
         assert_eq!(h.fake.calls().len(), 2, "still one attempt per group");
 
         // The hung attempt ends at the attempt timeout and the retry succeeds.

@@ -622,13 +622,7 @@ mod tests {
         for name in ["logs_config.api_key", "remote_configuration.api_key"] {
             let s = h.slot(name).current();
             assert_eq!(s.state, KeyState::Unavailable, "{name}");
-            assert!(
-                s.status
-                    .reason
-                    .as_deref()
-                    .unwrap()
-                    .contains("no api_key is configured")
-            );
+            assert!(reason(&s).contains("no api_key is configured"));
         }
         settle().await;
         assert!(h.fake.calls().is_empty());

@@ -324,26 +324,14 @@ mod tests {
         );
         let s = until(&with, "fallback", |s| s.state == KeyState::Fallback).await;
         assert_eq!(served(&s), (FALLBACK, KeySource::Fallback));
-        assert!(
-            s.status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("reported the managed key rejected")
-        );
+        assert!(reason(&s).contains("reported the managed key rejected"));
         // Without a fallback the managed key stays, with the reason visible.
         let w = without.current();
         assert_eq!(
             served(&w),
             ("managed-key-revoked-0001", KeySource::Delegated)
         );
-        assert!(
-            w.status
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("no fallback key is configured")
-        );
+        assert!(reason(&w).contains("no fallback key is configured"));
 
         // Urgent lane: retries within seconds; the switch back is automatic.
         let s = until(&with, "active again", |s| s.state == KeyState::Active).await;

@@ -294,3 +294,8 @@ pub(super) fn served(s: &Snapshot) -> (&str, KeySource) {
     let k = s.served.as_ref().expect("a key is served");
     (k.value.expose(), k.source)
 }
+
+/// The status reason, or `""`.
+pub(super) fn reason(s: &Snapshot) -> &str {
+    s.status.reason.as_deref().unwrap_or_default()
+}
