@@ -181,7 +181,13 @@ impl<E: Exchanger> Group<E> {
             u2: self.rng.f64(),
         };
         let before = self.state.timer.at;
-        let (state, actions) = step(self.state.clone(), event, now, draws);
+        // Moves the phase out rather than cloning the key it holds.
+        let current = State {
+            phase: std::mem::replace(&mut self.state.phase, Phase::NoKey),
+            timer: self.state.timer.clone(),
+            pacer: self.state.pacer.clone(),
+        };
+        let (state, actions) = step(current, event, now, draws);
         self.state = state;
         if self.state.timer.at != before {
             self.next_wall = SystemTime::now() + self.state.timer.at.saturating_duration_since(now);
