@@ -954,7 +954,7 @@ async fn exchange_check(
             let fix = exchange_fix(&e, mapping, caller.as_deref(), clock_failed, spec);
             let mut check = Check::fail("exchange", exchange_finding(&e, &url), fix)
                 .data("url", url)
-                .data("error_kind", e.kind());
+                .data("error_kind", e.kind().as_str());
             if let Some(detail) = e.detail() {
                 check = check.data("detail", detail.to_owned());
             }

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::lifecycle::FailureKind;
 use crate::secret::Secret;
 
 /// Lifecycle state of an instance (product §6).
@@ -110,7 +111,7 @@ pub struct InstanceStatus {
     /// The last failure, operator-readable, without secrets.
     pub last_error: Option<String>,
     /// Kind of the last failure (`unauthorized`, `throttled`, `unavailable`, …).
-    pub last_error_kind: Option<&'static str>,
+    pub last_error_kind: Option<FailureKind>,
     /// Where the fallback key comes from (`api_key`, `fallback_api_key_file`, …), if any.
     pub fallback_origin: Option<String>,
     /// Why the instance is in fallback, unavailable or invalid.

@@ -23,6 +23,8 @@
 //! - [`files`]: bounded, non-blocking reads of files the daemon does not own.
 //! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
 //! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
+//!   `manager` turns plans into groups, `group` is one group's task, `state` the pure state
+//!   machine (phase, schedule, status history), `report` routes rejection reports.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
 //! - [`mapping`]: `mapping`, the Cloud Authentication mapping API (list, get, create, delete).
 //! - [`metrics`]: counters and the OpenMetrics text of `/metrics`.

@@ -28,10 +28,55 @@ struct Histogram {
     sum: f64,
 }
 
-/// Route names of the request counter (the server's fixed set).
-const ROUTES: [&str; 8] = [
-    "keys", "key", "rejected", "status", "live", "ready", "metrics", "other",
-];
+/// The server's routes, as the request counter names them (never the raw path, so hostile
+/// clients cannot grow the label set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    /// `GET /v1/keys`.
+    Keys,
+    /// `GET /v1/keys/{instance}`.
+    Key,
+    /// `POST /v1/keys/{instance}/rejected`.
+    Rejected,
+    /// `GET /v1/status`.
+    Status,
+    /// `GET /v1/health/live`.
+    Live,
+    /// `GET /v1/health/ready`.
+    Ready,
+    /// `GET /metrics`.
+    Metrics,
+    /// Anything else.
+    Other,
+}
+
+impl Route {
+    /// Every route, in the order of the counter table.
+    const ALL: [Route; 8] = [
+        Route::Keys,
+        Route::Key,
+        Route::Rejected,
+        Route::Status,
+        Route::Live,
+        Route::Ready,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    /// The `route` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Keys => "keys",
+            Route::Key => "key",
+            Route::Rejected => "rejected",
+            Route::Status => "status",
+            Route::Live => "live",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+}
 /// Statuses the server answers with; anything else is counted in the (locked) overflow map.
 const STATUSES: [u16; 11] = [200, 202, 304, 400, 403, 404, 405, 408, 413, 431, 503];
 
@@ -40,8 +85,8 @@ const STATUSES: [u16; 11] = [200, 202, 304, 400, 403, 404, 405, 408, 413, 431, 5
 pub struct Metrics {
     /// Requests by (route, status): plain atomics, because every key read bumps one and a
     /// shared lock there cost measurable throughput (docs/performance.md).
-    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
-    requests_other: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
+    requests_other: Mutex<BTreeMap<(Route, u16), u64>>,
     exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -60,16 +105,13 @@ impl Metrics {
         Self::default()
     }
 
-    /// One request answered on the socket. `route` is a fixed route name, never the raw path,
-    /// so hostile clients cannot grow the label set.
-    pub fn request(&self, route: &'static str, status: u16) {
-        let r = ROUTES.iter().position(|n| *n == route);
-        let s = STATUSES.iter().position(|c| *c == status);
-        match (r, s) {
-            (Some(r), Some(s)) => {
-                self.requests[r][s].fetch_add(1, Ordering::Relaxed);
+    /// One request answered on the socket.
+    pub fn request(&self, route: Route, status: u16) {
+        match STATUSES.iter().position(|c| *c == status) {
+            Some(s) => {
+                self.requests[route as usize][s].fetch_add(1, Ordering::Relaxed);
             }
-            _ => bump(&self.requests_other, (route, status)),
+            None => bump(&self.requests_other, (route, status)),
         }
     }
 
@@ -112,12 +154,14 @@ impl Metrics {
             .requests_other
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for (r, row) in self.requests.iter().enumerate() {
-            for (s, n) in row.iter().enumerate() {
+            .iter()
+            .map(|((route, status), n)| ((route.name(), *status), *n))
+            .collect();
+        for (route, row) in Route::ALL.iter().zip(&self.requests) {
+            for (status, n) in STATUSES.iter().zip(row) {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
-                    requests.insert((ROUTES[r], STATUSES[s]), n);
+                    requests.insert((route.name(), *status), n);
                 }
             }
         }
@@ -342,8 +386,8 @@ mod tests {
         let store = KeyStore::new();
         store.set_instances(&["additional_endpoints[\"x\"][0]".to_string()]);
         let m = Metrics::new();
-        m.request("key", 200);
-        m.request("key", 200);
+        m.request(Route::Key, 200);
+        m.request(Route::Key, 200);
         m.exchange("api_key", "success", Duration::from_millis(20));
         m.reload("failure");
         let text = m.render(&store);

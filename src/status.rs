@@ -254,7 +254,7 @@ impl InstanceDoc {
             next_is_retry: st.next_is_retry,
             consecutive_failures: st.consecutive_failures,
             last_error: st.last_error.clone(),
-            last_error_kind: st.last_error_kind.map(str::to_owned),
+            last_error_kind: st.last_error_kind.map(|k| k.as_str().to_owned()),
             error,
             fallback_origin: st.fallback_origin.clone(),
             reason: st.reason.clone(),

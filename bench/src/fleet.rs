@@ -1,5 +1,5 @@
 //! The fleet simulation of product §12: 100,000 daemons in virtual time, driven by exactly the
-//! daemon's refresh policy ([`schedule::Pacer`], used as `src/lifecycle.rs` uses it), beside the
+//! daemon's refresh policy ([`schedule::Pacer`], used as `src/lifecycle/state.rs` uses it), beside the
 //! Go Agent's policy (wire spec §3.1) simulated in the same run on the same start times.
 //!
 //! Daemons never interact (each talks to Datadog on its own), so each one's timeline is simulated
@@ -115,7 +115,7 @@ impl Daemon {
     /// Delay after an exchange with outcome `ok`, exactly as each implementation decides it.
     fn after(&mut self, ok: bool, first: bool, rng: &mut fastrand::Rng) -> Duration {
         match self {
-            // As `lifecycle.rs` `settle`: success → `after_success(forced = false)` (a first key
+            // As `lifecycle/state.rs` `step`: success → `after_success(forced = false)` (a first key
             // re-phases inside the pacer); failure → the relaxed lane while a managed key is
             // served (no rejection reports in the simulation), the urgent lane otherwise. An
             // outage is the API answering 5xx (`Cause::Answered`), as Datadog's do.

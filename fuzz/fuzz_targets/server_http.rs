@@ -15,10 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use datadog_delegated_auth::keystore::{KeySource, KeyState, KeyStore, ServedKey, Snapshot};
+use datadog_delegated_auth::lifecycle::RejectOutcome;
 use datadog_delegated_auth::metrics::Metrics;
 use datadog_delegated_auth::secret::Secret;
 use datadog_delegated_auth::server::{
-    AccessPolicy, Limits, Peer, RejectReply, Rejections, Rule, ServerState, serve_connection,
+    AccessPolicy, Limits, Peer, Rejections, Rule, ServerState, serve_connection,
 };
 use datadog_delegated_auth::status::DaemonInfo;
 use libfuzzer_sys::fuzz_target;
@@ -54,13 +55,13 @@ struct Harness {
 struct Reports(Arc<KeyStore>);
 
 impl Rejections for Reports {
-    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectReply {
+    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectOutcome {
         let Some(slot) = self.0.get(instance) else {
-            return RejectReply::UnknownInstance;
+            return RejectOutcome::UnknownInstance;
         };
         match &slot.current().served {
-            Some(k) if k.value.suffix_matches(api_key_suffix) => RejectReply::Throttled,
-            _ => RejectReply::Ignored,
+            Some(k) if k.value.suffix_matches(api_key_suffix) => RejectOutcome::Throttled,
+            _ => RejectOutcome::Ignored,
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::aws::{self, AwsEnv, AwsOptions, Identity};
 use crate::config::Config;
 use crate::exchange::{self, ExchangeClient};
-use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger};
+use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind};
 use crate::net::ClientOptions;
 use crate::net::USER_AGENT;
 use crate::schedule::Cause;
@@ -104,7 +104,7 @@ impl Exchanger for AwsExchanger {
             // The manager only exchanges for delegated instances, and the client exists whenever
             // one does; a reload swaps both together.
             return Err(ExchangeFailure {
-                kind: "config",
+                kind: FailureKind::Config,
                 cause: Cause::Unanswered,
                 message: "no instance of the configuration in force uses delegated auth".to_owned(),
                 retry_after: None,
@@ -118,7 +118,7 @@ impl Exchanger for AwsExchanger {
             .credentials()
             .await
             .map_err(|e| ExchangeFailure {
-                kind: "credentials",
+                kind: FailureKind::from(&e),
                 cause: Cause::Unanswered,
                 message: e.to_string(),
                 retry_after: None,
@@ -135,7 +135,7 @@ impl Exchanger for AwsExchanger {
             USER_AGENT,
         )
         .map_err(|e| ExchangeFailure {
-            kind: "config",
+            kind: FailureKind::from(&e),
             cause: Cause::Unanswered,
             message: e.to_string(),
             retry_after: None,
@@ -154,14 +154,15 @@ impl Exchanger for AwsExchanger {
                 })
             }
             Err(e) => {
-                if e.kind() == "unauthorized" {
+                let kind = e.kind();
+                if kind == FailureKind::Unauthorized {
                     // The proof was refused: the cached credentials may be what is wrong (a
                     // revoked session, a rotated instance profile). Ask the source again next
                     // time instead of signing with them until they expire, hours later.
                     parts.identity.invalidate().await;
                 }
                 Err(ExchangeFailure {
-                    kind: e.kind(),
+                    kind,
                     cause: e.cause(),
                     message: e.to_string(),
                     retry_after: e.retry_after(),

@@ -25,12 +25,10 @@ use self::exchanger::AwsExchanger;
 use crate::config::{self, Config, IdRef, Problem};
 use crate::exit;
 use crate::keystore::KeyStore;
-use crate::lifecycle::{
-    ExchangeKey, InstancePlan, InvalidEntry, Manager, ManagerHandle, RejectOutcome, Timing,
-};
+use crate::lifecycle::{ExchangeKey, InstancePlan, InvalidEntry, Manager, Timing};
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
-use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
+use crate::server::{self, AccessPolicy, Limits, Rule, ServerState};
 use crate::sink::{self, SinkSpec};
 use crate::status::{DaemonInfo, EnvironmentStatus, ProxyStatus};
 
@@ -326,21 +324,6 @@ fn socket_path(opts: &RunOptions, cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| cfg.settings.socket.path.clone())
 }
 
-/// Rejection reports go to the refresh manager through its handle, which stays valid across
-/// reloads.
-struct ManagerRejections(ManagerHandle);
-
-impl Rejections for ManagerRejections {
-    fn report_rejected(&self, instance: &str, suffix: &str) -> RejectReply {
-        match self.0.report_rejected(instance, suffix) {
-            RejectOutcome::Scheduled => RejectReply::Scheduled,
-            RejectOutcome::Throttled => RejectReply::Throttled,
-            RejectOutcome::Ignored => RejectReply::Ignored,
-            RejectOutcome::UnknownInstance => RejectReply::UnknownInstance,
-        }
-    }
-}
-
 /// The socket as bound, so that a removed socket file (or directory) can be noticed and bound
 /// again with the same mode and group.
 struct SocketBinding {
@@ -426,7 +409,7 @@ impl Daemon {
             applied.exchanger.clone(),
             shutdown.child_token(),
         );
-        manager.apply(applied.plans, applied.timing);
+        manager.apply(applied.plans, applied.timing).await;
 
         let info = DaemonInfo {
             config_path: opts.paths.config.display().to_string(),
@@ -453,7 +436,8 @@ impl Daemon {
             access: ArcSwap::from_pointee(applied.access),
             info: ArcSwap::from_pointee(info),
             sinks: Arc::default(),
-            rejections: Arc::new(ManagerRejections(manager.handle())),
+            // The handle stays valid across reloads.
+            rejections: Arc::new(manager.handle()),
             limits: Limits {
                 max_connections: cfg.settings.socket.max_connections,
                 max_connections_per_uid: server::per_uid_share(cfg.settings.socket.max_connections),
@@ -715,7 +699,7 @@ impl Daemon {
                 // The exchanger keeps its identity: a reload swaps what it uses, and the manager
                 // keeps unchanged instances (their keys and schedules) as they are.
                 self.exchanger.replace(applied.exchanger);
-                self.manager.apply(applied.plans, applied.timing);
+                self.manager.apply(applied.plans, applied.timing).await;
                 self.sinks.cancel();
                 self.sinks = start_sinks(&applied.sinks, &self.state);
                 self.exchanger.publish_environment(self.state.clone());

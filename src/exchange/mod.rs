@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 pub use api_base::{ApiBase, api_base, intake_key_url};
 pub use response::{error_detail, parse_response, parse_retry_after};
 
+use crate::lifecycle::FailureKind;
 use crate::net::{self, CappedReadError, SchemeRefusal};
 pub use crate::net::{
     ClientOptions, DEFAULT_TIMEOUT, ProxySettings, ProxyVars, USER_AGENT, is_loopback,
@@ -127,16 +128,10 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The failure class, as used in status and metrics: `unauthorized`, `throttled`,
-    /// `unavailable`, `invalid_response` or `config`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ExchangeError::Unauthorized { .. } => "unauthorized",
-            ExchangeError::Throttled { .. } => "throttled",
-            ExchangeError::Unavailable { .. } => "unavailable",
-            ExchangeError::InvalidResponse { .. } => "invalid_response",
-            ExchangeError::InsecureUrl { .. } | ExchangeError::Client { .. } => "config",
-        }
+    /// The failure class, as status and metrics show it: `Unauthorized`, `Throttled`,
+    /// `Unavailable`, `InvalidResponse` or `Config`.
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::from(self)
     }
 
     /// Whether the Datadog API answered (an error status or an unusable body) or the request got

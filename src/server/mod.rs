@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 pub use self::access::{AccessPolicy, Peer, Rule};
 use crate::keystore::KeyStore;
+use crate::lifecycle::{ManagerHandle, RejectOutcome};
 use crate::metrics::Metrics;
 use crate::status::DaemonInfo;
 
@@ -130,23 +131,17 @@ impl Drop for Share {
     }
 }
 
-/// What a rejection report led to (product §7: `202 {"refresh": …}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReply {
-    /// A refresh was triggered.
-    Scheduled,
-    /// A refresh was triggered less than 30 s ago.
-    Throttled,
-    /// The report does not name the key currently served.
-    Ignored,
-    /// No such instance.
-    UnknownInstance,
+/// Receives consumers' rejection reports (the refresh manager's [`ManagerHandle`]; fakes in
+/// tests).
+pub trait Rejections: Send + Sync + 'static {
+    /// Handles `POST /v1/keys/{instance}/rejected`; the outcome is the answer's `refresh`.
+    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectOutcome;
 }
 
-/// Receives consumers' rejection reports (the refresh manager).
-pub trait Rejections: Send + Sync + 'static {
-    /// Handles `POST /v1/keys/{instance}/rejected`.
-    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectReply;
+impl Rejections for ManagerHandle {
+    fn report_rejected(&self, instance: &str, api_key_suffix: &str) -> RejectOutcome {
+        ManagerHandle::report_rejected(self, instance, api_key_suffix)
+    }
 }
 
 /// Everything request handlers read. Swappable parts are `ArcSwap`s so a reload replaces them
@@ -604,8 +599,8 @@ mod tests {
     struct Reports;
 
     impl Rejections for Reports {
-        fn report_rejected(&self, _instance: &str, _suffix: &str) -> RejectReply {
-            RejectReply::Scheduled
+        fn report_rejected(&self, _instance: &str, _suffix: &str) -> RejectOutcome {
+            RejectOutcome::Scheduled
         }
     }
 

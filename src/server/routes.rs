@@ -15,8 +15,10 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Peer, RejectReply, ServerState};
+use super::{Peer, ServerState};
 use crate::keystore::{KeyState, Rendered, Snapshot};
+use crate::lifecycle::RejectOutcome;
+use crate::metrics::Route;
 use crate::status;
 
 type Resp = Response<Full<Bytes>>;
@@ -129,34 +131,6 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
     resp
 }
 
-/// Fixed route names for metrics (never the raw path).
-#[derive(Clone, Copy)]
-enum Route {
-    Keys,
-    Key,
-    Rejected,
-    Status,
-    Live,
-    Ready,
-    Metrics,
-    Other,
-}
-
-impl Route {
-    fn name(self) -> &'static str {
-        match self {
-            Route::Keys => "keys",
-            Route::Key => "key",
-            Route::Rejected => "rejected",
-            Route::Status => "status",
-            Route::Live => "live",
-            Route::Ready => "ready",
-            Route::Metrics => "metrics",
-            Route::Other => "other",
-        }
-    }
-}
-
 /// The service function of every connection.
 pub(super) async fn handle(
     state: Arc<ServerState>,
@@ -167,7 +141,7 @@ pub(super) async fn handle(
     let uri = req.uri().clone();
     let (route, result) = route(&state, peer, req, uri.path()).await;
     let resp = result.unwrap_or_else(ApiError::into_response);
-    state.metrics.request(route.name(), resp.status().as_u16());
+    state.metrics.request(route, resp.status().as_u16());
     Ok(resp)
 }
 
@@ -478,14 +452,17 @@ async fn rejected(
             "body must be {{\"api_key_suffix\":\"<last 5 characters of the rejected key>\"}}: {e}"
         ))
     })?;
-    let reply = state
+    let outcome = match state
         .rejections
-        .report_rejected(instance, &parsed.api_key_suffix);
-    let outcome = match reply {
-        RejectReply::Scheduled => "scheduled",
-        RejectReply::Throttled => "throttled",
-        RejectReply::Ignored => "ignored",
-        RejectReply::UnknownInstance => return Err(ApiError::UnknownInstance(instance.to_owned())),
+        .report_rejected(instance, &parsed.api_key_suffix)
+    {
+        RejectOutcome::UnknownInstance => {
+            return Err(ApiError::UnknownInstance(instance.to_owned()));
+        }
+        outcome
+        @ (RejectOutcome::Scheduled | RejectOutcome::Throttled | RejectOutcome::Ignored) => {
+            outcome.as_str()
+        }
     };
     debug!(pid = ?peer.pid, uid = peer.uid, instance, outcome, "Rejection report.");
     Ok(json_response(
