@@ -9,6 +9,7 @@
 
 pub mod control;
 mod exchanger;
+mod info;
 mod notify;
 
 use std::path::{Path, PathBuf};
@@ -719,11 +720,9 @@ impl Daemon {
                 self.sinks.cancel();
                 self.sinks = start_sinks(&applied.sinks, &self.state);
                 self.exchanger.publish_environment(self.state.clone());
-                let mut info = DaemonInfo::clone(&self.state.info.load());
-                info.config_loaded_at = Some(SystemTime::now());
-                info.last_reload_error = None;
-                info.proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
-                info.config_warnings = cfg
+                let loaded_at = SystemTime::now();
+                let proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
+                let warnings: Vec<String> = cfg
                     .warnings
                     .iter()
                     .map(|w| format!("{}: {}", w.key, w.message))
@@ -733,7 +732,12 @@ impl Daemon {
                             .map(|key| format!("{key}: changed; takes effect at the next restart")),
                     )
                     .collect();
-                self.state.info.store(Arc::new(info));
+                info::update(&self.state.info, |info| {
+                    info.config_loaded_at = Some(loaded_at);
+                    info.last_reload_error = None;
+                    info.proxy.clone_from(&proxy);
+                    info.config_warnings.clone_from(&warnings);
+                });
                 self.state.metrics.reload("success");
                 info!(instances = cfg.instances.len(), "Configuration reloaded.");
                 notify::status(&format!(
@@ -750,10 +754,11 @@ impl Daemon {
                     problems = errors.len(),
                     "The new configuration is invalid; still running the previous one. Fix the file; it is re-read on the next change or SIGHUP."
                 );
-                let mut info = DaemonInfo::clone(&self.state.info.load());
-                info.last_reload_error = Some(errors.join("; "));
-                info.reload_failures += 1;
-                self.state.info.store(Arc::new(info));
+                let error = errors.join("; ");
+                info::update(&self.state.info, |info| {
+                    info.last_reload_error = Some(error.clone());
+                    info.reload_failures += 1;
+                });
                 self.state.metrics.reload("failure");
             }
         }
