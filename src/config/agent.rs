@@ -20,6 +20,8 @@ use crate::secret::Secret;
 pub const DEFAULT_SITE: &str = "datadoghq.com";
 /// Default `refresh_interval_mins` (wire spec §3.1).
 pub const DEFAULT_REFRESH_MINS: i64 = 60;
+/// [`DEFAULT_REFRESH_MINS`] as a duration: the refresh interval of an instance that sets none.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = minutes(DEFAULT_REFRESH_MINS);
 /// Largest refresh interval accepted from `datadog.yaml`; larger values are clamped with a
 /// warning. A week is far beyond any sensible key lifetime, and the bound keeps timer
 /// arithmetic far from overflow.
@@ -748,7 +750,7 @@ fn positive(
     default
 }
 
-fn minutes(mins: i64) -> Duration {
+const fn minutes(mins: i64) -> Duration {
     Duration::from_secs(mins.unsigned_abs() * 60)
 }
 

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 pub use agent::{
     DEFAULT_CLOUD_PROVIDERS, DEFAULT_EC2_METADATA_TIMEOUT_MS, DEFAULT_EC2_TOKEN_LIFETIME_SECS,
-    DEFAULT_REFRESH_MINS, DEFAULT_SITE, MAX_REFRESH_MINS, redact_url_credentials,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_MINS, DEFAULT_SITE, MAX_REFRESH_MINS,
+    redact_url_credentials,
 };
 pub use problem::{ConfigErrors, Problem};
 pub use settings::{

@@ -7,6 +7,7 @@
 //! reading of this file at the first one (serde cannot continue past it); the Agent's file is
 //! still checked and its problems reported alongside.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// IMDS options.
     pub imds: ImdsSettings,
+    /// Line of every user or group reference, by key (`socket.group`, `access[0].uids[1]`,
+    /// `sinks[2].group`): names are resolved on the host after validation, and a name that
+    /// does not exist there is reported at its line.
+    pub id_lines: BTreeMap<String, usize>,
 }
 
 impl Default for Settings {
@@ -100,6 +105,7 @@ impl Default for Settings {
                 format: LogFormat::Text,
             },
             imds: ImdsSettings::default(),
+            id_lines: BTreeMap::new(),
         }
     }
 }
@@ -343,6 +349,8 @@ fn line<T>(s: &Spanned<T>) -> Option<usize> {
 struct Check<'a> {
     file: &'a Path,
     problems: &'a mut Problems,
+    /// See [`Settings::id_lines`].
+    id_lines: BTreeMap<String, usize>,
 }
 
 impl Check<'_> {
@@ -407,7 +415,12 @@ impl Check<'_> {
 
     fn id(&mut self, raw: &Spanned<String>, key: &str) -> Option<IdRef> {
         match parse_id(&raw.value) {
-            Some(id) => Some(id),
+            Some(id) => {
+                if let Some(at) = line(raw) {
+                    self.id_lines.insert(key.to_owned(), at);
+                }
+                Some(id)
+            }
             None => {
                 self.error(
                     key,
@@ -487,7 +500,11 @@ pub(crate) fn validate(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> SettingsRead {
-    let mut c = Check { file, problems };
+    let mut c = Check {
+        file,
+        problems,
+        id_lines: BTreeMap::new(),
+    };
     let mut out = SettingsRead::default();
     let s = &mut out.settings;
 
@@ -822,6 +839,7 @@ pub(crate) fn validate(
         }
     }
 
+    out.settings.id_lines = c.id_lines;
     out
 }
 

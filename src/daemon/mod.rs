@@ -11,6 +11,7 @@ pub mod control;
 mod exchanger;
 mod info;
 mod notify;
+mod resolve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,15 +24,14 @@ use tracing::{debug, error, info, warn};
 
 use self::control::Control;
 use self::exchanger::AwsExchanger;
+use self::resolve::resolve;
 use crate::cli::exit;
-use crate::config::{self, Config, IdRef, Problem};
+use crate::config::{self, Config};
 use crate::keystore::KeyStore;
-use crate::lifecycle::{
-    ExchangeKey, InstancePlan, InvalidEntry, Manager, ManagerHandle, RejectOutcome, Timing,
-};
+use crate::lifecycle::{Manager, ManagerHandle, RejectOutcome};
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
-use crate::server::{self, AccessPolicy, Limits, RejectReply, Rejections, Rule, ServerState};
+use crate::server::{self, Limits, RejectReply, Rejections, ServerState};
 use crate::sink::{self, SinkSpec};
 use crate::status::{DaemonInfo, EnvironmentStatus, ProxyStatus};
 
@@ -146,179 +146,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Resolved, ready-to-apply parts of a configuration. Building it is the only step of a reload
-/// that can fail, and it happens before anything changes.
-struct Applied {
-    plans: Vec<InstancePlan>,
-    timing: Timing,
-    access: AccessPolicy,
-    exchanger: Arc<AwsExchanger>,
-    sinks: Vec<SinkSpec>,
-    /// `socket.mode` and the resolved `socket.group`.
-    socket_mode: u32,
-    socket_gid: Option<u32>,
-}
-
-fn resolve_uid(id: &IdRef) -> Result<u32, String> {
-    match id {
-        IdRef::Id(n) => Ok(*n),
-        IdRef::Name(name) => match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(u.uid.as_raw()),
-            Ok(None) => Err(format!(
-                "user {name:?} does not exist on this host; create it or use a numeric uid"
-            )),
-            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
-        },
-    }
-}
-
-/// Resolves a group name or number.
-pub fn resolve_gid(id: &IdRef) -> Result<u32, String> {
-    match id {
-        IdRef::Id(n) => Ok(*n),
-        IdRef::Name(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Ok(g.gid.as_raw()),
-            Ok(None) => Err(format!(
-                "group {name:?} does not exist on this host; create it or use a numeric gid"
-            )),
-            Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
-        },
-    }
-}
-
-fn access_policy(cfg: &Config) -> Result<AccessPolicy, Vec<String>> {
-    let Some(rules) = &cfg.settings.access else {
-        return Ok(AccessPolicy::Open);
-    };
-    let mut errors = Vec::new();
-    let mut out = Vec::with_capacity(rules.len());
-    for (i, r) in rules.iter().enumerate() {
-        let mut uids = Vec::new();
-        let mut gids = Vec::new();
-        for u in &r.uids {
-            match resolve_uid(u) {
-                Ok(n) => uids.push(n),
-                Err(e) => errors.push(format!("access[{i}].uids: {e}")),
-            }
-        }
-        for g in &r.gids {
-            match resolve_gid(g) {
-                Ok(n) => gids.push(n),
-                Err(e) => errors.push(format!("access[{i}].gids: {e}")),
-            }
-        }
-        out.push(Rule {
-            instances: r.instances.clone(),
-            uids,
-            gids,
-        });
-    }
-    if errors.is_empty() {
-        Ok(AccessPolicy::Rules(out))
-    } else {
-        Err(errors)
-    }
-}
-
-/// Turns validated instances into the manager's plans.
-pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
-    cfg.instances
-        .iter()
-        .map(|i| InstancePlan {
-            name: i.name.clone(),
-            exchange: i.delegated.as_ref().map(|d| ExchangeKey {
-                org_uuid: d.org_uuid.clone(),
-                target: d.exchange_target.clone(),
-                region: d.region.clone(),
-            }),
-            refresh_interval: i.delegated.as_ref().map_or(Duration::from_secs(3600), |d| {
-                cfg.settings.refresh.interval.unwrap_or(d.refresh_interval)
-            }),
-            fallback: i.fallback.clone(),
-            fallback_origin: i.fallback_origin.clone(),
-            aliases: i.aliases.clone(),
-            invalid: i.invalid.as_ref().map(|p| InvalidEntry {
-                // The problem's own text, without the fix (shown on its own).
-                problem: Problem {
-                    fix: String::new(),
-                    ..p.clone()
-                }
-                .to_string(),
-                fix: p.fix.clone(),
-            }),
-        })
-        .collect()
-}
-
-fn sink_specs(cfg: &Config) -> Result<Vec<SinkSpec>, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut specs = Vec::new();
-    for (i, s) in cfg.settings.sinks.iter().enumerate() {
-        if !cfg.instances.iter().any(|inst| inst.name == s.instance) {
-            let names: Vec<_> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
-            errors.push(format!(
-                "sinks[{i}].instance: no instance named {:?}; instances are: {}",
-                s.instance,
-                names.join(", ")
-            ));
-            continue;
-        }
-        match s.group.as_ref().map(resolve_gid).transpose() {
-            Ok(gid) => specs.push(SinkSpec {
-                instance: s.instance.clone(),
-                path: s.path.clone(),
-                mode: s.mode,
-                gid,
-            }),
-            Err(e) => errors.push(format!("sinks[{i}].group: {e}")),
-        }
-    }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errors)
-    }
-}
-
-fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
-    let access = access_policy(cfg);
-    let sinks = sink_specs(cfg);
-    let gid = cfg
-        .settings
-        .socket
-        .group
-        .as_ref()
-        .map(resolve_gid)
-        .transpose()
-        .map_err(|e| vec![format!("socket.group: {e}")]);
-    let (access, sinks, socket_gid) = match (access, sinks, gid) {
-        (Ok(a), Ok(s), Ok(g)) => (a, s, g),
-        (a, s, g) => {
-            return Err(a
-                .err()
-                .into_iter()
-                .chain(s.err())
-                .chain(g.err())
-                .flatten()
-                .collect());
-        }
-    };
-    let exchanger = AwsExchanger::new(cfg).map_err(|e| vec![e])?;
-    Ok(Applied {
-        plans: plans(cfg),
-        timing: Timing {
-            retry_min: cfg.settings.refresh.retry_min,
-            retry_max: cfg.settings.refresh.retry_max,
-            startup_grace: cfg.settings.refresh.startup_grace,
-        },
-        access,
-        exchanger: Arc::new(exchanger),
-        sinks,
-        socket_mode: cfg.settings.socket.mode,
-        socket_gid,
-    })
-}
-
 /// The socket path in force: `--socket` > `DD_DELEGATED_AUTH_SOCKET`/`socket.path` (the config
 /// layer applies the environment variable).
 fn socket_path(opts: &RunOptions, cfg: &Config) -> PathBuf {
@@ -382,16 +209,13 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
-        let applied = match prepare(&cfg) {
+        let applied = match resolve(&cfg) {
             Ok(a) => a,
             Err(errors) => {
-                for e in &errors {
+                for e in &errors.0 {
                     error!("{e}");
                 }
-                eprintln!(
-                    "error: invalid configuration; nothing was started:\n{}",
-                    errors.join("\n")
-                );
+                eprintln!("error: invalid configuration; nothing was started:\n{errors}");
                 return exit::CONFIG;
             }
         };
@@ -689,13 +513,13 @@ impl Daemon {
         };
         info!(trigger = trigger.as_str(), "Reloading the configuration.");
         let result = match loaded {
-            Ok(Ok(cfg)) => match prepare(&cfg) {
+            Ok(Ok(cfg)) => match resolve(&cfg) {
                 // The socket first, since it can fail: nothing else changes if it does.
                 Ok(a) => self
                     .apply_socket_permissions(a.socket_mode, a.socket_gid)
                     .await
                     .map(|()| (cfg, a)),
-                Err(e) => Err(e),
+                Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
             },
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Err(e) => Err(vec![e]),
