@@ -12,8 +12,9 @@ mod exchanger;
 mod info;
 mod notify;
 mod resolve;
+mod socket;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use self::control::Control;
 use self::exchanger::AwsExchanger;
 use self::resolve::resolve;
+use self::socket::SocketBinding;
 use crate::cli::exit;
 use crate::config::{self, Config};
 use crate::keystore::KeyStore;
@@ -169,27 +171,6 @@ impl Rejections for ManagerRejections {
     }
 }
 
-/// The socket as bound, so that a removed socket file (or directory) can be noticed and bound
-/// again with the same mode and group.
-struct SocketBinding {
-    path: PathBuf,
-    mode: u32,
-    gid: Option<u32>,
-    /// (device, inode) of the socket file this daemon bound.
-    id: Option<(u64, u64)>,
-    /// Hands a new listener to the server.
-    rebind: mpsc::Sender<tokio::net::UnixListener>,
-    /// Something else sits at the path and was already reported.
-    foreign_reported: bool,
-}
-
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
 struct Daemon {
     opts: RunOptions,
     socket: SocketBinding,
@@ -233,14 +214,16 @@ impl Daemon {
         // A change made between the first read and the watch is seen by this check (it reloads
         // only if the files differ from what was read).
         let _ = control_tx.try_send(Control::Reload(control::Trigger::FileEvent));
-        let listener = match server::bind(&socket, cfg.settings.socket.mode, gid) {
-            Ok(l) => l,
-            Err(e) => {
-                error!(path = %socket.display(), "{e}");
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
-        };
+        let (rebind, rebound) = mpsc::channel(1);
+        let (socket_binding, listener) =
+            match SocketBinding::bind(&socket, cfg.settings.socket.mode, gid, rebind) {
+                Ok(bound) => bound,
+                Err(e) => {
+                    error!(path = %socket.display(), "{e}");
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
 
         let shutdown = CancellationToken::new();
         let store = Arc::new(KeyStore::new());
@@ -288,8 +271,6 @@ impl Daemon {
             shutdown: shutdown.clone(),
         });
         applied.exchanger.publish_environment(state.clone());
-        let socket_id = file_id(&socket);
-        let (rebind, rebound) = mpsc::channel(1);
         let server = tokio::spawn(server::serve_rebindable(
             listener,
             rebound,
@@ -306,14 +287,7 @@ impl Daemon {
 
         let sinks = start_sinks(&applied.sinks, &state);
         let mut daemon = Daemon {
-            socket: SocketBinding {
-                path: socket.clone(),
-                mode: cfg.settings.socket.mode,
-                gid,
-                id: socket_id,
-                rebind,
-                foreign_reported: false,
-            },
+            socket: socket_binding,
             opts,
             log,
             state,
@@ -325,6 +299,7 @@ impl Daemon {
         };
         let code = daemon.control_loop(control_rx, control_tx).await;
         daemon.files.watch = None;
+        daemon.socket.unwatch();
 
         notify::stopping();
         info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
@@ -332,10 +307,8 @@ impl Daemon {
         let grace = daemon.opts.grace;
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
         daemon.manager.wait().await;
-        // Only our own socket: the path may hold another daemon's by now (see ensure_socket).
-        if file_id(&socket).is_some() && file_id(&socket) == daemon.socket.id {
-            remove_socket(&socket);
-        }
+        // Only our own socket: the path may hold another daemon's by now.
+        daemon.socket.own().remove();
         info!("Stopped.");
         code
     }
@@ -345,46 +318,25 @@ impl Daemon {
         mut rx: mpsc::Receiver<Control>,
         tx: mpsc::Sender<Control>,
     ) -> u8 {
-        let watch_socket = |tx: mpsc::Sender<Control>, path: &Path| match control::watch_socket(
-            path, tx,
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "Cannot watch the socket file; if it is removed, SIGHUP binds it again.");
-                None
-            }
-        };
-        let mut socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        self.socket.watch(&tx);
         // Whatever happened to the socket before the watch began is only seen by a check.
-        if self.ensure_socket().await {
-            socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-        }
+        self.socket.check(&tx).await;
         while let Some(c) = rx.recv().await {
             match c {
                 Control::Reload(trigger) => {
                     self.reload(trigger, &tx).await;
-                    if self.ensure_socket().await {
-                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-                    }
+                    self.socket.check(&tx).await;
                 }
-                Control::CheckSocket => {
-                    if self.ensure_socket().await {
-                        // The old watch ended with the directory it was on.
-                        drop(socket_watcher.take());
-                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-                    }
-                }
+                Control::CheckSocket => self.socket.check(&tx).await,
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
-                    let (socket, id) = (self.socket.path.clone(), self.socket.id);
+                    let socket = self.socket.own();
                     tokio::spawn(async move {
                         while let Some(c) = rx.recv().await {
                             if c == Control::Shutdown {
                                 warn!("Second stop signal: exiting now.");
                                 // Only our own socket, as on a graceful stop.
-                                if id.is_some() && file_id(&socket) == id {
-                                    remove_socket(&socket);
-                                }
+                                socket.remove();
                                 std::process::exit(i32::from(exit::FAILURE));
                             }
                         }
@@ -394,75 +346,6 @@ impl Daemon {
             }
         }
         exit::OK
-    }
-
-    /// Checks that the socket file this daemon bound is still at its path, and binds it again
-    /// when it (or its directory) was removed: consumers find the daemon where they expect it
-    /// without a restart. Something else at the path is left alone and reported once. Returns
-    /// whether the socket was bound again.
-    async fn ensure_socket(&mut self) -> bool {
-        let path = self.socket.path.clone();
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => {
-                use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                let ours = meta.file_type().is_socket()
-                    && self.socket.id == Some((meta.dev(), meta.ino()));
-                if !ours && !self.socket.foreign_reported {
-                    error!(path = %path.display(), "The socket path now holds a file this daemon did not create; leaving it alone. Consumers cannot reach this daemon there: remove that file (the socket is then bound again) or restart the daemon.");
-                    self.socket.foreign_reported = true;
-                }
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match server::bind(&path, self.socket.mode, self.socket.gid) {
-                    Ok(listener) => {
-                        self.socket.id = file_id(&path);
-                        self.socket.foreign_reported = false;
-                        if self.socket.rebind.send(listener).await.is_err() {
-                            return false;
-                        }
-                        warn!(path = %path.display(), "The socket file was removed; bound it again. Consumers can connect again.");
-                        true
-                    }
-                    Err(e) => {
-                        error!(path = %path.display(), "The socket file was removed and cannot be bound again: {e}. Consumers cannot connect until this is fixed; the next SIGHUP tries again.");
-                        false
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "Cannot check the socket file.");
-                false
-            }
-        }
-    }
-
-    /// Applies a changed `socket.mode` or `socket.group`: a new socket with the new permissions
-    /// replaces the old one at the same path (see [`server::rebind`]); connections already
-    /// open are served to their end.
-    async fn apply_socket_permissions(
-        &mut self,
-        mode: u32,
-        gid: Option<u32>,
-    ) -> Result<(), Vec<String>> {
-        if (mode, gid) == (self.socket.mode, self.socket.gid) {
-            return Ok(());
-        }
-        let path = self.socket.path.clone();
-        let listener = server::rebind(&path, mode, gid).map_err(|e| {
-            vec![format!(
-                "socket.mode/socket.group: the new permissions cannot be applied: {e}"
-            )]
-        })?;
-        self.socket.mode = mode;
-        self.socket.gid = gid;
-        self.socket.id = file_id(&path);
-        self.socket.foreign_reported = false;
-        if self.socket.rebind.send(listener).await.is_err() {
-            return Err(vec!["the server has stopped".to_owned()]);
-        }
-        info!(path = %path.display(), mode = format!("{mode:04o}"), gid = ?gid, "Applied the new socket mode and group.");
-        Ok(())
     }
 
     async fn reload(&mut self, trigger: control::Trigger, tx: &mpsc::Sender<Control>) {
@@ -516,9 +399,11 @@ impl Daemon {
             Ok(Ok(cfg)) => match resolve(&cfg) {
                 // The socket first, since it can fail: nothing else changes if it does.
                 Ok(a) => self
-                    .apply_socket_permissions(a.socket_mode, a.socket_gid)
+                    .socket
+                    .apply_permissions(a.socket_mode, a.socket_gid)
                     .await
-                    .map(|()| (cfg, a)),
+                    .map(|()| (cfg, a))
+                    .map_err(|e| vec![e]),
                 Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
             },
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
@@ -637,12 +522,4 @@ fn start_sinks(specs: &[SinkSpec], state: &ServerState) -> CancellationToken {
         }
     }
     token
-}
-
-fn remove_socket(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(path = %path.display(), error = %e, "Cannot remove the socket file.");
-    }
 }
