@@ -28,7 +28,7 @@ use self::exchanger::AwsExchanger;
 use self::resolve::resolve;
 use self::socket::SocketBinding;
 use crate::cli::exit;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigErrors};
 use crate::keystore::KeyStore;
 use crate::lifecycle::{Manager, ManagerHandle, RejectOutcome};
 use crate::logging::{self, LogHandle};
@@ -50,31 +50,89 @@ pub struct RunOptions {
 
 /// Runs the daemon to completion and returns the process exit code.
 pub fn run(opts: RunOptions) -> u8 {
+    match start_and_serve(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid, or does not resolve on this host (an unknown user or
+    /// group): nothing was started.
+    #[error("invalid configuration; nothing was started:\n{0}")]
+    Config(ConfigErrors),
+    /// The log level or format cannot be set up.
+    #[error("{0}")]
+    Logging(String),
+    /// The async runtime cannot be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The socket cannot be bound.
+    #[error("{cause}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why (its text is this error's text).
+        cause: server::BindError,
+    },
+}
+
+impl StartError {
+    /// The process exit code: 78 (`EX_CONFIG`) for what the operator fixes in the
+    /// configuration, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Logging(_) => exit::CONFIG,
+            StartError::Runtime(_) | StartError::Signals(_) | StartError::Bind { .. } => {
+                exit::FAILURE
+            }
+        }
+    }
+
+    /// Tells the operator: on stderr, and in the log once logging is set up.
+    fn report(&self) {
+        match self {
+            StartError::Config(errors) => {
+                // Before logging is set up (a load error) these go nowhere.
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                eprintln!("error: {self}");
+            }
+            StartError::Logging(_) | StartError::Signals(_) => eprintln!("error: {self}"),
+            StartError::Runtime(e) => error!(error = %e, "Cannot start the async runtime."),
+            StartError::Bind { path, cause } => {
+                error!(path = %path.display(), "{cause}");
+                eprintln!("error: {self}");
+            }
+        }
+    }
+}
+
+/// Loads the configuration, sets up logging and the runtime, starts the daemon and serves
+/// until it stops.
+fn start_and_serve(opts: RunOptions) -> Result<u8, StartError> {
     let env = |k: &str| std::env::var(k).ok();
     // Taken before the files are read: a change made while they are read then differs from it,
     // and the first file event after start-up reloads it (see `Daemon::start`).
     let base = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
     let fingerprint = control::fingerprint(&base);
-    let cfg = match config::load(&opts.paths, &env) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("error: invalid configuration; nothing was started:\n{errors}");
-            return exit::CONFIG;
-        }
-    };
+    let cfg = config::load(&opts.paths, &env).map_err(StartError::Config)?;
     let format = match cfg.settings.log.format {
         config::LogFormat::Json => logging::Format::Json,
         config::LogFormat::Text => logging::Format::Text,
     };
-    let log = match logging::init(&cfg.settings.log.level, format) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
-    };
+    let log = logging::init(&cfg.settings.log.level, format).map_err(StartError::Logging)?;
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         // Two workers: the work is tiny, and the machine this runs beside the Agent on is
         // shared; more threads would only cost memory.
         .worker_threads(2)
@@ -83,13 +141,7 @@ pub fn run(opts: RunOptions) -> u8 {
         .thread_keep_alive(Duration::from_secs(1))
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "Cannot start the async runtime.");
-            return exit::FAILURE;
-        }
-    };
+        .map_err(StartError::Runtime)?;
     let watched = watched_files(&opts.paths, &cfg);
     let fingerprint = if watched == base {
         fingerprint
@@ -101,7 +153,10 @@ pub fn run(opts: RunOptions) -> u8 {
         fingerprint,
         watch: None,
     };
-    let code = runtime.block_on(Daemon::start(opts, cfg, files, log));
+    let code = runtime.block_on(async {
+        let (daemon, running) = Daemon::start(opts, cfg, files, log).await?;
+        Ok(daemon.serve(running).await)
+    });
     // Don't wait for stray blocking tasks (a hung credential file read) at exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -171,6 +226,19 @@ impl Rejections for ManagerRejections {
     }
 }
 
+/// What runs beside the [`Daemon`] once it started.
+struct Running {
+    /// Signals, file and socket events.
+    control_rx: mpsc::Receiver<Control>,
+    /// Handed to the watches the control loop (re)creates.
+    control_tx: mpsc::Sender<Control>,
+    /// The server task; it ends within the grace period after `shutdown`.
+    server: tokio::task::JoinHandle<()>,
+    /// Stops the server, the refresh manager, the sinks and the watchdog.
+    shutdown: CancellationToken,
+}
+
+/// The running daemon's state: what the control loop reads and replaces on reload.
 struct Daemon {
     opts: RunOptions,
     socket: SocketBinding,
@@ -186,44 +254,37 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(opts: RunOptions, cfg: Config, mut files: WatchedFiles, log: LogHandle) -> u8 {
+    /// Starts everything: signal handlers and watches first, then the socket, the refresh
+    /// manager, the server and the sinks; then tells systemd `READY=1`.
+    async fn start(
+        opts: RunOptions,
+        cfg: Config,
+        mut files: WatchedFiles,
+        log: LogHandle,
+    ) -> Result<(Daemon, Running), StartError> {
         for w in &cfg.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
-        let applied = match resolve(&cfg) {
-            Ok(a) => a,
-            Err(errors) => {
-                for e in &errors.0 {
-                    error!("{e}");
-                }
-                eprintln!("error: invalid configuration; nothing was started:\n{errors}");
-                return exit::CONFIG;
-            }
-        };
+        let applied = resolve(&cfg).map_err(StartError::Config)?;
         let socket = socket_path(&opts, &cfg);
         let gid = applied.socket_gid;
         // Signal handlers and the file watcher exist before anyone can learn we are up (the
         // socket, READY=1): a SIGHUP sent right after start must reload, not kill us, and an
         // edit made right after start must not be missed.
         let (control_tx, control_rx) = mpsc::channel(16);
-        if let Err(e) = control::spawn_signals(control_tx.clone()) {
-            eprintln!("error: cannot install signal handlers: {e}");
-            return exit::FAILURE;
-        }
+        control::spawn_signals(control_tx.clone()).map_err(StartError::Signals)?;
         files.watch = watch_config(&files.paths, &control_tx);
         // A change made between the first read and the watch is seen by this check (it reloads
         // only if the files differ from what was read).
         let _ = control_tx.try_send(Control::Reload(control::Trigger::FileEvent));
         let (rebind, rebound) = mpsc::channel(1);
         let (socket_binding, listener) =
-            match SocketBinding::bind(&socket, cfg.settings.socket.mode, gid, rebind) {
-                Ok(bound) => bound,
-                Err(e) => {
-                    error!(path = %socket.display(), "{e}");
-                    eprintln!("error: {e}");
-                    return exit::FAILURE;
-                }
-            };
+            SocketBinding::bind(&socket, cfg.settings.socket.mode, gid, rebind).map_err(
+                |cause| StartError::Bind {
+                    path: socket.clone(),
+                    cause,
+                },
+            )?;
 
         let shutdown = CancellationToken::new();
         let store = Arc::new(KeyStore::new());
@@ -236,25 +297,7 @@ impl Daemon {
         );
         manager.apply(applied.plans, applied.timing);
 
-        let info = DaemonInfo {
-            config_path: opts.paths.config.display().to_string(),
-            settings_path: opts.paths.settings.display().to_string(),
-            socket_path: socket.display().to_string(),
-            started_at: Some(SystemTime::now()),
-            config_loaded_at: Some(SystemTime::now()),
-            config_warnings: cfg
-                .warnings
-                .iter()
-                .map(|w| format!("{}: {}", w.key, w.message))
-                .collect(),
-            proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
-            // Detection runs in the background; status says so until it is published.
-            environment: EnvironmentStatus {
-                kind: "detecting".to_owned(),
-                ..EnvironmentStatus::default()
-            },
-            ..DaemonInfo::default()
-        };
+        let info = initial_info(&opts, &cfg, &socket);
         let state = Arc::new(ServerState {
             store: store.clone(),
             metrics,
@@ -286,7 +329,7 @@ impl Daemon {
         notify::spawn_watchdog(shutdown.clone());
 
         let sinks = start_sinks(&applied.sinks, &state);
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             socket: socket_binding,
             opts,
             log,
@@ -297,18 +340,32 @@ impl Daemon {
             files,
             sinks,
         };
-        let code = daemon.control_loop(control_rx, control_tx).await;
-        daemon.files.watch = None;
-        daemon.socket.unwatch();
+        let running = Running {
+            control_rx,
+            control_tx,
+            server,
+            shutdown,
+        };
+        Ok((daemon, running))
+    }
+
+    /// Serves until a stop signal, then stops: no new connections, in-flight requests get the
+    /// grace period, the refresh manager ends, our socket is removed. Returns the exit code.
+    async fn serve(mut self, running: Running) -> u8 {
+        let code = self
+            .control_loop(running.control_rx, running.control_tx)
+            .await;
+        self.files.watch = None;
+        self.socket.unwatch();
 
         notify::stopping();
         info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
-        shutdown.cancel();
-        let grace = daemon.opts.grace;
-        let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
-        daemon.manager.wait().await;
+        running.shutdown.cancel();
+        let grace = self.opts.grace;
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), running.server).await;
+        self.manager.wait().await;
         // Only our own socket: the path may hold another daemon's by now.
-        daemon.socket.own().remove();
+        self.socket.own().remove();
         info!("Stopped.");
         code
     }
@@ -474,6 +531,29 @@ impl Daemon {
     }
 }
 
+/// The status document's daemon part at start-up.
+fn initial_info(opts: &RunOptions, cfg: &Config, socket: &std::path::Path) -> DaemonInfo {
+    DaemonInfo {
+        config_path: opts.paths.config.display().to_string(),
+        settings_path: opts.paths.settings.display().to_string(),
+        socket_path: socket.display().to_string(),
+        started_at: Some(SystemTime::now()),
+        config_loaded_at: Some(SystemTime::now()),
+        config_warnings: cfg
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.key, w.message))
+            .collect(),
+        proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
+        // Detection runs in the background; status says so until it is published.
+        environment: EnvironmentStatus {
+            kind: "detecting".to_owned(),
+            ..EnvironmentStatus::default()
+        },
+        ..DaemonInfo::default()
+    }
+}
+
 /// Settings a reload cannot apply to the running daemon, changed between `old` and `new`: the
 /// socket's path (consumers find the daemon where it is), the server's limits (fixed for the
 /// connections and the accept loop they bound) and the log format (the subscriber is installed
@@ -522,4 +602,39 @@ fn start_sinks(specs: &[SinkSpec], state: &ServerState) -> CancellationToken {
         }
     }
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_exit_78_for_configuration_and_1_otherwise() {
+        let io = || std::io::Error::other("x");
+        let config = StartError::Config(ConfigErrors(vec![config::Problem::new(
+            std::path::Path::new("/a.yaml"),
+            "k",
+            "bad",
+            "fix it",
+        )]));
+        assert_eq!(config.exit_code(), exit::CONFIG);
+        assert_eq!(
+            config.to_string(),
+            "invalid configuration; nothing was started:\n/a.yaml: k: bad; fix: fix it"
+        );
+        assert_eq!(StartError::Logging("x".into()).exit_code(), exit::CONFIG);
+        assert_eq!(StartError::Runtime(io()).exit_code(), exit::FAILURE);
+        assert_eq!(StartError::Signals(io()).exit_code(), exit::FAILURE);
+        let bind = StartError::Bind {
+            path: "/run/x.sock".into(),
+            cause: server::BindError::NotASocket {
+                path: "/run/x.sock".into(),
+            },
+        };
+        assert_eq!(bind.exit_code(), exit::FAILURE);
+        assert!(
+            bind.to_string()
+                .starts_with("/run/x.sock exists and is not a socket")
+        );
+    }
 }
