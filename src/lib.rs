@@ -10,7 +10,10 @@
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
-//! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
+//! - [`daemon`]: `run`: start-up ([`daemon::StartError`]), the control loop (signals, file
+//!   watching, reload), shutdown; `resolve` (the validated configuration resolved on this host,
+//!   problems with file and line), `socket` (the socket supervisor: rebind, our own socket only),
+//!   `info` (race-free updates of the status document), `exchanger`, `control`, `notify`.
 //! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.

@@ -6,6 +6,12 @@
 //! configuration completely before anything changes (an invalid one keeps the old config, is
 //! logged, counted and shown in status); the first SIGTERM/SIGINT starts a graceful stop, a
 //! second one exits at once.
+//!
+//! - `resolve`: the build step after validation (user and group names, the
+//!   exchanger); it is what a reload can still fail on, before anything changes.
+//! - `socket`: the socket supervisor.
+//! - `info`: updates of the status document's daemon part that never lose a concurrent one.
+//! - `exchanger`: the real exchanger; [`control`]: signals and file events; `notify`: systemd.
 
 pub mod control;
 mod exchanger;

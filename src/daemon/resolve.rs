@@ -163,64 +163,49 @@ fn spec(s: &config::SinkSettings, gid: Option<u32>) -> SinkSpec {
     }
 }
 
-/// A problem about the user or group at `key` of the settings file, at its line.
-fn id_problem(cfg: &Config, key: &str, name: &str, message: String, fix: &str) -> Problem {
-    Problem::new(&cfg.paths.settings, key, message, fix)
-        .at(cfg.settings.id_lines.get(key).copied())
-        .value(name)
-}
-
 /// Resolves a user name or number; a name that does not resolve is a problem at `key`.
 fn uid(cfg: &Config, id: &IdRef, key: &str, problems: &mut Vec<Problem>) -> Option<u32> {
-    let name = match id {
-        IdRef::Id(n) => return Some(*n),
-        IdRef::Name(name) => name,
-    };
-    let problem = match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => return Some(u.uid.as_raw()),
-        Ok(None) => id_problem(
-            cfg,
-            key,
-            name,
-            "no user of that name exists on this host".to_owned(),
-            "create the user or use a numeric uid",
-        ),
-        Err(e) => id_problem(
-            cfg,
-            key,
-            name,
-            format!("cannot look up the user: {e}"),
-            "check the host's user database (NSS), or use a numeric uid",
-        ),
-    };
-    problems.push(problem);
-    None
+    let lookup = |name: &str| nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()));
+    host_id(cfg, id, key, ("user", "uid"), lookup, problems)
 }
 
 /// Resolves a group name or number; a name that does not resolve is a problem at `key`.
 fn gid(cfg: &Config, id: &IdRef, key: &str, problems: &mut Vec<Problem>) -> Option<u32> {
+    let lookup =
+        |name: &str| nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()));
+    host_id(cfg, id, key, ("group", "gid"), lookup, problems)
+}
+
+/// Resolves a user or group (`what`: its noun and the numeric id's name) through `lookup`; a
+/// name that does not resolve is a problem at `key`, at its line in the settings file.
+fn host_id(
+    cfg: &Config,
+    id: &IdRef,
+    key: &str,
+    (noun, number): (&str, &str),
+    lookup: impl Fn(&str) -> nix::Result<Option<u32>>,
+    problems: &mut Vec<Problem>,
+) -> Option<u32> {
     let name = match id {
         IdRef::Id(n) => return Some(*n),
         IdRef::Name(name) => name,
     };
-    let problem = match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => return Some(g.gid.as_raw()),
-        Ok(None) => id_problem(
-            cfg,
-            key,
-            name,
-            "no group of that name exists on this host".to_owned(),
-            "create the group or use a numeric gid",
+    let (message, fix) = match lookup(name) {
+        Ok(Some(n)) => return Some(n),
+        Ok(None) => (
+            format!("no {noun} of that name exists on this host"),
+            format!("create the {noun} or use a numeric {number}"),
         ),
-        Err(e) => id_problem(
-            cfg,
-            key,
-            name,
-            format!("cannot look up the group: {e}"),
-            "check the host's group database (NSS), or use a numeric gid",
+        Err(e) => (
+            format!("cannot look up the {noun}: {e}"),
+            format!("check the host's {noun} database (NSS), or use a numeric {number}"),
         ),
     };
-    problems.push(problem);
+    problems.push(
+        Problem::new(&cfg.paths.settings, key, message, fix)
+            .at(cfg.settings.id_lines.get(key).copied())
+            .value(name),
+    );
     None
 }
 
