@@ -6,6 +6,7 @@
 //!
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
+//! - [`check_config`]: `check-config`, the summary of a loaded configuration (or its problems).
 //! - [`cli`]: the command line; each command a small function returning an exit code.
 //! - [`client`]: the CLI's HTTP client for the socket.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
@@ -34,6 +35,7 @@
 
 pub mod arn_pattern;
 pub mod aws;
+pub mod check_config;
 pub mod cli;
 pub mod client;
 pub mod config;
