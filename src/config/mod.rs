@@ -9,7 +9,8 @@
 //! Module layout:
 //! - `node`: a position-aware YAML tree for the Agent's file (which may hold anything);
 //! - `env`: the Agent's `DD_*` environment overrides, grafted into that tree;
-//! - `agent`: reads our keys from the tree and names the instances (product §6);
+//! - `agent`: reads our keys from the tree, one function per section;
+//! - `instances`: names the served instances and their fallback chains (product §6);
 //! - [`dela`]: the `DELA[...]`/`DELA(...)` directive parser (wire spec §4.4, §10.1);
 //! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
 //! - `problem`: [`Problem`] and [`ConfigErrors`];
@@ -20,6 +21,7 @@
 mod agent;
 pub mod dela;
 mod env;
+mod instances;
 mod node;
 mod problem;
 pub mod proxy;
