@@ -12,7 +12,8 @@
 //! - `agent`: reads our keys from the tree, one function per section;
 //! - `instances`: names the served instances and their fallback chains (product §6);
 //! - [`dela`]: the `DELA[...]`/`DELA(...)` directive parser (wire spec §4.4, §10.1);
-//! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`;
+//! - `settings`: the raw serde structs and validation of `delegated-auth.yaml`, one file per
+//!   section (`settings/{socket,access,refresh,sinks,log}.rs`);
 //! - `problem`: [`Problem`] and [`ConfigErrors`];
 //! - [`proxy`]: the one proxy resolver (wire spec §10.4).
 //!
