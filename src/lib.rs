@@ -9,12 +9,16 @@
 //!
 //! - [`arn_pattern`]: ARN patterns of intake mappings (the seed's wildcard rules).
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
+//! - [`check_config`]: `check-config`, the summary of a loaded configuration (or its problems).
 //! - [`cli`]: the command line; each command a small function returning an exit code.
 //! - [`client`]: the socket's client side: one request, and [`client::KeyClient`] (a key with
 //!   waiting, and the stream of its rotations) for `get`, `secret-helper` and `exec`.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
-//! - [`daemon`]: `run`: start-up, the control loop (signals, file watching, reload), shutdown.
+//! - [`daemon`]: `run`: start-up ([`daemon::StartError`]), the control loop (signals, file
+//!   watching, reload), shutdown; `resolve` (the validated configuration resolved on this host,
+//!   problems with file and line), `socket` (the socket supervisor: rebind, our own socket only),
+//!   `info` (race-free updates of the status document), `exchanger`, `control`, `notify`.
 //! - [`doctor`]: `doctor`, the operator's end-to-end check of identity, clock, STS and exchange.
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.
@@ -40,6 +44,7 @@
 
 pub mod arn_pattern;
 pub mod aws;
+pub mod check_config;
 pub mod cli;
 pub mod client;
 pub mod config;

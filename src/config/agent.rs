@@ -1,4 +1,6 @@
-//! Reading the Agent's keys out of `datadog.yaml` (product §2.1) and naming instances (§6).
+//! Reading the Agent's keys out of `datadog.yaml` (product §2.1), one function per section
+//! (endpoint, proxy, TLS, IMDS, global `delegated_auth`); the instances are named in
+//! [`super::instances`].
 //!
 //! Input is the loose tree of `node.rs` with environment overrides already grafted in. Only the
 //! keys listed in the product definition are read; everything else in the file is ignored,
@@ -10,16 +12,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::dela;
-use super::env::PRODUCT_SECTIONS;
+use super::instances;
 use super::node::{Entry, Node, Value};
 use super::problem::{Problem, Problems};
-use super::{AgentConfig, DelegatedSpec, InstanceSpec, Provider, ProxyConfig};
+use super::{AgentConfig, InstanceSpec, Provider, ProxyConfig};
 use crate::secret::Secret;
 
 /// Default `site` (the Agent's).
 pub const DEFAULT_SITE: &str = "datadoghq.com";
 /// Default `refresh_interval_mins` (wire spec §3.1).
 pub const DEFAULT_REFRESH_MINS: i64 = 60;
+/// [`DEFAULT_REFRESH_MINS`] as a duration: the refresh interval of an instance that sets none.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = minutes(DEFAULT_REFRESH_MINS);
 /// Largest refresh interval accepted from `datadog.yaml`; larger values are clamped with a
 /// warning. A week is far beyond any sensible key lifetime, and the bound keeps timer
 /// arithmetic far from overflow.
@@ -40,11 +44,6 @@ const GLOBAL_DA_KEYS: [&str; 5] = [
     "refresh_interval_mins",
     "startup_timeout_secs",
 ];
-/// Keys the Agent defines in a product section's `delegated_auth` block. `provider` and `aws`
-/// are bound there too but are global-only (the user doc says so): they get their own warning
-/// instead of the "unknown key" one.
-const PRODUCT_DA_KEYS: [&str; 4] = ["org_uuid", "refresh_interval_mins", "provider", "aws"];
-
 /// The contents of `fallback_api_key_file`, read by the loader.
 #[derive(Debug, Clone)]
 pub(crate) struct FallbackFile {
@@ -58,7 +57,7 @@ pub(crate) struct Reader<'a> {
 }
 
 /// What a key slot (`api_key`, `<section>.api_key`) holds.
-enum Slot {
+pub(super) enum Slot {
     Absent,
     /// `ENC[...]`: a secret-backend handle. Never used as a key.
     Handle,
@@ -84,7 +83,7 @@ impl Reader<'_> {
 
     /// The value of `key` in mapping `parent` (case-insensitive). `None` when absent, or when
     /// the parent is not a mapping (already reported by [`Reader::section`]).
-    fn child<'n>(
+    pub(super) fn child<'n>(
         &mut self,
         parent: Option<&'n Node>,
         parent_path: &str,
@@ -127,7 +126,7 @@ impl Reader<'_> {
     }
 
     /// A node that must be a mapping (or absent/null).
-    fn section<'n>(&mut self, node: Option<&'n Node>, path: &str) -> Option<&'n Node> {
+    pub(super) fn section<'n>(&mut self, node: Option<&'n Node>, path: &str) -> Option<&'n Node> {
         let node = node?;
         match &node.value {
             Value::Map(_) => Some(node),
@@ -147,7 +146,12 @@ impl Reader<'_> {
 
     /// A string value, trimmed; empty and null are `None`. `secret` keeps the value out of the
     /// problem report.
-    fn string(&mut self, node: Option<&Node>, path: &str, secret: bool) -> Option<String> {
+    pub(super) fn string(
+        &mut self,
+        node: Option<&Node>,
+        path: &str,
+        secret: bool,
+    ) -> Option<String> {
         let node = node?;
         match &node.value {
             Value::Null => None,
@@ -172,7 +176,7 @@ impl Reader<'_> {
     }
 
     /// A boolean the way the Agent parses env values: `true`/`false`/`1`/`0`, any case.
-    fn boolean(&mut self, node: Option<&Node>, path: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, node: Option<&Node>, path: &str) -> Option<bool> {
         let node = node?;
         let text = self.string(Some(node), path, false)?;
         match parse_bool(&text) {
@@ -193,7 +197,7 @@ impl Reader<'_> {
     }
 
     /// An integer.
-    fn integer(&mut self, node: Option<&Node>, path: &str) -> Option<i64> {
+    pub(super) fn integer(&mut self, node: Option<&Node>, path: &str) -> Option<i64> {
         let node = node?;
         let text = self.string(Some(node), path, false)?;
         match text.parse::<i64>() {
@@ -215,7 +219,7 @@ impl Reader<'_> {
 
     /// A list of strings: a YAML list of scalars, or (as the Agent casts it) one string of
     /// space-separated words.
-    fn words(&mut self, node: Option<&Node>, path: &str) -> Option<Vec<String>> {
+    pub(super) fn words(&mut self, node: Option<&Node>, path: &str) -> Option<Vec<String>> {
         let node = node?;
         match &node.value {
             Value::Null => None,
@@ -245,7 +249,7 @@ impl Reader<'_> {
     }
 
     /// Warns about keys of a `delegated_auth` block the Agent does not define there.
-    fn warn_unknown_keys(&mut self, section: Option<&Node>, path: &str, known: &[&str]) {
+    pub(super) fn warn_unknown_keys(&mut self, section: Option<&Node>, path: &str, known: &[&str]) {
         let Some(Value::Map(entries)) = section.map(|n| &n.value) else {
             return;
         };
@@ -267,7 +271,7 @@ impl Reader<'_> {
         }
     }
 
-    fn key_slot(&mut self, node: Option<&Node>, path: &str) -> Slot {
+    pub(super) fn key_slot(&mut self, node: Option<&Node>, path: &str) -> Slot {
         let Some(text) = self.string(node, path, true) else {
             return Slot::Absent;
         };
@@ -295,7 +299,7 @@ impl Reader<'_> {
     }
 
     /// A validated org UUID (hyphenated form, as the Agent and Datadog show it).
-    fn org_uuid(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
+    pub(super) fn org_uuid(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
         let text = self.string(node, path, false)?;
         if is_uuid(&text) {
             return Some(text);
@@ -316,7 +320,7 @@ impl Reader<'_> {
     }
 
     /// A region, checked against `^[a-z0-9-]+$`.
-    fn region(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
+    pub(super) fn region(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
         let text = self.string(node, path, false)?;
         if is_region(&text) {
             return Some(text);
@@ -336,7 +340,7 @@ impl Reader<'_> {
     }
 
     /// A refresh interval in minutes: `<= 0` becomes the default, too large is clamped; both warn.
-    fn refresh_mins(&mut self, node: Option<&Node>, path: &str, default: i64) -> i64 {
+    pub(super) fn refresh_mins(&mut self, node: Option<&Node>, path: &str, default: i64) -> i64 {
         let Some(mins) = self.integer(node, path) else {
             return default;
         };
@@ -408,14 +412,6 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// How a fallback was found, for `fallback_origin`.
-fn origin(path: &str, node: Option<&Node>) -> String {
-    match node.and_then(|n| n.env.as_deref()) {
-        Some(var) => format!("{path} (env {var})"),
-        None => path.to_owned(),
-    }
-}
-
 pub use crate::secret::redact_userinfo as redact_url_credentials;
 
 /// Everything read from `datadog.yaml`.
@@ -424,7 +420,8 @@ pub(crate) struct AgentRead {
     pub(crate) instances: Vec<InstanceSpec>,
 }
 
-/// Reads the Agent's keys and builds the instances.
+/// Reads the Agent's keys, one section at a time, and builds the instances
+/// ([`super::instances`]).
 pub(crate) fn read(
     root: &Node,
     file: &Path,
@@ -433,8 +430,40 @@ pub(crate) fn read(
 ) -> AgentRead {
     let mut r = Reader { file, problems };
     let root = Some(root);
+    let endpoint = read_endpoint(&mut r, root);
+    let proxy = read_proxy(&mut r, root);
+    let skip_ssl_validation = read_tls(&mut r, root);
+    let imds = read_imds(&mut r, root);
+    let auth = read_global_auth(&mut r, root);
+    let instances = instances::read(&mut r, root, &auth, &endpoint.infra_endpoint, fallback_file);
+    let agent = AgentConfig {
+        site: endpoint.site,
+        dd_url: endpoint.dd_url,
+        infra_endpoint: endpoint.infra_endpoint,
+        proxy,
+        proxy_in_effect: super::proxy::ProxyInEffect::default(),
+        convert_dd_site_fqdn: endpoint.convert_dd_site_fqdn,
+        skip_ssl_validation,
+        cloud_provider_metadata: imds.cloud_provider_metadata,
+        ec2_metadata_timeout: imds.timeout,
+        ec2_prefer_imdsv2: imds.prefer_imdsv2,
+        ec2_metadata_token_lifetime: imds.token_lifetime,
+        provider: auth.provider,
+        aws_region: auth.aws_region,
+    };
+    AgentRead { agent, instances }
+}
 
-    // --- endpoint, proxy, TLS, IMDS ---
+/// Where the Datadog API is: `site`, `dd_url`, `convert_dd_site_fqdn`.
+struct Endpoint {
+    site: String,
+    dd_url: Option<String>,
+    convert_dd_site_fqdn: bool,
+    /// The API base exchanges go to unless an entry names its own.
+    infra_endpoint: String,
+}
+
+fn read_endpoint(r: &mut Reader<'_>, root: Option<&Node>) -> Endpoint {
     let site_node = r.child(root, "", "site");
     let site = match r.string(site_node, "site", false) {
         Some(site)
@@ -475,7 +504,16 @@ pub(crate) fn read(
             format!("https://app.{site}")
         }
     });
+    Endpoint {
+        site,
+        dd_url,
+        convert_dd_site_fqdn,
+        infra_endpoint,
+    }
+}
 
+/// `proxy.http`, `proxy.https`, `proxy.no_proxy`.
+fn read_proxy(r: &mut Reader<'_>, root: Option<&Node>) -> ProxyConfig {
     let proxy_node = r.child(root, "", "proxy");
     let proxy_section = r.section(proxy_node, "proxy");
     let mut proxy = ProxyConfig::default();
@@ -516,7 +554,11 @@ pub(crate) fn read(
     let no_proxy_node = r.child(proxy_section, "proxy", "no_proxy");
     proxy.no_proxy = r.words(no_proxy_node, "proxy.no_proxy").unwrap_or_default();
     proxy.no_proxy_var = no_proxy_node.and_then(|n| n.env.clone());
+    proxy
+}
 
+/// `skip_ssl_validation` (a warning when set).
+fn read_tls(r: &mut Reader<'_>, root: Option<&Node>) -> bool {
     let ssl_node = r.child(root, "", "skip_ssl_validation");
     let skip_ssl_validation = r.boolean(ssl_node, "skip_ssl_validation").unwrap_or(false);
     if skip_ssl_validation && let Some(node) = ssl_node {
@@ -529,7 +571,19 @@ pub(crate) fn read(
         );
         r.problems.warn(p);
     }
+    skip_ssl_validation
+}
 
+/// The EC2 metadata keys: `cloud_provider_metadata`, `ec2_metadata_timeout`,
+/// `ec2_prefer_imdsv2`, `ec2_metadata_token_lifetime`.
+struct Imds {
+    cloud_provider_metadata: Vec<String>,
+    timeout: Duration,
+    prefer_imdsv2: bool,
+    token_lifetime: Duration,
+}
+
+fn read_imds(r: &mut Reader<'_>, root: Option<&Node>) -> Imds {
     let cpm_node = r.child(root, "", "cloud_provider_metadata");
     let cloud_provider_metadata = r
         .words(cpm_node, "cloud_provider_metadata")
@@ -543,7 +597,7 @@ pub(crate) fn read(
 
     let timeout_node = r.child(root, "", "ec2_metadata_timeout");
     let timeout_ms = positive(
-        &mut r,
+        r,
         timeout_node,
         "ec2_metadata_timeout",
         DEFAULT_EC2_METADATA_TIMEOUT_MS,
@@ -554,15 +608,33 @@ pub(crate) fn read(
     let ec2_prefer_imdsv2 = r.boolean(prefer_node, "ec2_prefer_imdsv2").unwrap_or(false);
     let lifetime_node = r.child(root, "", "ec2_metadata_token_lifetime");
     let lifetime_secs = positive(
-        &mut r,
+        r,
         lifetime_node,
         "ec2_metadata_token_lifetime",
         DEFAULT_EC2_TOKEN_LIFETIME_SECS,
         DEFAULT_EC2_TOKEN_LIFETIME_SECS,
         "seconds, between 1 and 21600 (IMDS refuses longer tokens)",
     );
+    Imds {
+        cloud_provider_metadata,
+        timeout: Duration::from_millis(timeout_ms.unsigned_abs()),
+        prefer_imdsv2: ec2_prefer_imdsv2,
+        token_lifetime: Duration::from_secs(lifetime_secs.unsigned_abs()),
+    }
+}
 
-    // --- global delegated_auth ---
+/// The global `delegated_auth` block.
+pub(super) struct GlobalAuth {
+    /// `delegated_auth.org_uuid`: delegated auth for `api_key`.
+    pub(super) org: Option<String>,
+    pub(super) provider: Provider,
+    /// `delegated_auth.aws.region`.
+    pub(super) aws_region: Option<String>,
+    /// `delegated_auth.refresh_interval_mins`, the default of every instance.
+    pub(super) refresh_mins: i64,
+}
+
+fn read_global_auth(r: &mut Reader<'_>, root: Option<&Node>) -> GlobalAuth {
     let da_node = r.child(root, "", "delegated_auth");
     let da = r.section(da_node, "delegated_auth");
     r.warn_unknown_keys(da, "delegated_auth", &GLOBAL_DA_KEYS);
@@ -598,125 +670,12 @@ pub(crate) fn read(
         "delegated_auth.refresh_interval_mins",
         DEFAULT_REFRESH_MINS,
     );
-
-    let agent = AgentConfig {
-        site,
-        dd_url,
-        infra_endpoint: infra_endpoint.clone(),
-        proxy,
-        proxy_in_effect: super::proxy::ProxyInEffect::default(),
-        convert_dd_site_fqdn,
-        skip_ssl_validation,
-        cloud_provider_metadata,
-        ec2_metadata_timeout: Duration::from_millis(timeout_ms.unsigned_abs()),
-        ec2_prefer_imdsv2,
-        ec2_metadata_token_lifetime: Duration::from_secs(lifetime_secs.unsigned_abs()),
+    GlobalAuth {
+        org: global_org,
         provider,
-        aws_region: aws_region.clone(),
-    };
-
-    let section_target = |org: String, mins: i64| DelegatedSpec {
-        org_uuid: org,
-        exchange_target: infra_endpoint.clone(),
-        explicit_target: false,
-        region: aws_region.clone(),
-        refresh_interval: minutes(mins),
-    };
-
-    // --- instances ---
-    let mut instances = Vec::new();
-    let global_key_node = r.child(root, "", "api_key");
-    let global_slot = r.key_slot(global_key_node, "api_key");
-
-    // `api_key` always exists: with delegated auth off it still serves the static key, so
-    // consumers using `secret-helper` or the socket work the same everywhere.
-    {
-        let mut spec = InstanceSpec {
-            name: "api_key".to_owned(),
-            delegated: global_org.map(|org| section_target(org, global_refresh)),
-            fallback: None,
-            fallback_origin: None,
-            notes: Vec::new(),
-            directive_form: None,
-            invalid: None,
-            aliases: Vec::new(),
-        };
-        resolve_fallback(
-            &mut spec,
-            &[("api_key", global_key_node, &global_slot)],
-            fallback_file,
-        );
-        instances.push(spec);
+        aws_region,
+        refresh_mins: global_refresh,
     }
-
-    for section in PRODUCT_SECTIONS {
-        let section_node = r.child(root, "", section);
-        let sec = r.section(section_node, section);
-        let da_path = format!("{section}.delegated_auth");
-        let sda_node = r.child(sec, section, "delegated_auth");
-        let sda = r.section(sda_node, &da_path);
-        r.warn_unknown_keys(sda, &da_path, &PRODUCT_DA_KEYS);
-        for global_only in ["provider", "aws"] {
-            if let Some(node) = r.child(sda, &da_path, global_only) {
-                if matches!(node.value, Value::Null) {
-                    continue;
-                }
-                let path = format!("{da_path}.{global_only}");
-                let p = r.problem_at(
-                    node,
-                    &path,
-                    "provider settings are global only (per-product sections support only \
-                     org_uuid and refresh_interval_mins); this value is ignored",
-                    format!("move it to delegated_auth.{global_only}, or remove it"),
-                );
-                r.problems.warn(p);
-            }
-        }
-        let org_path = format!("{da_path}.org_uuid");
-        let org_node = r.child(sda, &da_path, "org_uuid");
-        let org_text = r.string(org_node, &org_path, false);
-        let refresh_path = format!("{da_path}.refresh_interval_mins");
-        let refresh_node = r.child(sda, &da_path, "refresh_interval_mins");
-        let mins = r.refresh_mins(refresh_node, &refresh_path, global_refresh);
-        let key_path = format!("{section}.api_key");
-        let key_node = r.child(sec, section, "api_key");
-        let slot = r.key_slot(key_node, &key_path);
-        if org_text.is_none() {
-            // Section not enabled: no instance (the Agent uses its static key directly).
-            continue;
-        }
-        let Some(org) = r.org_uuid(org_node, &org_path) else {
-            continue;
-        };
-        let mut spec = InstanceSpec {
-            name: key_path.clone(),
-            delegated: Some(section_target(org, mins)),
-            fallback: None,
-            fallback_origin: None,
-            notes: Vec::new(),
-            directive_form: None,
-            invalid: None,
-            aliases: Vec::new(),
-        };
-        resolve_fallback(
-            &mut spec,
-            &[
-                (key_path.as_str(), key_node, &slot),
-                ("api_key", global_key_node, &global_slot),
-            ],
-            fallback_file,
-        );
-        instances.push(spec);
-    }
-
-    let dela_ctx = DelaCtx {
-        global_region: aws_region,
-        refresh: minutes(global_refresh),
-    };
-    read_map_shape(&mut r, root, &dela_ctx, &mut instances);
-    read_list_shape(&mut r, root, &dela_ctx, &mut instances);
-
-    AgentRead { agent, instances }
 }
 
 /// A positive integer with an upper bound (errors otherwise).
@@ -748,343 +707,8 @@ fn positive(
     default
 }
 
-fn minutes(mins: i64) -> Duration {
+pub(super) const fn minutes(mins: i64) -> Duration {
     Duration::from_secs(mins.unsigned_abs() * 60)
-}
-
-/// Walks the fallback chain: the first slot holding a real key wins, then the fallback file.
-/// Handles and directives are skipped with a note.
-fn resolve_fallback(
-    spec: &mut InstanceSpec,
-    chain: &[(&str, Option<&Node>, &Slot)],
-    fallback_file: Option<&FallbackFile>,
-) {
-    for (path, node, slot) in chain {
-        match slot {
-            Slot::Absent => {}
-            Slot::Handle => spec.notes.push(format!(
-                "{path} is a secret handle (ENC[...]); it is never used as a key"
-            )),
-            Slot::Directive(form) => spec.notes.push(format!(
-                "{path} holds a {} directive; it is never used as a key",
-                form.describe()
-            )),
-            Slot::Key(key) => {
-                spec.fallback = Some(key.clone());
-                spec.fallback_origin = Some(origin(path, *node));
-                return;
-            }
-        }
-    }
-    if let Some(file) = fallback_file {
-        spec.fallback = Some(file.key.clone());
-        spec.fallback_origin = Some("fallback_api_key_file".to_owned());
-    }
-}
-
-/// Inputs shared by every DELA instance.
-struct DelaCtx {
-    global_region: Option<String>,
-    refresh: Duration,
-}
-
-/// An inert entry (wire spec §10.2): the instance exists, in state `invalid`, with the problem
-/// and its fix, and never serves a key. The problem is also reported, so `check-config` fails.
-fn invalid_entry(
-    r: &mut Reader<'_>,
-    out: &mut Vec<InstanceSpec>,
-    name: String,
-    form: Option<dela::Form>,
-    problem: Problem,
-) {
-    r.problems.entry_error(problem.clone());
-    out.push(InstanceSpec {
-        name,
-        delegated: None,
-        fallback: None,
-        fallback_origin: None,
-        notes: Vec::new(),
-        directive_form: form,
-        invalid: Some(problem),
-        aliases: Vec::new(),
-    });
-}
-
-/// Turns one directive into an instance; a directive that cannot be one becomes an inert
-/// `invalid` instance (every problem with it is reported).
-fn dela_instance(
-    r: &mut Reader<'_>,
-    node: &Node,
-    name: String,
-    text: &str,
-    target: String,
-    ctx: &DelaCtx,
-    out: &mut Vec<InstanceSpec>,
-) {
-    let form = dela::form_of(text);
-    let written = form.map_or("DELA[...]", |f| match f {
-        dela::Form::Bracket => "DELA[...]",
-        dela::Form::Paren => "DELA(...)",
-    });
-    let directive = match dela::parse(text) {
-        Ok(d) => d,
-        Err(err) => {
-            let p = r
-                .problem_at(
-                    node,
-                    &name,
-                    format!("malformed {written} directive: {err}"),
-                    "write it as DELA[<org_uuid>, aws[, region=<region>][, fallback=<key>]] \
-                     (newest Agent) or DELA(<org_uuid>, aws[, ...]) (older Agents), on one line",
-                )
-                .value(dela::redacted(text));
-            invalid_entry(r, out, name, form, p);
-            return;
-        }
-    };
-    let mut problems = Vec::new();
-    if !is_uuid(&directive.org) {
-        problems.push(
-            r.problem_at(
-                node,
-                &name,
-                format!("the directive's org `{}` is not a UUID", directive.org),
-                format!("put the endpoint org's UUID (8-4-4-4-12 hex digits) first in {written}"),
-            )
-            .value(dela::redacted(text)),
-        );
-    }
-    if directive.provider != "aws" {
-        problems.push(
-            r.problem_at(
-                node,
-                &name,
-                format!(
-                    "unsupported provider `{}` in {written} directive (only `aws` exists)",
-                    directive.provider
-                ),
-                match directive.form {
-                    dela::Form::Bracket => "use DELA[<org_uuid>, aws]",
-                    dela::Form::Paren => "use DELA(<org_uuid>, aws)",
-                },
-            )
-            .value(dela::redacted(text)),
-        );
-    }
-    if let Some(region) = &directive.region
-        && !is_region(region)
-    {
-        problems.push(
-            r.problem_at(
-                node,
-                &name,
-                format!("region `{region}` is not an AWS region name (lowercase letters, digits and `-`)"),
-                "write the region in lowercase, e.g. region=eu-west-1",
-            )
-            .value(dela::redacted(text)),
-        );
-    }
-    let mut problems = problems.into_iter();
-    if let Some(first) = problems.next() {
-        for more in problems {
-            r.problems.entry_error(more);
-        }
-        invalid_entry(r, out, name, form, first);
-        return;
-    }
-    let has_fallback = directive.fallback.is_some();
-    // The Agent's instance key: the entry's config key and the directive's org (product §6).
-    // The name without the org (this daemon's earlier name) stays an alias for one release.
-    let alias = name;
-    let name = format!("{alias}[{}]", directive.org);
-    out.push(InstanceSpec {
-        name,
-        delegated: Some(DelegatedSpec {
-            org_uuid: directive.org,
-            exchange_target: target,
-            explicit_target: true,
-            region: directive.region.or_else(|| ctx.global_region.clone()),
-            refresh_interval: ctx.refresh,
-        }),
-        fallback: directive.fallback,
-        fallback_origin: has_fallback.then(|| "DELA fallback=".to_owned()),
-        notes: Vec::new(),
-        directive_form: Some(directive.form),
-        invalid: None,
-        aliases: vec![alias],
-    });
-}
-
-/// `additional_endpoints: {"<domain>": ["key", "DELA[...]"]}`.
-fn read_map_shape(
-    r: &mut Reader<'_>,
-    root: Option<&Node>,
-    ctx: &DelaCtx,
-    out: &mut Vec<InstanceSpec>,
-) {
-    let node = r.child(root, "", "additional_endpoints");
-    let Some(map) = r.section(node, "additional_endpoints") else {
-        return;
-    };
-    let Value::Map(entries) = &map.value else {
-        return;
-    };
-    for entry in entries {
-        let domain = entry.key.trim();
-        // Names and messages show the endpoint without its user:password@ (the exchange still
-        // uses it).
-        let shown = crate::exchange::redact_userinfo(domain);
-        let base = format!("additional_endpoints[{shown}]");
-        let items: Vec<&Node> = match &entry.value.value {
-            Value::Null => continue,
-            Value::Seq(items) => items.iter().collect(),
-            Value::Scalar { text, .. } => {
-                if let Some(form) = dela::form_of(text) {
-                    let p = r.problem_at(
-                        &entry.value,
-                        &base,
-                        "a DELA directive must be an item of the endpoint's list of keys \
-                         (the Agent splits a bare string on spaces and would not see it)",
-                        format!("write it as a list: \"{shown}\": [\"DELA[...]\"]"),
-                    );
-                    invalid_entry(r, out, base, Some(form), p);
-                }
-                continue;
-            }
-            Value::Map(_) => {
-                let p = r.problem_at(
-                    &entry.value,
-                    &base,
-                    "expected a list of API keys, found a mapping",
-                    format!("write it as \"{shown}\": [\"<api_key>\", \"DELA[<org_uuid>, aws]\"]"),
-                );
-                r.problems.error(p);
-                continue;
-            }
-        };
-        for (i, item) in items.into_iter().enumerate() {
-            let name = format!("{base}[{i}]");
-            let text = match &item.value {
-                Value::Scalar { text, .. } => text,
-                Value::Null => continue,
-                _ => {
-                    let p = r.problem_at(
-                        item,
-                        &name,
-                        format!("expected an API key string, found {}", item.type_name()),
-                        "list API keys (or DELA[...] directives) as plain strings",
-                    );
-                    r.problems.error(p);
-                    continue;
-                }
-            };
-            let Some(form) = dela::form_of(text) else {
-                continue;
-            };
-            if domain.is_empty() {
-                let p = r.problem_at(
-                    item,
-                    &name,
-                    "the endpoint has no domain, so the directive has nothing to exchange against",
-                    "use the endpoint's URL as the key, e.g. \"https://app.datadoghq.eu\"",
-                );
-                invalid_entry(r, out, name, Some(form), p);
-                continue;
-            }
-            dela_instance(r, item, name, text, domain.to_owned(), ctx, out);
-        }
-    }
-}
-
-/// `logs_config.additional_endpoints: [{host: ..., api_key: "DELA[...]", port: ..., is_reliable: ...}]`.
-fn read_list_shape(
-    r: &mut Reader<'_>,
-    root: Option<&Node>,
-    ctx: &DelaCtx,
-    out: &mut Vec<InstanceSpec>,
-) {
-    let logs_node = r.child(root, "", "logs_config");
-    let logs = match logs_node.map(|n| &n.value) {
-        Some(Value::Map(_)) => logs_node,
-        // A non-mapping logs_config was already reported while reading the product sections.
-        _ => None,
-    };
-    let path = "logs_config.additional_endpoints";
-    let Some(list_node) = r.child(logs, "logs_config", "additional_endpoints") else {
-        return;
-    };
-    let items = match &list_node.value {
-        Value::Null => return,
-        Value::Seq(items) => items,
-        _ => {
-            let p = r.problem_at(
-                list_node,
-                path,
-                format!(
-                    "expected a list of endpoints, found {}",
-                    list_node.type_name()
-                ),
-                "write it as a list of {host, port, api_key} entries",
-            );
-            r.problems.error(p);
-            return;
-        }
-    };
-    // The newest Agent refuses directives on the TCP logs transport ("not supported over
-    // TCP"): without use_http or force_use_http, every directive entry is inert.
-    let mut http: Option<bool> = None;
-    for (i, item) in items.iter().enumerate() {
-        // Non-mapping entries (a bare string, an empty item) cannot hold a directive; the Agent
-        // keeps them as they are, and so do we.
-        if !matches!(item.value, Value::Map(_)) {
-            continue;
-        }
-        let name = format!("{path}[{i}]");
-        let key_node = r.child(Some(item), &name, "api_key");
-        let Some(text) = r.string(key_node, &format!("{name}.api_key"), true) else {
-            continue;
-        };
-        let Some(form) = dela::form_of(&text) else {
-            continue;
-        };
-        let key_node = key_node.unwrap_or(item);
-        let host_node = r.child(Some(item), &name, "host");
-        let Some(host) = r.string(host_node, &format!("{name}.host"), false) else {
-            let p = r.problem_at(
-                item,
-                &name,
-                "the entry has a DELA directive but no host, so it has nothing to exchange \
-                 against",
-                "add `host:` with the endpoint's intake host to this entry",
-            );
-            invalid_entry(r, out, name, Some(form), p);
-            continue;
-        };
-        let over_http = *http.get_or_insert_with(|| {
-            let use_http_node = r.child(logs, "logs_config", "use_http");
-            let force_node = r.child(logs, "logs_config", "force_use_http");
-            let use_http = r
-                .boolean(use_http_node, "logs_config.use_http")
-                .unwrap_or(false);
-            let force = r
-                .boolean(force_node, "logs_config.force_use_http")
-                .unwrap_or(false);
-            use_http || force
-        });
-        if !over_http {
-            let p = r.problem_at(
-                key_node,
-                &name,
-                "delegated auth is not supported over TCP: the logs transport is TCP \
-                 (neither logs_config.use_http nor logs_config.force_use_http is set), and the \
-                 Agent refuses the directive",
-                "set logs_config.force_use_http: true",
-            );
-            invalid_entry(r, out, name, Some(form), p);
-            continue;
-        }
-        dela_instance(r, key_node, name, &text, host, ctx, out);
-    }
 }
 
 #[cfg(test)]

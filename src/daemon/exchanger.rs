@@ -87,9 +87,7 @@ impl AwsExchanger {
                 warnings: parts.identity.warnings().to_vec(),
             };
             debug!(kind = %env.kind, region = ?env.region, "Environment detected.");
-            let mut info = crate::status::DaemonInfo::clone(&state.info.load());
-            info.environment = env;
-            state.info.store(Arc::new(info));
+            super::info::update(&state.info, |info| info.environment = env.clone());
         });
     }
 }

@@ -6,12 +6,21 @@
 //! configuration completely before anything changes (an invalid one keeps the old config, is
 //! logged, counted and shown in status); the first SIGTERM/SIGINT starts a graceful stop, a
 //! second one exits at once.
+//!
+//! - `resolve`: the build step after validation (user and group names, the
+//!   exchanger); it is what a reload can still fail on, before anything changes.
+//! - `socket`: the socket supervisor.
+//! - `info`: updates of the status document's daemon part that never lose a concurrent one.
+//! - `exchanger`: the real exchanger; [`control`]: signals and file events; `notify`: systemd.
 
 pub mod control;
 mod exchanger;
+mod info;
 mod notify;
+mod resolve;
+mod socket;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,13 +31,15 @@ use tracing::{debug, error, info, warn};
 
 use self::control::Control;
 use self::exchanger::AwsExchanger;
-use crate::config::{self, Config, IdRef, Problem};
+use self::resolve::resolve;
+use self::socket::SocketBinding;
+use crate::config::{self, Config, ConfigErrors};
 use crate::exit;
 use crate::keystore::KeyStore;
-use crate::lifecycle::{ExchangeKey, InstancePlan, InvalidEntry, Manager, Timing};
+use crate::lifecycle::Manager;
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
-use crate::server::{self, AccessPolicy, Limits, Rule, ServerState};
+use crate::server::{self, Limits, ServerState};
 use crate::sink::{self, SinkSpec};
 use crate::status::{DaemonInfo, EnvironmentStatus, ProxyStatus};
 
@@ -45,31 +56,89 @@ pub struct RunOptions {
 
 /// Runs the daemon to completion and returns the process exit code.
 pub fn run(opts: RunOptions) -> u8 {
+    match start_and_serve(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid, or does not resolve on this host (an unknown user or
+    /// group): nothing was started.
+    #[error("invalid configuration; nothing was started:\n{0}")]
+    Config(ConfigErrors),
+    /// The log level or format cannot be set up.
+    #[error("{0}")]
+    Logging(String),
+    /// The async runtime cannot be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The socket cannot be bound.
+    #[error("{cause}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why (its text is this error's text).
+        cause: server::BindError,
+    },
+}
+
+impl StartError {
+    /// The process exit code: 78 (`EX_CONFIG`) for what the operator fixes in the
+    /// configuration, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Logging(_) => exit::CONFIG,
+            StartError::Runtime(_) | StartError::Signals(_) | StartError::Bind { .. } => {
+                exit::FAILURE
+            }
+        }
+    }
+
+    /// Tells the operator: on stderr, and in the log once logging is set up.
+    fn report(&self) {
+        match self {
+            StartError::Config(errors) => {
+                // Before logging is set up (a load error) these go nowhere.
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                eprintln!("error: {self}");
+            }
+            StartError::Logging(_) | StartError::Signals(_) => eprintln!("error: {self}"),
+            StartError::Runtime(e) => error!(error = %e, "Cannot start the async runtime."),
+            StartError::Bind { path, cause } => {
+                error!(path = %path.display(), "{cause}");
+                eprintln!("error: {self}");
+            }
+        }
+    }
+}
+
+/// Loads the configuration, sets up logging and the runtime, starts the daemon and serves
+/// until it stops.
+fn start_and_serve(opts: RunOptions) -> Result<u8, StartError> {
     let env = |k: &str| std::env::var(k).ok();
     // Taken before the files are read: a change made while they are read then differs from it,
     // and the first file event after start-up reloads it (see `Daemon::start`).
     let base = vec![opts.paths.config.clone(), opts.paths.settings.clone()];
     let fingerprint = control::fingerprint(&base);
-    let cfg = match config::load(&opts.paths, &env) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("error: invalid configuration; nothing was started:\n{errors}");
-            return exit::CONFIG;
-        }
-    };
+    let cfg = config::load(&opts.paths, &env).map_err(StartError::Config)?;
     let format = match cfg.settings.log.format {
         config::LogFormat::Json => logging::Format::Json,
         config::LogFormat::Text => logging::Format::Text,
     };
-    let log = match logging::init(&cfg.settings.log.level, format) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
-    };
+    let log = logging::init(&cfg.settings.log.level, format).map_err(StartError::Logging)?;
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         // Two workers: the work is tiny, and the machine this runs beside the Agent on is
         // shared; more threads would only cost memory.
         .worker_threads(2)
@@ -78,13 +147,7 @@ pub fn run(opts: RunOptions) -> u8 {
         .thread_keep_alive(Duration::from_secs(1))
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "Cannot start the async runtime.");
-            return exit::FAILURE;
-        }
-    };
+        .map_err(StartError::Runtime)?;
     let watched = watched_files(&opts.paths, &cfg);
     let fingerprint = if watched == base {
         fingerprint
@@ -96,7 +159,10 @@ pub fn run(opts: RunOptions) -> u8 {
         fingerprint,
         watch: None,
     };
-    let code = runtime.block_on(Daemon::start(opts, cfg, files, log));
+    let code = runtime.block_on(async {
+        let (daemon, running) = Daemon::start(opts, cfg, files, log).await?;
+        Ok(daemon.serve(running).await)
+    });
     // Don't wait for stray blocking tasks (a hung credential file read) at exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -143,179 +209,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Resolved, ready-to-apply parts of a configuration. Building it is the only step of a reload
-/// that can fail, and it happens before anything changes.
-struct Applied {
-    plans: Vec<InstancePlan>,
-    timing: Timing,
-    access: AccessPolicy,
-    exchanger: Arc<AwsExchanger>,
-    sinks: Vec<SinkSpec>,
-    /// `socket.mode` and the resolved `socket.group`.
-    socket_mode: u32,
-    socket_gid: Option<u32>,
-}
-
-fn resolve_uid(id: &IdRef) -> Result<u32, String> {
-    match id {
-        IdRef::Id(n) => Ok(*n),
-        IdRef::Name(name) => match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(u.uid.as_raw()),
-            Ok(None) => Err(format!(
-                "user {name:?} does not exist on this host; create it or use a numeric uid"
-            )),
-            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
-        },
-    }
-}
-
-/// Resolves a group name or number.
-pub fn resolve_gid(id: &IdRef) -> Result<u32, String> {
-    match id {
-        IdRef::Id(n) => Ok(*n),
-        IdRef::Name(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Ok(g.gid.as_raw()),
-            Ok(None) => Err(format!(
-                "group {name:?} does not exist on this host; create it or use a numeric gid"
-            )),
-            Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
-        },
-    }
-}
-
-fn access_policy(cfg: &Config) -> Result<AccessPolicy, Vec<String>> {
-    let Some(rules) = &cfg.settings.access else {
-        return Ok(AccessPolicy::Open);
-    };
-    let mut errors = Vec::new();
-    let mut out = Vec::with_capacity(rules.len());
-    for (i, r) in rules.iter().enumerate() {
-        let mut uids = Vec::new();
-        let mut gids = Vec::new();
-        for u in &r.uids {
-            match resolve_uid(u) {
-                Ok(n) => uids.push(n),
-                Err(e) => errors.push(format!("access[{i}].uids: {e}")),
-            }
-        }
-        for g in &r.gids {
-            match resolve_gid(g) {
-                Ok(n) => gids.push(n),
-                Err(e) => errors.push(format!("access[{i}].gids: {e}")),
-            }
-        }
-        out.push(Rule {
-            instances: r.instances.clone(),
-            uids,
-            gids,
-        });
-    }
-    if errors.is_empty() {
-        Ok(AccessPolicy::Rules(out))
-    } else {
-        Err(errors)
-    }
-}
-
-/// Turns validated instances into the manager's plans.
-pub fn plans(cfg: &Config) -> Vec<InstancePlan> {
-    cfg.instances
-        .iter()
-        .map(|i| InstancePlan {
-            name: i.name.clone(),
-            exchange: i.delegated.as_ref().map(|d| ExchangeKey {
-                org_uuid: d.org_uuid.clone(),
-                target: d.exchange_target.clone(),
-                region: d.region.clone(),
-            }),
-            refresh_interval: i.delegated.as_ref().map_or(Duration::from_secs(3600), |d| {
-                cfg.settings.refresh.interval.unwrap_or(d.refresh_interval)
-            }),
-            fallback: i.fallback.clone(),
-            fallback_origin: i.fallback_origin.clone(),
-            aliases: i.aliases.clone(),
-            invalid: i.invalid.as_ref().map(|p| InvalidEntry {
-                // The problem's own text, without the fix (shown on its own).
-                problem: Problem {
-                    fix: String::new(),
-                    ..p.clone()
-                }
-                .to_string(),
-                fix: p.fix.clone(),
-            }),
-        })
-        .collect()
-}
-
-fn sink_specs(cfg: &Config) -> Result<Vec<SinkSpec>, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut specs = Vec::new();
-    for (i, s) in cfg.settings.sinks.iter().enumerate() {
-        if !cfg.instances.iter().any(|inst| inst.name == s.instance) {
-            let names: Vec<_> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
-            errors.push(format!(
-                "sinks[{i}].instance: no instance named {:?}; instances are: {}",
-                s.instance,
-                names.join(", ")
-            ));
-            continue;
-        }
-        match s.group.as_ref().map(resolve_gid).transpose() {
-            Ok(gid) => specs.push(SinkSpec {
-                instance: s.instance.clone(),
-                path: s.path.clone(),
-                mode: s.mode,
-                gid,
-            }),
-            Err(e) => errors.push(format!("sinks[{i}].group: {e}")),
-        }
-    }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errors)
-    }
-}
-
-fn prepare(cfg: &Config) -> Result<Applied, Vec<String>> {
-    let access = access_policy(cfg);
-    let sinks = sink_specs(cfg);
-    let gid = cfg
-        .settings
-        .socket
-        .group
-        .as_ref()
-        .map(resolve_gid)
-        .transpose()
-        .map_err(|e| vec![format!("socket.group: {e}")]);
-    let (access, sinks, socket_gid) = match (access, sinks, gid) {
-        (Ok(a), Ok(s), Ok(g)) => (a, s, g),
-        (a, s, g) => {
-            return Err(a
-                .err()
-                .into_iter()
-                .chain(s.err())
-                .chain(g.err())
-                .flatten()
-                .collect());
-        }
-    };
-    let exchanger = AwsExchanger::new(cfg).map_err(|e| vec![e])?;
-    Ok(Applied {
-        plans: plans(cfg),
-        timing: Timing {
-            retry_min: cfg.settings.refresh.retry_min,
-            retry_max: cfg.settings.refresh.retry_max,
-            startup_grace: cfg.settings.refresh.startup_grace,
-        },
-        access,
-        exchanger: Arc::new(exchanger),
-        sinks,
-        socket_mode: cfg.settings.socket.mode,
-        socket_gid,
-    })
-}
-
 /// The socket path in force: `--socket` > `DD_DELEGATED_AUTH_SOCKET`/`socket.path` (the config
 /// layer applies the environment variable).
 fn socket_path(opts: &RunOptions, cfg: &Config) -> PathBuf {
@@ -324,27 +217,19 @@ fn socket_path(opts: &RunOptions, cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| cfg.settings.socket.path.clone())
 }
 
-/// The socket as bound, so that a removed socket file (or directory) can be noticed and bound
-/// again with the same mode and group.
-struct SocketBinding {
-    path: PathBuf,
-    mode: u32,
-    gid: Option<u32>,
-    /// (device, inode) of the socket file this daemon bound.
-    id: Option<(u64, u64)>,
-    /// Hands a new listener to the server.
-    rebind: mpsc::Sender<tokio::net::UnixListener>,
-    /// Something else sits at the path and was already reported.
-    foreign_reported: bool,
+/// What runs beside the [`Daemon`] once it started.
+struct Running {
+    /// Signals, file and socket events.
+    control_rx: mpsc::Receiver<Control>,
+    /// Handed to the watches the control loop (re)creates.
+    control_tx: mpsc::Sender<Control>,
+    /// The server task; it ends within the grace period after `shutdown`.
+    server: tokio::task::JoinHandle<()>,
+    /// Stops the server, the refresh manager, the sinks and the watchdog.
+    shutdown: CancellationToken,
 }
 
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
+/// The running daemon's state: what the control loop reads and replaces on reload.
 struct Daemon {
     opts: RunOptions,
     socket: SocketBinding,
@@ -360,45 +245,37 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(opts: RunOptions, cfg: Config, mut files: WatchedFiles, log: LogHandle) -> u8 {
+    /// Starts everything: signal handlers and watches first, then the socket, the refresh
+    /// manager, the server and the sinks; then tells systemd `READY=1`.
+    async fn start(
+        opts: RunOptions,
+        cfg: Config,
+        mut files: WatchedFiles,
+        log: LogHandle,
+    ) -> Result<(Daemon, Running), StartError> {
         for w in &cfg.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
-        let applied = match prepare(&cfg) {
-            Ok(a) => a,
-            Err(errors) => {
-                for e in &errors {
-                    error!("{e}");
-                }
-                eprintln!(
-                    "error: invalid configuration; nothing was started:\n{}",
-                    errors.join("\n")
-                );
-                return exit::CONFIG;
-            }
-        };
+        let applied = resolve(&cfg).map_err(StartError::Config)?;
         let socket = socket_path(&opts, &cfg);
         let gid = applied.socket_gid;
         // Signal handlers and the file watcher exist before anyone can learn we are up (the
         // socket, READY=1): a SIGHUP sent right after start must reload, not kill us, and an
         // edit made right after start must not be missed.
         let (control_tx, control_rx) = mpsc::channel(16);
-        if let Err(e) = control::spawn_signals(control_tx.clone()) {
-            eprintln!("error: cannot install signal handlers: {e}");
-            return exit::FAILURE;
-        }
+        control::spawn_signals(control_tx.clone()).map_err(StartError::Signals)?;
         files.watch = watch_config(&files.paths, &control_tx);
         // A change made between the first read and the watch is seen by this check (it reloads
         // only if the files differ from what was read).
         let _ = control_tx.try_send(Control::Reload(control::Trigger::FileEvent));
-        let listener = match server::bind(&socket, cfg.settings.socket.mode, gid) {
-            Ok(l) => l,
-            Err(e) => {
-                error!(path = %socket.display(), "{e}");
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
-        };
+        let (rebind, rebound) = mpsc::channel(1);
+        let (socket_binding, listener) =
+            SocketBinding::bind(&socket, cfg.settings.socket.mode, gid, rebind).map_err(
+                |cause| StartError::Bind {
+                    path: socket.clone(),
+                    cause,
+                },
+            )?;
 
         let shutdown = CancellationToken::new();
         let store = Arc::new(KeyStore::new());
@@ -411,25 +288,7 @@ impl Daemon {
         );
         manager.apply(applied.plans, applied.timing).await;
 
-        let info = DaemonInfo {
-            config_path: opts.paths.config.display().to_string(),
-            settings_path: opts.paths.settings.display().to_string(),
-            socket_path: socket.display().to_string(),
-            started_at: Some(SystemTime::now()),
-            config_loaded_at: Some(SystemTime::now()),
-            config_warnings: cfg
-                .warnings
-                .iter()
-                .map(|w| format!("{}: {}", w.key, w.message))
-                .collect(),
-            proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
-            // Detection runs in the background; status says so until it is published.
-            environment: EnvironmentStatus {
-                kind: "detecting".to_owned(),
-                ..EnvironmentStatus::default()
-            },
-            ..DaemonInfo::default()
-        };
+        let info = initial_info(&opts, &cfg, &socket);
         let state = Arc::new(ServerState {
             store: store.clone(),
             metrics,
@@ -447,8 +306,6 @@ impl Daemon {
             shutdown: shutdown.clone(),
         });
         applied.exchanger.publish_environment(state.clone());
-        let socket_id = file_id(&socket);
-        let (rebind, rebound) = mpsc::channel(1);
         let server = tokio::spawn(server::serve_rebindable(
             listener,
             rebound,
@@ -464,15 +321,8 @@ impl Daemon {
         notify::spawn_watchdog(shutdown.clone());
 
         let sinks = start_sinks(&applied.sinks, &state);
-        let mut daemon = Daemon {
-            socket: SocketBinding {
-                path: socket.clone(),
-                mode: cfg.settings.socket.mode,
-                gid,
-                id: socket_id,
-                rebind,
-                foreign_reported: false,
-            },
+        let daemon = Daemon {
+            socket: socket_binding,
             opts,
             log,
             state,
@@ -482,19 +332,32 @@ impl Daemon {
             files,
             sinks,
         };
-        let code = daemon.control_loop(control_rx, control_tx).await;
-        daemon.files.watch = None;
+        let running = Running {
+            control_rx,
+            control_tx,
+            server,
+            shutdown,
+        };
+        Ok((daemon, running))
+    }
+
+    /// Serves until a stop signal, then stops: no new connections, in-flight requests get the
+    /// grace period, the refresh manager ends, our socket is removed. Returns the exit code.
+    async fn serve(mut self, running: Running) -> u8 {
+        let code = self
+            .control_loop(running.control_rx, running.control_tx)
+            .await;
+        self.files.watch = None;
+        self.socket.unwatch();
 
         notify::stopping();
         info!("Stopping: no new connections; in-flight requests have the grace period to finish.");
-        shutdown.cancel();
-        let grace = daemon.opts.grace;
-        let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
-        daemon.manager.wait().await;
-        // Only our own socket: the path may hold another daemon's by now (see ensure_socket).
-        if file_id(&socket).is_some() && file_id(&socket) == daemon.socket.id {
-            remove_socket(&socket);
-        }
+        running.shutdown.cancel();
+        let grace = self.opts.grace;
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), running.server).await;
+        self.manager.wait().await;
+        // Only our own socket: the path may hold another daemon's by now.
+        self.socket.own().remove();
         info!("Stopped.");
         code
     }
@@ -504,46 +367,25 @@ impl Daemon {
         mut rx: mpsc::Receiver<Control>,
         tx: mpsc::Sender<Control>,
     ) -> u8 {
-        let watch_socket = |tx: mpsc::Sender<Control>, path: &Path| match control::watch_socket(
-            path, tx,
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "Cannot watch the socket file; if it is removed, SIGHUP binds it again.");
-                None
-            }
-        };
-        let mut socket_watcher = watch_socket(tx.clone(), &self.socket.path);
+        self.socket.watch(&tx);
         // Whatever happened to the socket before the watch began is only seen by a check.
-        if self.ensure_socket().await {
-            socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-        }
+        self.socket.check(&tx).await;
         while let Some(c) = rx.recv().await {
             match c {
                 Control::Reload(trigger) => {
                     self.reload(trigger, &tx).await;
-                    if self.ensure_socket().await {
-                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-                    }
+                    self.socket.check(&tx).await;
                 }
-                Control::CheckSocket => {
-                    if self.ensure_socket().await {
-                        // The old watch ended with the directory it was on.
-                        drop(socket_watcher.take());
-                        socket_watcher = watch_socket(tx.clone(), &self.socket.path);
-                    }
-                }
+                Control::CheckSocket => self.socket.check(&tx).await,
                 Control::Shutdown => {
                     // A second signal during the graceful stop exits at once.
-                    let (socket, id) = (self.socket.path.clone(), self.socket.id);
+                    let socket = self.socket.own();
                     tokio::spawn(async move {
                         while let Some(c) = rx.recv().await {
                             if c == Control::Shutdown {
                                 warn!("Second stop signal: exiting now.");
                                 // Only our own socket, as on a graceful stop.
-                                if id.is_some() && file_id(&socket) == id {
-                                    remove_socket(&socket);
-                                }
+                                socket.remove();
                                 std::process::exit(i32::from(exit::FAILURE));
                             }
                         }
@@ -553,75 +395,6 @@ impl Daemon {
             }
         }
         exit::OK
-    }
-
-    /// Checks that the socket file this daemon bound is still at its path, and binds it again
-    /// when it (or its directory) was removed: consumers find the daemon where they expect it
-    /// without a restart. Something else at the path is left alone and reported once. Returns
-    /// whether the socket was bound again.
-    async fn ensure_socket(&mut self) -> bool {
-        let path = self.socket.path.clone();
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => {
-                use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                let ours = meta.file_type().is_socket()
-                    && self.socket.id == Some((meta.dev(), meta.ino()));
-                if !ours && !self.socket.foreign_reported {
-                    error!(path = %path.display(), "The socket path now holds a file this daemon did not create; leaving it alone. Consumers cannot reach this daemon there: remove that file (the socket is then bound again) or restart the daemon.");
-                    self.socket.foreign_reported = true;
-                }
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match server::bind(&path, self.socket.mode, self.socket.gid) {
-                    Ok(listener) => {
-                        self.socket.id = file_id(&path);
-                        self.socket.foreign_reported = false;
-                        if self.socket.rebind.send(listener).await.is_err() {
-                            return false;
-                        }
-                        warn!(path = %path.display(), "The socket file was removed; bound it again. Consumers can connect again.");
-                        true
-                    }
-                    Err(e) => {
-                        error!(path = %path.display(), "The socket file was removed and cannot be bound again: {e}. Consumers cannot connect until this is fixed; the next SIGHUP tries again.");
-                        false
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "Cannot check the socket file.");
-                false
-            }
-        }
-    }
-
-    /// Applies a changed `socket.mode` or `socket.group`: a new socket with the new permissions
-    /// replaces the old one at the same path (see [`server::rebind`]); connections already
-    /// open are served to their end.
-    async fn apply_socket_permissions(
-        &mut self,
-        mode: u32,
-        gid: Option<u32>,
-    ) -> Result<(), Vec<String>> {
-        if (mode, gid) == (self.socket.mode, self.socket.gid) {
-            return Ok(());
-        }
-        let path = self.socket.path.clone();
-        let listener = server::rebind(&path, mode, gid).map_err(|e| {
-            vec![format!(
-                "socket.mode/socket.group: the new permissions cannot be applied: {e}"
-            )]
-        })?;
-        self.socket.mode = mode;
-        self.socket.gid = gid;
-        self.socket.id = file_id(&path);
-        self.socket.foreign_reported = false;
-        if self.socket.rebind.send(listener).await.is_err() {
-            return Err(vec!["the server has stopped".to_owned()]);
-        }
-        info!(path = %path.display(), mode = format!("{mode:04o}"), gid = ?gid, "Applied the new socket mode and group.");
-        Ok(())
     }
 
     async fn reload(&mut self, trigger: control::Trigger, tx: &mpsc::Sender<Control>) {
@@ -672,13 +445,15 @@ impl Daemon {
         };
         info!(trigger = trigger.as_str(), "Reloading the configuration.");
         let result = match loaded {
-            Ok(Ok(cfg)) => match prepare(&cfg) {
+            Ok(Ok(cfg)) => match resolve(&cfg) {
                 // The socket first, since it can fail: nothing else changes if it does.
                 Ok(a) => self
-                    .apply_socket_permissions(a.socket_mode, a.socket_gid)
+                    .socket
+                    .apply_permissions(a.socket_mode, a.socket_gid)
                     .await
-                    .map(|()| (cfg, a)),
-                Err(e) => Err(e),
+                    .map(|()| (cfg, a))
+                    .map_err(|e| vec![e]),
+                Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
             },
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Err(e) => Err(vec![e]),
@@ -703,11 +478,9 @@ impl Daemon {
                 self.sinks.cancel();
                 self.sinks = start_sinks(&applied.sinks, &self.state);
                 self.exchanger.publish_environment(self.state.clone());
-                let mut info = DaemonInfo::clone(&self.state.info.load());
-                info.config_loaded_at = Some(SystemTime::now());
-                info.last_reload_error = None;
-                info.proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
-                info.config_warnings = cfg
+                let loaded_at = SystemTime::now();
+                let proxy = ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect);
+                let warnings: Vec<String> = cfg
                     .warnings
                     .iter()
                     .map(|w| format!("{}: {}", w.key, w.message))
@@ -717,7 +490,12 @@ impl Daemon {
                             .map(|key| format!("{key}: changed; takes effect at the next restart")),
                     )
                     .collect();
-                self.state.info.store(Arc::new(info));
+                info::update(&self.state.info, |info| {
+                    info.config_loaded_at = Some(loaded_at);
+                    info.last_reload_error = None;
+                    info.proxy.clone_from(&proxy);
+                    info.config_warnings.clone_from(&warnings);
+                });
                 self.state.metrics.reload("success");
                 info!(instances = cfg.instances.len(), "Configuration reloaded.");
                 notify::status(&format!(
@@ -734,13 +512,37 @@ impl Daemon {
                     problems = errors.len(),
                     "The new configuration is invalid; still running the previous one. Fix the file; it is re-read on the next change or SIGHUP."
                 );
-                let mut info = DaemonInfo::clone(&self.state.info.load());
-                info.last_reload_error = Some(errors.join("; "));
-                info.reload_failures += 1;
-                self.state.info.store(Arc::new(info));
+                let error = errors.join("; ");
+                info::update(&self.state.info, |info| {
+                    info.last_reload_error = Some(error.clone());
+                    info.reload_failures += 1;
+                });
                 self.state.metrics.reload("failure");
             }
         }
+    }
+}
+
+/// The status document's daemon part at start-up.
+fn initial_info(opts: &RunOptions, cfg: &Config, socket: &std::path::Path) -> DaemonInfo {
+    DaemonInfo {
+        config_path: opts.paths.config.display().to_string(),
+        settings_path: opts.paths.settings.display().to_string(),
+        socket_path: socket.display().to_string(),
+        started_at: Some(SystemTime::now()),
+        config_loaded_at: Some(SystemTime::now()),
+        config_warnings: cfg
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.key, w.message))
+            .collect(),
+        proxy: ProxyStatus::from_in_effect(&cfg.agent.proxy_in_effect),
+        // Detection runs in the background; status says so until it is published.
+        environment: EnvironmentStatus {
+            kind: "detecting".to_owned(),
+            ..EnvironmentStatus::default()
+        },
+        ..DaemonInfo::default()
     }
 }
 
@@ -794,10 +596,37 @@ fn start_sinks(specs: &[SinkSpec], state: &ServerState) -> CancellationToken {
     token
 }
 
-fn remove_socket(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(path = %path.display(), error = %e, "Cannot remove the socket file.");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_exit_78_for_configuration_and_1_otherwise() {
+        let io = || std::io::Error::other("x");
+        let config = StartError::Config(ConfigErrors(vec![config::Problem::new(
+            std::path::Path::new("/a.yaml"),
+            "k",
+            "bad",
+            "fix it",
+        )]));
+        assert_eq!(config.exit_code(), exit::CONFIG);
+        assert_eq!(
+            config.to_string(),
+            "invalid configuration; nothing was started:\n/a.yaml: k: bad; fix: fix it"
+        );
+        assert_eq!(StartError::Logging("x".into()).exit_code(), exit::CONFIG);
+        assert_eq!(StartError::Runtime(io()).exit_code(), exit::FAILURE);
+        assert_eq!(StartError::Signals(io()).exit_code(), exit::FAILURE);
+        let bind = StartError::Bind {
+            path: "/run/x.sock".into(),
+            cause: server::BindError::NotASocket {
+                path: "/run/x.sock".into(),
+            },
+        };
+        assert_eq!(bind.exit_code(), exit::FAILURE);
+        assert!(
+            bind.to_string()
+                .starts_with("/run/x.sock exists and is not a socket")
+        );
     }
 }

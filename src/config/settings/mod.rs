@@ -7,6 +7,7 @@
 //! reading of this file at the first one (serde cannot continue past it); the Agent's file is
 //! still checked and its problems reported alongside.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ use serde_saphyr::Spanned;
 use super::DEFAULT_SOCKET_PATH;
 use super::node::{self, yaml_options};
 use super::problem::{Problem, Problems};
+
+mod access;
+mod log;
+mod refresh;
+mod sinks;
+mod socket;
 
 /// Largest settings file we read (it is a few lines in practice).
 pub(crate) const MAX_SETTINGS_FILE_BYTES: u64 = 1024 * 1024;
@@ -74,6 +81,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// IMDS options.
     pub imds: ImdsSettings,
+    /// Line of every user or group reference, by key (`socket.group`, `access[0].uids[1]`,
+    /// `sinks[2].group`): names are resolved on the host after validation, and a name that
+    /// does not exist there is reported at its line.
+    pub id_lines: BTreeMap<String, usize>,
 }
 
 impl Default for Settings {
@@ -100,6 +111,7 @@ impl Default for Settings {
                 format: LogFormat::Text,
             },
             imds: ImdsSettings::default(),
+            id_lines: BTreeMap::new(),
         }
     }
 }
@@ -336,17 +348,26 @@ pub(crate) struct SettingsRead {
     pub(crate) fallback_file_line: Option<usize>,
 }
 
-fn line<T>(s: &Spanned<T>) -> Option<usize> {
+pub(super) fn line<T>(s: &Spanned<T>) -> Option<usize> {
     usize::try_from(s.referenced.line()).ok().filter(|l| *l > 0)
 }
 
-struct Check<'a> {
-    file: &'a Path,
-    problems: &'a mut Problems,
+pub(super) struct Check<'a> {
+    pub(super) file: &'a Path,
+    pub(super) problems: &'a mut Problems,
+    /// See [`Settings::id_lines`].
+    id_lines: BTreeMap<String, usize>,
 }
 
 impl Check<'_> {
-    fn error(&mut self, key: &str, at: Option<usize>, value: &str, message: String, fix: &str) {
+    pub(super) fn error(
+        &mut self,
+        key: &str,
+        at: Option<usize>,
+        value: &str,
+        message: String,
+        fix: &str,
+    ) {
         self.problems.error(
             Problem::new(self.file, key, message, fix)
                 .at(at)
@@ -354,12 +375,12 @@ impl Check<'_> {
         );
     }
 
-    fn warn(&mut self, key: &str, at: Option<usize>, message: &str, fix: &str) {
+    pub(super) fn warn(&mut self, key: &str, at: Option<usize>, message: &str, fix: &str) {
         self.problems
             .warn(Problem::new(self.file, key, message, fix).at(at));
     }
 
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         raw: &Option<Spanned<String>>,
         key: &str,
@@ -381,7 +402,7 @@ impl Check<'_> {
         }
     }
 
-    fn mode(
+    pub(super) fn mode(
         &mut self,
         raw: &Option<Spanned<String>>,
         key: &str,
@@ -405,9 +426,14 @@ impl Check<'_> {
         }
     }
 
-    fn id(&mut self, raw: &Spanned<String>, key: &str) -> Option<IdRef> {
+    pub(super) fn id(&mut self, raw: &Spanned<String>, key: &str) -> Option<IdRef> {
         match parse_id(&raw.value) {
-            Some(id) => Some(id),
+            Some(id) => {
+                if let Some(at) = line(raw) {
+                    self.id_lines.insert(key.to_owned(), at);
+                }
+                Some(id)
+            }
             None => {
                 self.error(
                     key,
@@ -421,7 +447,7 @@ impl Check<'_> {
         }
     }
 
-    fn absolute_path(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
+    pub(super) fn absolute_path(&mut self, raw: &Spanned<String>, key: &str) -> Option<PathBuf> {
         let text = raw.value.trim();
         let path = PathBuf::from(text);
         if text.is_empty() || !path.is_absolute() || text.contains('\0') {
@@ -480,368 +506,48 @@ pub(crate) fn parse_level(text: &str) -> Option<&'static str> {
     })
 }
 
-/// Validates the raw settings (defaults for what is absent) and applies the environment.
+/// Validates the raw settings (defaults for what is absent) and applies the environment, one
+/// section at a time (`socket`, `access`, `refresh`, `sinks`, `log`: a file each); every
+/// problem of every section is reported.
 pub(crate) fn validate(
     raw: RawSettings,
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> SettingsRead {
-    let mut c = Check { file, problems };
+    let mut c = Check {
+        file,
+        problems,
+        id_lines: BTreeMap::new(),
+    };
     let mut out = SettingsRead::default();
-    let s = &mut out.settings;
-
-    // socket
-    let socket = raw.socket.unwrap_or_default();
-    if let Some(var) = env(ENV_SOCKET).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(&var);
-        if !p.is_absolute() {
-            c.problems.error(
-                Problem::new(
-                    file,
-                    "socket.path",
-                    "must be an absolute path",
-                    format!("set {ENV_SOCKET} to a full path starting with /"),
-                )
-                .from_env(Some(ENV_SOCKET))
-                .value(var.clone()),
-            );
-        } else {
-            s.socket.path = p;
-        }
-        check_socket_len(&mut c, &var, None, Some(ENV_SOCKET));
-    } else if let Some(raw_path) = &socket.path
-        && let Some(p) = c.absolute_path(raw_path, "socket.path")
-    {
-        check_socket_len(&mut c, raw_path.value.trim(), line(raw_path), None);
-        s.socket.path = p;
-    }
-    let (mode, mode_line) = c.mode(&socket.mode, "socket.mode", DEFAULT_SOCKET_MODE);
-    s.socket.mode = mode;
-    s.socket.group = socket.group.as_ref().and_then(|g| c.id(g, "socket.group"));
-    if let Some((d, at)) = c.duration(&socket.idle_timeout, "socket.idle_timeout") {
-        if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-            c.error(
-                "socket.idle_timeout",
-                at,
-                &humantime::format_duration(d).to_string(),
-                "is out of range".to_owned(),
-                "use a duration between 100ms and 1h (default 60s)",
-            );
-        } else {
-            s.socket.idle_timeout = d;
-        }
-    }
-    if let Some(raw_max) = &socket.max_connections {
-        match raw_max.value.trim().parse::<usize>() {
-            Ok(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => s.socket.max_connections = n,
-            _ => c.error(
-                "socket.max_connections",
-                line(raw_max),
-                raw_max.value.trim(),
-                "is not a connection count".to_owned(),
-                &format!("use a whole number from 1 to {MAX_MAX_CONNECTIONS} (default {DEFAULT_MAX_CONNECTIONS})"),
-            ),
-        }
-    }
-    s.imds.v1_fallback = raw
+    let mode_line = socket::validate(&mut c, raw.socket.unwrap_or_default(), env, &mut out);
+    out.settings.imds.v1_fallback = raw
         .imds
         .as_ref()
         .and_then(|i| i.v1_fallback)
         .unwrap_or(false);
-
-    // access
-    // `access:` with no value is an empty list: what was written names no reader, so nobody
-    // reads (failing closed, as `access: []`), with the same warning.
-    let access = raw.access.as_ref().map(|rules| match rules {
-        Some(rules) => (rules.value.as_slice(), line(rules)),
-        None => (&[][..], None),
-    });
-    if let Some((rules, rules_line)) = access {
-        let mut list = Vec::new();
-        if rules.is_empty() {
-            c.warn(
-                "access",
-                rules_line,
-                "the access list is empty, so every key read will be refused",
-                "add rules, or remove `access` to let whoever can open the socket read keys",
-            );
-        }
-        for (i, rule) in rules.iter().enumerate() {
-            let key = format!("access[{i}]");
-            let r = &rule.value;
-            if r.instances.is_empty() {
-                c.error(
-                    &format!("{key}.instances"),
-                    line(rule),
-                    "[]",
-                    "lists no instance".to_owned(),
-                    "list instance names such as api_key, or \"*\" for all",
-                );
-            }
-            let mut lines = Vec::new();
-            let mut instances = Vec::new();
-            for (j, name) in r.instances.iter().enumerate() {
-                let n = name.value.trim();
-                if n.is_empty() {
-                    c.error(
-                        &format!("{key}.instances[{j}]"),
-                        line(name),
-                        n,
-                        "is empty".to_owned(),
-                        "write an instance name such as api_key, or \"*\"",
-                    );
-                    continue;
-                }
-                instances.push(n.to_owned());
-                lines.push(line(name));
-            }
-            let uids: Vec<IdRef> = r
-                .uids
-                .iter()
-                .enumerate()
-                .filter_map(|(j, u)| c.id(u, &format!("{key}.uids[{j}]")))
-                .collect();
-            let gids: Vec<IdRef> = r
-                .gids
-                .iter()
-                .enumerate()
-                .filter_map(|(j, g)| c.id(g, &format!("{key}.gids[{j}]")))
-                .collect();
-            if r.uids.is_empty() && r.gids.is_empty() {
-                c.warn(
-                    &key,
-                    line(rule),
-                    "the rule lists no uids and no gids, so it matches nobody",
-                    "add the users (uids) or groups (gids) allowed to read these instances",
-                );
-            }
-            out.access_lines.push(lines);
-            list.push(AccessRule {
-                instances,
-                uids,
-                gids,
-            });
-        }
-        s.access = Some(list);
-    }
-    if s.access.is_none() && s.socket.mode & 0o007 != 0 {
-        c.warn(
-            "socket.mode",
-            mode_line,
-            "the socket is open to every local user and no access rules are set, so any local \
-             process can read the keys",
-            "use mode \"0660\" with a group, or add `access` rules",
-        );
-    }
-
+    access::validate(&mut c, raw.access.as_ref(), &mut out);
+    socket::warn_if_open(&mut c, &out.settings, mode_line);
     // fallback key file (read by the loader)
     if let Some(raw_path) = &raw.fallback_api_key_file {
-        s.fallback_api_key_file = c.absolute_path(raw_path, "fallback_api_key_file");
+        out.settings.fallback_api_key_file = c.absolute_path(raw_path, "fallback_api_key_file");
         out.fallback_file_line = line(raw_path);
     }
-
-    // refresh
-    let refresh = raw.refresh.unwrap_or_default();
-    if let Some((interval, at)) = c.duration(&refresh.interval, "refresh.interval") {
-        if !(MIN_REFRESH_INTERVAL..=MAX_REFRESH_INTERVAL).contains(&interval) {
-            c.error(
-                "refresh.interval",
-                at,
-                &humantime::format_duration(interval).to_string(),
-                "must be between 1s and 7 days".to_owned(),
-                "set a value such as 60m, or remove it to use refresh_interval_mins",
-            );
-        } else {
-            s.refresh.interval = Some(interval);
-        }
-    }
-    let mut retry_min_ok = true;
-    if let Some((d, at)) = c.duration(&refresh.retry_min, "refresh.retry_min") {
-        if d.is_zero() || d > MAX_RETRY {
-            retry_min_ok = false;
-            c.error(
-                "refresh.retry_min",
-                at,
-                &humantime::format_duration(d).to_string(),
-                "must be more than 0 and at most 24h".to_owned(),
-                "set a value such as 1s",
-            );
-        } else {
-            s.refresh.retry_min = d;
-        }
-    }
-    if let Some((d, at)) = c.duration(&refresh.retry_max, "refresh.retry_max") {
-        if d.is_zero() || d > MAX_RETRY {
-            c.error(
-                "refresh.retry_max",
-                at,
-                &humantime::format_duration(d).to_string(),
-                "must be more than 0 and at most 24h".to_owned(),
-                "set a value such as 5m",
-            );
-        } else {
-            s.refresh.retry_max = d;
-            if retry_min_ok && s.refresh.retry_min > d {
-                c.error(
-                    "refresh.retry_max",
-                    at,
-                    &humantime::format_duration(d).to_string(),
-                    format!(
-                        "is shorter than refresh.retry_min ({})",
-                        humantime::format_duration(s.refresh.retry_min)
-                    ),
-                    "make retry_max at least as long as retry_min",
-                );
-            }
-        }
-    } else if retry_min_ok && s.refresh.retry_min > s.refresh.retry_max {
-        let at = refresh.retry_min.as_ref().and_then(line);
-        c.error(
-            "refresh.retry_min",
-            at,
-            &humantime::format_duration(s.refresh.retry_min).to_string(),
-            format!(
-                "is longer than refresh.retry_max ({})",
-                humantime::format_duration(s.refresh.retry_max)
-            ),
-            "lower retry_min, or set retry_max at least as long",
-        );
-    }
-    if let Some((d, at)) = c.duration(&refresh.startup_grace, "refresh.startup_grace") {
-        if d > MAX_STARTUP_GRACE {
-            c.error(
-                "refresh.startup_grace",
-                at,
-                &humantime::format_duration(d).to_string(),
-                "must be at most 10m (key reads block for this long at startup)".to_owned(),
-                "set a value such as 10s, or 0s to serve the fallback at once",
-            );
-        } else {
-            s.refresh.startup_grace = d;
-        }
-    }
-
-    // sinks
-    for (i, sink) in raw.sinks.iter().flatten().enumerate() {
-        let key = format!("sinks[{i}]");
-        let r = &sink.value;
-        let instance = r.instance.value.trim().to_owned();
-        if instance.is_empty() {
-            c.error(
-                &format!("{key}.instance"),
-                line(&r.instance),
-                "",
-                "is empty".to_owned(),
-                "name the instance whose key this file receives, e.g. api_key",
-            );
-        }
-        let path = c.absolute_path(&r.path, &format!("{key}.path"));
-        let (mode, mode_at) = c.mode(&r.mode, &format!("{key}.mode"), DEFAULT_SINK_MODE);
-        if mode & !0o660 != 0 {
-            c.error(
-                &format!("{key}.mode"),
-                mode_at,
-                &format!("{mode:04o}"),
-                "gives other users or execute permission on a file that holds a key".to_owned(),
-                "use \"0600\" or \"0640\" (at most \"0660\")",
-            );
-        }
-        let group = r
-            .group
-            .as_ref()
-            .and_then(|g| c.id(g, &format!("{key}.group")));
-        if let Some(path) = path {
-            if path == s.socket.path {
-                c.error(
-                    &format!("{key}.path"),
-                    line(&r.path),
-                    &path.display().to_string(),
-                    "is the socket path".to_owned(),
-                    "write the key to a different file",
-                );
-            } else if s.sinks.iter().any(|other| other.path == path) {
-                c.error(
-                    &format!("{key}.path"),
-                    line(&r.path),
-                    &path.display().to_string(),
-                    "is already used by another sink".to_owned(),
-                    "give every sink its own file",
-                );
-            } else {
-                s.sinks.push(SinkSettings {
-                    instance,
-                    path,
-                    mode,
-                    group,
-                });
-                out.sink_lines.push(line(&r.instance));
-            }
-        }
-    }
-
-    // log
-    let log = raw.log.unwrap_or_default();
-    if let Some(level) = env(ENV_LOG_LEVEL).filter(|v| !v.is_empty()) {
-        match parse_level(&level) {
-            Some(l) => s.log.level = l.to_owned(),
-            None => c.problems.error(
-                Problem::new(
-                    file,
-                    "log.level",
-                    "is not a log level",
-                    format!("set {ENV_LOG_LEVEL} to trace, debug, info, warn, error or off"),
-                )
-                .from_env(Some(ENV_LOG_LEVEL))
-                .value(level),
-            ),
-        }
-    } else if let Some(level) = &log.level {
-        match parse_level(&level.value) {
-            Some(l) => s.log.level = l.to_owned(),
-            None => c.error(
-                "log.level",
-                line(level),
-                level.value.trim(),
-                "is not a log level".to_owned(),
-                "use trace, debug, info, warn, error or off",
-            ),
-        }
-    }
-    if let Some(format) = &log.format {
-        match format.value.trim().to_ascii_lowercase().as_str() {
-            "text" => s.log.format = LogFormat::Text,
-            "json" => s.log.format = LogFormat::Json,
-            _ => c.error(
-                "log.format",
-                line(format),
-                format.value.trim(),
-                "is not a log format".to_owned(),
-                "use text or json",
-            ),
-        }
-    }
-
+    refresh::validate(
+        &mut c,
+        raw.refresh.unwrap_or_default(),
+        &mut out.settings.refresh,
+    );
+    sinks::validate(&mut c, raw.sinks.as_deref().unwrap_or_default(), &mut out);
+    log::validate(
+        &mut c,
+        raw.log.unwrap_or_default(),
+        env,
+        &mut out.settings.log,
+    );
+    out.settings.id_lines = c.id_lines;
     out
-}
-
-fn check_socket_len(c: &mut Check<'_>, path: &str, at: Option<usize>, env: Option<&str>) {
-    if path.len() > MAX_SOCKET_PATH_BYTES {
-        c.problems.error(
-            Problem::new(
-                c.file,
-                "socket.path",
-                format!(
-                    "is {} bytes long; a Unix socket path can hold at most {MAX_SOCKET_PATH_BYTES}",
-                    path.len()
-                ),
-                "choose a shorter path, e.g. /run/datadog/delegated-auth.sock",
-            )
-            .at(at)
-            .from_env(env)
-            .value(path),
-        );
-    }
 }
 
 #[cfg(test)]
