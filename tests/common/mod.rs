@@ -357,23 +357,38 @@ pub fn rss_kib(pid: u32) -> u64 {
 impl Daemon {
     /// Polls `GET /v1/keys` until `instance`'s `last_error` contains `needle`; returns it.
     pub fn wait_error(&self, instance: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.poll_text(
+            &format!("{instance}: an error containing {needle:?}"),
+            Duration::from_secs(60),
+            needle,
+            |d| {
+                d.json("/v1/keys")
+                    .as_array()
+                    .and_then(|l| l.iter().find(|i| i["name"] == instance))
+                    .and_then(|i| i["last_error"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        )
+    }
+
+    /// Polls `read` until what it returns contains `needle`; fails with the last value and the
+    /// daemon's log after `limit`.
+    fn poll_text(
+        &self,
+        what: &str,
+        limit: Duration,
+        needle: &str,
+        read: impl Fn(&Daemon) -> String,
+    ) -> String {
+        let deadline = Instant::now() + limit;
         loop {
-            let list = self.json("/v1/keys");
-            let error = list
-                .as_array()
-                .and_then(|l| l.iter().find(|i| i["name"] == instance))
-                .and_then(|i| i["last_error"].as_str())
-                .unwrap_or_default()
-                .to_owned();
-            if error.contains(needle) {
-                return error;
+            let text = read(self);
+            if text.contains(needle) {
+                return text;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{instance}: no error containing {needle:?}; last error {error:?}\nlog:\n{}",
-                    self.logs()
-                );
+                panic!("{what}: last seen {text:?}\nlog:\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -429,23 +444,16 @@ pub fn endless_http_server() -> String {
 impl Daemon {
     /// Polls `/v1/status` until the last reload error contains `needle`.
     pub fn wait_error_in_status(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.json("/v1/status");
-            let error = status["config"]["last_reload_error"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if error.contains(needle) {
-                return error;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no reload error containing {needle:?}: {status}\nlog:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll_text(
+            &format!("a reload error containing {needle:?}"),
+            Duration::from_secs(30),
+            needle,
+            |d| {
+                d.json("/v1/status")["config"]["last_reload_error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        )
     }
 }
