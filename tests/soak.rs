@@ -336,9 +336,11 @@ fn soak() {
     );
     // A key per 2 s interval if nothing failed. With a healthy key, an error answered by the
     // API waits for the next beat (schedule.rs, rule 3), and faults arrive about as often as
-    // beats here, so about half the beats fail: one key per two intervals is the floor.
+    // beats here, each taking 1-3 exchanges: about half the beats fail on average, more when
+    // the random faults cluster. Measured at 75 s: 16-28 keys (duration / 4.7 to / 2.7), so the
+    // floor is one key per three intervals: it still fails at once if rotation stops.
     assert!(
-        issued as u64 >= duration.as_secs() / 4,
+        issued as u64 >= duration.as_secs() / 6,
         "keys kept rotating\n{report}"
     );
     assert!(
