@@ -269,17 +269,8 @@ fn flood_as(uid: &str, socket: &Path, n: usize, request: &str) -> std::process::
                   for (1..$n) { my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $path) \
                   or die \"connect: $!\"; print $s $req if length $req; push @held, $s; } \
                   $| = 1; print \"ready\\n\"; sleep 120;";
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            uid,
-            "--regid",
-            uid,
-            "--clear-groups",
-            "/usr/bin/perl",
-            "-e",
-            script,
-        ])
+    let mut child = common::as_uid(uid, "/usr/bin/perl")
+        .args(["-e", script])
         .arg(socket)
         .arg(n.to_string())
         .arg(request)
@@ -334,9 +325,7 @@ fn one_uid_flooding_the_socket_does_not_starve_another() {
     let settings = "log: { level: info }\nsocket: { mode: \"0666\", max_connections: 64 }\n\
                     access:\n  - instances: [\"*\"]\n    uids: [0]\n  - instances: [api_key]\n    uids: [65533]\n";
     let d = Daemon::start(&format!("api_key: {KEY}\n"), settings, base_env());
-    for dir in [d.socket.parent().unwrap(), d.dir.path()] {
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    d.open_to_other_uids();
     let generation = d.json("/v1/keys/api_key")["generation"].clone();
     // Refused by every rule, idle connections.
     let mut idle = flood_as("65534", &d.socket, 200, "");

@@ -193,9 +193,7 @@ fn the_process_is_not_dumpable() {
     std::fs::write(&config_file, config(KEY_A)).unwrap();
     std::fs::write(&settings, LOG).unwrap();
     let socket = dir.path().join("s.sock");
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(common::BIN)
+    let mut child = common::as_uid("65534", common::BIN)
         .arg("run")
         .arg("--config")
         .arg(&config_file)

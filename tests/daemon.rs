@@ -305,28 +305,12 @@ fn peers_outside_access_rules_get_403() {
     );
     let d = Daemon::start(&yaml, &settings, base_env());
     // The socket's directory must be reachable by the other uid.
-    let dir = d.socket.parent().unwrap();
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        d.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    d.open_to_other_uids();
     assert_eq!(d.get("/v1/keys/api_key").status, 200, "root is allowed");
 
     let as_uid = |uid: &str, instance: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                uid,
-                "--regid",
-                uid,
-                "--clear-groups",
-                common::BIN,
-                "get",
-                instance,
-                "--socket",
-            ])
+        common::as_uid(uid, common::BIN)
+            .args(["get", instance, "--socket"])
             .arg(&d.socket)
             .env_clear()
             .output()
@@ -373,26 +357,10 @@ fn access_rules_by_an_old_dela_name_still_apply() {
         static_config(KEY_A)
     );
     let d = Daemon::start(&yaml, &settings, base_env());
-    let dir = d.socket.parent().unwrap();
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        d.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    d.open_to_other_uids();
     let as_uid = |instance: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                "65533",
-                "--regid",
-                "65533",
-                "--clear-groups",
-                common::BIN,
-                "get",
-                instance,
-                "--socket",
-            ])
+        common::as_uid("65533", common::BIN)
+            .args(["get", instance, "--socket"])
             .arg(&d.socket)
             .env_clear()
             .output()

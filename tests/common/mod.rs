@@ -457,3 +457,27 @@ impl Daemon {
         )
     }
 }
+
+/// `program` run as `uid` (and the same gid, no supplementary groups) through `setpriv`; the
+/// caller adds the arguments. Tests that use it run as root.
+pub fn as_uid(uid: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+        .arg(program);
+    command
+}
+
+impl Daemon {
+    /// Lets other uids reach the socket: its directory and the test's directory become 0755
+    /// (the socket's own mode and the access rules still decide).
+    pub fn open_to_other_uids(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [
+            self.socket.parent().expect("a socket directory"),
+            self.dir.path(),
+        ] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+}
