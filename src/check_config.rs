@@ -30,7 +30,7 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(
         out,
         "Default endpoint:    {}",
-        crate::exchange::redact_userinfo(&a.infra_endpoint)
+        crate::secret::redact_userinfo(&a.infra_endpoint)
     );
     let _ = writeln!(
         out,
@@ -151,7 +151,7 @@ pub fn describe(cfg: &Config) -> String {
                 let _ = writeln!(
                     out,
                     "      target:    {}{}",
-                    crate::exchange::redact_userinfo(&d.exchange_target),
+                    crate::secret::redact_userinfo(&d.exchange_target),
                     if d.explicit_target { " (endpoint)" } else { "" }
                 );
                 let _ = writeln!(

@@ -554,14 +554,14 @@ fn config_check<'c>(
             cfg.instances.len(),
             spec.name,
             d.org_uuid,
-            crate::config::redact_url_credentials(&d.exchange_target)
+            crate::secret::redact_userinfo(&d.exchange_target)
         ),
     )
     .data("instance", spec.name.clone())
     .data("org_uuid", d.org_uuid.clone())
     .data(
         "endpoint",
-        crate::config::redact_url_credentials(&d.exchange_target),
+        crate::secret::redact_userinfo(&d.exchange_target),
     );
     let invalid: Vec<&str> = cfg
         .instances
@@ -938,7 +938,7 @@ async fn exchange_check(
 ) -> Check {
     let target = intake_key_url(&spec.exchange_target);
     // What is shown: never the userinfo of a proxy-style dd_url.
-    let url = crate::exchange::redact_userinfo(&target);
+    let url = crate::secret::redact_userinfo(&target);
     match client.exchange(&target, proof).await {
         Ok(key) => Check::ok(
             "exchange",

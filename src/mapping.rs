@@ -614,7 +614,7 @@ async fn execute(
         let _ = writeln!(
             err,
             "note: {} is not a Datadog site; sending the mapping request to it unchanged",
-            crate::config::redact_url_credentials(&cfg.agent.infra_endpoint)
+            crate::secret::redact_userinfo(&cfg.agent.infra_endpoint)
         );
     }
     let http =

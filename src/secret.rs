@@ -124,6 +124,12 @@ mod tests {
         assert_eq!(redact_userinfo("u:p@h:1/x"), "***@h:1/x");
         assert_eq!(redact_userinfo("h.example/a@b"), "h.example/a@b");
         assert_eq!(redact_userinfo("https://a@b@h/p"), "https://***@h/p");
+        assert_eq!(
+            redact_userinfo("http://user:pass@proxy:3128/x@y"),
+            "http://***@proxy:3128/x@y"
+        );
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(redact_userinfo("user:pw@proxy"), "***@proxy");
     }
 
     #[test]

@@ -412,8 +412,6 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-pub use crate::secret::redact_userinfo as redact_url_credentials;
-
 /// Everything read from `datadog.yaml`.
 pub(crate) struct AgentRead {
     pub(crate) agent: AgentConfig,
@@ -543,7 +541,7 @@ fn read_proxy(r: &mut Reader<'_>, root: Option<&Node>) -> ProxyConfig {
                             "is not a proxy URL (http://, https:// or socks5://)",
                             "set it to a URL such as http://proxy.internal:3128",
                         )
-                        .value(redact_url_credentials(&url));
+                        .value(crate::secret::redact_userinfo(&url));
                     r.problems.error(p);
                 }
             } else {
@@ -748,18 +746,5 @@ mod tests {
         assert!(is_secret_handle(" ENC[x] "));
         assert!(!is_secret_handle("ENC[x"));
         assert!(!is_secret_handle("enc[x]"));
-    }
-
-    #[test]
-    fn url_credentials_are_redacted() {
-        assert_eq!(
-            redact_url_credentials("http://user:pass@proxy:3128/x@y"),
-            "http://***@proxy:3128/x@y"
-        );
-        assert_eq!(
-            redact_url_credentials("http://proxy:3128"),
-            "http://proxy:3128"
-        );
-        assert_eq!(redact_url_credentials("user:pw@proxy"), "***@proxy");
     }
 }

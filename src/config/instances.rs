@@ -320,7 +320,7 @@ fn read_map_shape(
         let domain = entry.key.trim();
         // Names and messages show the endpoint without its user:password@ (the exchange still
         // uses it).
-        let shown = crate::exchange::redact_userinfo(domain);
+        let shown = crate::secret::redact_userinfo(domain);
         let base = format!("additional_endpoints[{shown}]");
         let items: Vec<&Node> = match &entry.value.value {
             Value::Null => continue,

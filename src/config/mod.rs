@@ -35,7 +35,6 @@ use std::time::Duration;
 pub use agent::{
     DEFAULT_CLOUD_PROVIDERS, DEFAULT_EC2_METADATA_TIMEOUT_MS, DEFAULT_EC2_TOKEN_LIFETIME_SECS,
     DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_MINS, DEFAULT_SITE, MAX_REFRESH_MINS,
-    redact_url_credentials,
 };
 pub use problem::{ConfigErrors, Problem};
 // `check-config`'s summary and command live in the CLI layer; re-exported where they were.
@@ -46,7 +45,7 @@ pub use settings::{
     RefreshSettings, Settings, SinkSettings, SocketSettings,
 };
 
-use crate::secret::Secret;
+use crate::secret::{Secret, redact_userinfo};
 use problem::Problems;
 
 /// Default path of the Agent's configuration.
@@ -182,8 +181,8 @@ pub struct ProxyConfig {
 impl std::fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyConfig")
-            .field("http", &self.http.as_deref().map(redact_url_credentials))
-            .field("https", &self.https.as_deref().map(redact_url_credentials))
+            .field("http", &self.http.as_deref().map(redact_userinfo))
+            .field("https", &self.https.as_deref().map(redact_userinfo))
             .field("no_proxy", &self.no_proxy)
             .field("http_var", &self.http_var)
             .field("https_var", &self.https_var)

@@ -18,7 +18,8 @@
 
 use std::fmt;
 
-use super::{ProxyConfig, redact_url_credentials};
+use super::ProxyConfig;
+use crate::secret::redact_userinfo;
 
 /// One proxy URL and where it came from.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub struct ProxyChoice {
 impl ProxyChoice {
     /// The URL with any password masked.
     pub fn redacted(&self) -> String {
-        redact_url_credentials(&self.url)
+        redact_userinfo(&self.url)
     }
 }
 

@@ -97,7 +97,7 @@ impl Exchanger for AwsExchanger {
         let parts = self.parts.load_full();
         let target = exchange::intake_key_url(&key.target);
         // What status and logs show: a proxy-style dd_url may carry user:password@.
-        let url = exchange::redact_userinfo(&target);
+        let url = crate::secret::redact_userinfo(&target);
         let Some(client) = parts.client.as_ref() else {
             // The manager only exchanges for delegated instances, and the client exists whenever
             // one does; a reload swaps both together.

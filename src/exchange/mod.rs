@@ -501,7 +501,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-pub(crate) use crate::secret::redact_userinfo;
+use crate::secret::redact_userinfo;
 
 /// Defence in depth: a server that echoes parts of the proof in its error detail must not get
 /// them into our logs.

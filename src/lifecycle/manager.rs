@@ -155,7 +155,7 @@ impl<E: Exchanger> Manager<E> {
                 self.groups.insert((*key).clone(), entry);
             }
             let shared = &self.groups[*key].shared;
-            debug!(org_uuid = %key.org_uuid, target = %crate::exchange::redact_userinfo(&key.target), members = config.members.len(), "Exchange group configured.");
+            debug!(org_uuid = %key.org_uuid, target = %crate::secret::redact_userinfo(&key.target), members = config.members.len(), "Exchange group configured.");
             for m in &config.members {
                 routes.insert(
                     m.name.clone(),
