@@ -1035,6 +1035,8 @@ fn exchange_fix(
              Datadog answered 5xx",
             spec.exchange_target
         ),
+        // The intake-key exchange of doctor never gets it; tokens have checks of their own.
+        ExchangeError::TokenRefused { .. } => e.to_string(),
         ExchangeError::InvalidResponse { .. }
         | ExchangeError::InsecureUrl { .. }
         | ExchangeError::Client { .. } => {

@@ -23,6 +23,23 @@ use tokio::time::Instant;
 use crate::lifecycle::FailureKind;
 use crate::secret::Secret;
 
+/// Delegated API tokens live in the same store as the keys, in their own namespace: the slot
+/// of token `automation` is `token:automation`. No instance name can start with it (instance
+/// names are the Agent's config keys), and access rules name tokens the same way, so a rule for
+/// keys can never reach a token by accident. Everything that lists keys
+/// ([`KeyStore::slots`], readiness) leaves tokens out.
+pub const TOKEN_PREFIX: &str = "token:";
+
+/// The slot name of token `name`.
+pub fn token_slot(name: &str) -> String {
+    format!("{TOKEN_PREFIX}{name}")
+}
+
+/// The token name of a slot name, when it is a token's.
+pub fn token_name(slot: &str) -> Option<&str> {
+    slot.strip_prefix(TOKEN_PREFIX)
+}
+
 /// Lifecycle state of an instance (product §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +100,15 @@ pub struct ServedKey {
     pub source: KeySource,
     /// When this value started being served (for a managed key: when it was obtained).
     pub obtained_at: SystemTime,
+    /// For a token: when it stops being valid. It is never served at or after this moment.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl ServedKey {
+    /// Whether this is a token that has expired at `now`.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// Everything about an instance that is not the key: what status, `/v1/keys` and metrics show.
@@ -314,9 +340,20 @@ impl KeyStore {
         self.aliases.store(Arc::new(map));
     }
 
-    /// Every slot, sorted by instance name.
+    /// Every key instance's slot, sorted by instance name (tokens are not keys).
     pub fn slots(&self) -> Vec<Arc<Slot>> {
-        self.slots.load().values().cloned().collect()
+        (self.slots.load().iter())
+            .filter(|(name, _)| token_name(name).is_none())
+            .map(|(_, slot)| slot.clone())
+            .collect()
+    }
+
+    /// Every token's slot, sorted by name.
+    pub fn token_slots(&self) -> Vec<Arc<Slot>> {
+        (self.slots.load().iter())
+            .filter(|(name, _)| token_name(name).is_some())
+            .map(|(_, slot)| slot.clone())
+            .collect()
     }
 
     /// Makes the set of instances exactly `names`: existing slots are kept untouched (their key
@@ -364,9 +401,11 @@ impl KeyStore {
         }
     }
 
-    /// Ready (product §7 `/v1/health/ready`): every instance can serve a key.
+    /// Ready (product §7 `/v1/health/ready`): every key instance can serve a key. Tokens do not
+    /// count: the Agent waits for readiness, and a token (a separate persona mapping, consumers
+    /// of their own) must not hold its keys back; status shows the tokens' state.
     pub fn is_ready(&self) -> bool {
-        self.slots.load().values().all(|slot| {
+        self.slots().iter().all(|slot| {
             let s = slot.current();
             // An invalid entry never serves a key, and waiting for it would keep the daemon
             // unready for good: it does not count (wire spec §10.2, everything else runs).
@@ -396,6 +435,7 @@ mod tests {
                 value: Secret::from(key),
                 source,
                 obtained_at: SystemTime::now(),
+                expires_at: None,
             });
         });
     }

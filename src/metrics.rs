@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::keystore::{KeySource, KeyState, KeyStore};
+use crate::keystore::{KeySource, KeyState, KeyStore, token_name};
 
 /// Upper bounds (seconds) of the exchange latency histogram buckets: loopback exchanges take
 /// milliseconds, real ones tens to hundreds of ms, and the client timeout is 30 s.
@@ -46,13 +46,19 @@ pub enum Route {
     Ready,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /v1/tokens`.
+    Tokens,
+    /// `GET /v1/tokens/{name}`.
+    Token,
+    /// `POST /v1/tokens/{name}/rejected`.
+    TokenRejected,
     /// Anything else.
     Other,
 }
 
 impl Route {
     /// Every route, in the order of the counter table.
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 11] = [
         Route::Keys,
         Route::Key,
         Route::Rejected,
@@ -60,6 +66,9 @@ impl Route {
         Route::Live,
         Route::Ready,
         Route::Metrics,
+        Route::Tokens,
+        Route::Token,
+        Route::TokenRejected,
         Route::Other,
     ];
 
@@ -73,6 +82,9 @@ impl Route {
             Route::Live => "live",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::Tokens => "tokens",
+            Route::Token => "token",
+            Route::TokenRejected => "token_rejected",
             Route::Other => "other",
         }
     }
@@ -172,66 +184,10 @@ impl Metrics {
             );
         }
 
-        out.push_str("# TYPE delegated_auth_exchanges counter\n");
-        out.push_str("# HELP delegated_auth_exchanges Key exchanges with Datadog, by instance and outcome.\n");
-        for ((instance, outcome), n) in self
-            .exchanges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "delegated_auth_exchanges_total{{instance=\"{}\",outcome=\"{outcome}\"}} {n}",
-                escape(instance)
-            );
-        }
-
-        out.push_str("# TYPE delegated_auth_exchange_duration_seconds histogram\n");
-        out.push_str("# HELP delegated_auth_exchange_duration_seconds Time from credential resolution to the exchange's answer.\n");
-        for (instance, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let instance = escape(instance);
-            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "delegated_auth_exchange_duration_seconds_bucket{{instance=\"{instance}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "delegated_auth_exchange_duration_seconds_bucket{{instance=\"{instance}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "delegated_auth_exchange_duration_seconds_count{{instance=\"{instance}\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "delegated_auth_exchange_duration_seconds_sum{{instance=\"{instance}\"}} {}",
-                h.sum
-            );
-        }
-
-        out.push_str("# TYPE delegated_auth_rejection_reports counter\n");
-        out.push_str("# HELP delegated_auth_rejection_reports Consumer reports of a rejected key, by outcome.\n");
-        for ((instance, outcome), n) in self
-            .rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "delegated_auth_rejection_reports_total{{instance=\"{}\",outcome=\"{outcome}\"}} {n}",
-                escape(instance)
-            );
+        // Keys under `instance`, tokens in families of their own under `token`: the two are
+        // different credentials with different consumers and alerts.
+        for family in [Family::Keys, Family::Tokens] {
+            self.render_exchanges(&mut out, family);
         }
 
         out.push_str("# TYPE delegated_auth_config_reloads counter\n");
@@ -263,8 +219,145 @@ impl Metrics {
         }
 
         render_state(&mut out, store);
+        render_tokens(&mut out, store);
         out.push_str("# EOF\n");
         out
+    }
+
+    /// Exchange counters, latency and rejection reports of one family.
+    fn render_exchanges(&self, out: &mut String, family: Family) {
+        let (prefix, label, what) = match family {
+            Family::Keys => ("delegated_auth", "instance", "Key"),
+            Family::Tokens => ("delegated_auth_token", "token", "Token"),
+        };
+        let _ = writeln!(out, "# TYPE {prefix}_exchanges counter");
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_exchanges {what} exchanges with Datadog, by {label} and outcome."
+        );
+        for ((name, outcome), n) in self
+            .exchanges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Some(name) = family.label(name) {
+                let _ = writeln!(
+                    out,
+                    "{prefix}_exchanges_total{{{label}=\"{name}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+
+        let _ = writeln!(out, "# TYPE {prefix}_exchange_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_exchange_duration_seconds Time from credential resolution to the exchange's answer."
+        );
+        for (name, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let Some(name) = family.label(name) else {
+                continue;
+            };
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "{prefix}_exchange_duration_seconds_bucket{{{label}=\"{name}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{prefix}_exchange_duration_seconds_bucket{{{label}=\"{name}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "{prefix}_exchange_duration_seconds_count{{{label}=\"{name}\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "{prefix}_exchange_duration_seconds_sum{{{label}=\"{name}\"}} {}",
+                h.sum
+            );
+        }
+
+        let _ = writeln!(out, "# TYPE {prefix}_rejection_reports counter");
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_rejection_reports Consumer reports of a rejected {}, by outcome.",
+            what.to_ascii_lowercase()
+        );
+        for ((name, outcome), n) in self
+            .rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Some(name) = family.label(name) {
+                let _ = writeln!(
+                    out,
+                    "{prefix}_rejection_reports_total{{{label}=\"{name}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+    }
+}
+
+/// Which credentials a family of series is about.
+#[derive(Clone, Copy)]
+enum Family {
+    Keys,
+    Tokens,
+}
+
+impl Family {
+    /// The label value for a slot name of this family (escaped), or `None`.
+    fn label(self, slot: &str) -> Option<String> {
+        match (self, token_name(slot)) {
+            (Family::Keys, None) => Some(escape(slot)),
+            (Family::Tokens, Some(token)) => Some(escape(token)),
+            _ => None,
+        }
+    }
+}
+
+/// The tokens' state: which state each is in, and the seconds left before the served token
+/// expires (what an alert on "automation is about to lose its credential" needs).
+fn render_tokens(out: &mut String, store: &KeyStore) {
+    let now = SystemTime::now();
+    let snaps: Vec<_> = store.token_slots().iter().map(|s| s.current()).collect();
+    out.push_str("# TYPE delegated_auth_token_state gauge\n");
+    out.push_str("# HELP delegated_auth_token_state 1 for the state each token is in.\n");
+    for s in &snaps {
+        let name = escape(token_name(&s.name).unwrap_or_default());
+        for state in [KeyState::Pending, KeyState::Active, KeyState::Unavailable] {
+            let v = u8::from(s.state == state);
+            let _ = writeln!(
+                out,
+                "delegated_auth_token_state{{token=\"{name}\",state=\"{}\"}} {v}",
+                state.as_str()
+            );
+        }
+    }
+    out.push_str("# TYPE delegated_auth_token_expiry_seconds gauge\n");
+    out.push_str(
+        "# HELP delegated_auth_token_expiry_seconds Seconds until the served token expires (absent while none is served).\n",
+    );
+    for s in &snaps {
+        let Some(at) = s.served.as_ref().and_then(|k| k.expires_at) else {
+            continue;
+        };
+        let left = at.duration_since(now).unwrap_or_default().as_secs_f64();
+        let _ = writeln!(
+            out,
+            "delegated_auth_token_expiry_seconds{{token=\"{}\"}} {left:.3}",
+            escape(token_name(&s.name).unwrap_or_default())
+        );
     }
 }
 
@@ -402,5 +495,54 @@ mod tests {
             text.contains("instance=\"additional_endpoints[\\\"x\\\"][0]\",state=\"pending\"} 1")
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn tokens_have_families_of_their_own() {
+        let store = KeyStore::new();
+        let slots = store.set_instances(&["api_key".to_string(), "token:automation".to_string()]);
+        slots[1].update(|s| {
+            s.state = KeyState::Active;
+            s.served = Some(crate::keystore::ServedKey {
+                value: crate::secret::Secret::from("eyJ.token.sig"),
+                source: KeySource::Delegated,
+                obtained_at: SystemTime::now(),
+                expires_at: Some(SystemTime::now() + Duration::from_secs(600)),
+            });
+        });
+        let m = Metrics::new();
+        m.exchange("api_key", "success", Duration::from_millis(20));
+        m.exchange(
+            "token:automation",
+            "unauthorized",
+            Duration::from_millis(30),
+        );
+        m.rejection("token:automation", "scheduled");
+        let text = m.render(&store);
+        assert!(text.contains(
+            "delegated_auth_token_exchanges_total{token=\"automation\",outcome=\"unauthorized\"} 1"
+        ));
+        assert!(text.contains(
+            "delegated_auth_token_exchange_duration_seconds_count{token=\"automation\"} 1"
+        ));
+        assert!(text.contains(
+            "delegated_auth_token_rejection_reports_total{token=\"automation\",outcome=\"scheduled\"} 1"
+        ));
+        assert!(
+            text.contains("delegated_auth_token_state{token=\"automation\",state=\"active\"} 1")
+        );
+        let left: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("delegated_auth_token_expiry_seconds{token=\"automation\"} ")
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(left > 590.0 && left <= 600.0, "{left}");
+        // Keys' series never name a token, and the other way round.
+        assert!(!text.contains("instance=\"token:"), "{text}");
+        assert!(!text.contains("token=\"api_key\""));
+        assert!(!text.contains("eyJ.token.sig"));
     }
 }

@@ -75,6 +75,16 @@
 //!    [`RETRY_AFTER_SPREAD`] of it so that daemons told the same value do not come back in the
 //!    same second.
 //!
+//! 5. **Tokens** ([`token_refresh_delay`]): a delegated API token carries its own expiry, so
+//!    its refresh follows the token, not an interval: it lands inside the last `margin` of the
+//!    token's life, in `[expires − margin, expires − margin/2]`, uniformly. The jitter spreads
+//!    a fleet whose tokens were issued together; the half margin it never uses is left for
+//!    retries before the token expires. The margin is `refresh_before`, or by default a quarter
+//!    of the lifetime but at least [`TOKEN_MIN_DEFAULT_MARGIN`]; in every case at most half the
+//!    lifetime ([`token_margin`]), so a token is used for at least half its life and a short
+//!    lifetime cannot turn the refresh into a busy loop. A failure before expiry retries on the
+//!    urgent backoff, never later than the expiry itself.
+//!
 //! [`Pacer`] packages these rules with the little state they need (the attempt counter and the
 //! lane of the last failure), for the manager and the fleet simulation alike.
 
@@ -166,6 +176,30 @@ pub fn retry_delay(attempt: u32, retry_min: Duration, retry_max: Duration, u: f6
 pub fn retry_after_delay(retry_after: Duration, u: f64) -> Duration {
     let base = retry_after.min(MAX_RETRY_AFTER);
     base + base.mul_f64(RETRY_AFTER_SPREAD * unit(u))
+}
+
+/// The default token margin is a quarter of the lifetime, but at least this (product §13).
+pub const TOKEN_MIN_DEFAULT_MARGIN: Duration = Duration::from_secs(60);
+
+/// How long before its expiry a token of `lifetime` is refreshed: `refresh_before` when set,
+/// else a quarter of the lifetime but at least [`TOKEN_MIN_DEFAULT_MARGIN`]; never more than
+/// half the lifetime (module doc, rule 5).
+pub fn token_margin(lifetime: Duration, refresh_before: Option<Duration>) -> Duration {
+    let wanted = refresh_before.unwrap_or_else(|| (lifetime / 4).max(TOKEN_MIN_DEFAULT_MARGIN));
+    wanted.min(lifetime / 2)
+}
+
+/// Delay, from when a token of `lifetime` was obtained, until its refresh: uniform in
+/// `[lifetime − margin, lifetime − margin/2]` (module doc, rule 5). Never below
+/// [`MIN_RETRY`], so a token that arrives (nearly) expired cannot make a busy loop.
+pub fn token_refresh_delay(
+    lifetime: Duration,
+    refresh_before: Option<Duration>,
+    u: f64,
+) -> Duration {
+    let margin = token_margin(lifetime, refresh_before);
+    let earliest = lifetime.saturating_sub(margin);
+    (earliest + margin.mul_f64(0.5 * unit(u))).max(MIN_RETRY)
 }
 
 /// Where an exchange failed, which decides whether quick retries can help (module doc, rule 3).
@@ -284,6 +318,47 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_margin_defaults_to_a_quarter_at_least_a_minute_at_most_half() {
+        let m = |life: u64, cfg: Option<u64>| {
+            token_margin(Duration::from_secs(life), cfg.map(Duration::from_secs)).as_secs()
+        };
+        assert_eq!(m(3600, None), 900, "a quarter of an hour-long token");
+        assert_eq!(m(600, None), 150);
+        assert_eq!(m(200, None), 60, "at least a minute");
+        assert_eq!(m(20, None), 10, "but never more than half the lifetime");
+        assert_eq!(m(3600, Some(120)), 120, "refresh_before as configured");
+        assert_eq!(m(3600, Some(3000)), 1800, "capped at half");
+        assert_eq!(m(0, None), 0);
+    }
+
+    #[test]
+    fn token_refresh_lands_in_the_first_half_of_the_margin() {
+        for (life, cfg) in [(3600, None), (20, None), (900, Some(300)), (2, None)] {
+            let life = Duration::from_secs(life);
+            let cfg = cfg.map(Duration::from_secs);
+            let margin = token_margin(life, cfg);
+            let mut seen_low = Duration::MAX;
+            let mut seen_high = Duration::ZERO;
+            for u in draws(1000) {
+                let d = token_refresh_delay(life, cfg, u);
+                assert!(
+                    d >= life - margin && d <= life - margin / 2,
+                    "{life:?} {d:?}"
+                );
+                seen_low = seen_low.min(d);
+                seen_high = seen_high.max(d);
+            }
+            assert_eq!(seen_low, life - margin, "the window's start is reached");
+            assert!(life - margin / 2 - seen_high < Duration::from_millis(10) + margin / 500);
+        }
+        assert_eq!(
+            token_refresh_delay(Duration::ZERO, None, 0.5),
+            MIN_RETRY,
+            "an expired token cannot make a busy loop"
+        );
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
     const S: Duration = Duration::from_secs(1);

@@ -81,6 +81,9 @@ pub struct StatusDoc {
     pub environment: EnvironmentStatus,
     /// Every instance.
     pub instances: Vec<InstanceDoc>,
+    /// Every delegated API token (product §13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenDoc>,
     /// File sinks and their last outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<crate::sink::SinkStatus>,
@@ -208,6 +211,97 @@ pub struct InstanceDoc {
     pub shared_with: Vec<String>,
 }
 
+/// One delegated API token as `GET /v1/tokens` and status show it: never the token itself,
+/// only its redacted suffix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenDoc {
+    /// The token's name.
+    pub name: String,
+    /// `pending`, `active` or `unavailable`.
+    pub state: String,
+    /// Its ETag (changes with the served token).
+    pub generation: u64,
+    /// The served token's last 5 characters (`***abcde`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The org.
+    pub org_uuid: Option<String>,
+    /// The delegated-token URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The AWS credential source last used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_source: Option<String>,
+    /// When the served token was obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained_at: Option<String>,
+    /// When the served token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Seconds until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+    /// Next attempt (a refresh, or a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<String>,
+    /// Whether the next attempt is a retry.
+    #[serde(default)]
+    pub next_is_retry: bool,
+    /// Failures since the last success.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Its kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_kind: Option<String>,
+    /// Why nothing is served, or why the token is suspect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl TokenDoc {
+    /// Describes one token's snapshot.
+    pub fn from_snapshot(s: &Snapshot) -> Self {
+        let st = &s.status;
+        let expires_at = s.served.as_ref().and_then(|t| t.expires_at);
+        TokenDoc {
+            name: crate::keystore::token_name(&s.name)
+                .unwrap_or(&s.name)
+                .to_owned(),
+            state: s.state.as_str().to_owned(),
+            generation: s.generation,
+            token: s.served.as_ref().map(|t| t.value.redacted()),
+            org_uuid: st.org_uuid.clone(),
+            endpoint: st.endpoint.clone(),
+            credential_source: st.credential_source.clone(),
+            obtained_at: s.served.as_ref().map(|t| rfc3339(t.obtained_at)),
+            expires_at: expires_at.map(rfc3339),
+            expires_in_secs: expires_at.map(|at| {
+                at.duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+            next_refresh: st.next_refresh.map(rfc3339),
+            next_is_retry: st.next_is_retry,
+            consecutive_failures: st.consecutive_failures,
+            last_error: st.last_error.clone(),
+            last_error_kind: st.last_error_kind.map(|k| k.as_str().to_owned()),
+            reason: st.reason.clone(),
+        }
+    }
+}
+
+/// Every token of the store, sorted by name.
+pub fn tokens(store: &KeyStore) -> Vec<TokenDoc> {
+    store
+        .token_slots()
+        .iter()
+        .map(|slot| TokenDoc::from_snapshot(&slot.current()))
+        .collect()
+}
+
 /// RFC 3339 with second precision, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -276,12 +370,13 @@ pub fn instances(store: &KeyStore) -> Vec<InstanceDoc> {
 /// Builds the whole status.
 pub fn build(info: &DaemonInfo, store: &KeyStore, sinks: &crate::sink::SinkBoard) -> StatusDoc {
     let instances = instances(store);
+    let tokens = tokens(store);
     StatusDoc {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         started_at: info.started_at.map(rfc3339),
         ready: store.is_ready(),
-        enabled: instances.iter().any(|i| i.org_uuid.is_some()),
+        enabled: instances.iter().any(|i| i.org_uuid.is_some()) || !tokens.is_empty(),
         config: ConfigStatus {
             path: info.config_path.clone(),
             settings_path: info.settings_path.clone(),
@@ -294,6 +389,7 @@ pub fn build(info: &DaemonInfo, store: &KeyStore, sinks: &crate::sink::SinkBoard
         },
         environment: info.environment.clone(),
         instances,
+        tokens,
         sinks: sinks.list(),
     }
 }
@@ -397,6 +493,51 @@ pub fn render_text(doc: &StatusDoc) -> String {
             );
         }
     }
+    if !doc.tokens.is_empty() {
+        out.push_str("\nDelegated API Tokens:\n");
+        for t in &doc.tokens {
+            let _ = writeln!(out, "- {}", t.name);
+            let _ = writeln!(out, "    Status: {}", t.state);
+            if let Some(token) = &t.token {
+                let _ = writeln!(out, "    Serving: token {token}");
+            }
+            if let Some(org) = &t.org_uuid {
+                let _ = writeln!(out, "    Org UUID: {org}");
+            }
+            if let Some(ep) = &t.endpoint {
+                let _ = writeln!(out, "    Endpoint: {ep}");
+            }
+            if let Some(src) = &t.credential_source {
+                let _ = writeln!(out, "    Credential Source: {src}");
+            }
+            if let Some(at) = &t.expires_at {
+                let _ = writeln!(
+                    out,
+                    "    Expires: {at} (in {})",
+                    go_duration(Duration::from_secs(t.expires_in_secs.unwrap_or(0)))
+                );
+            }
+            if let Some(next) = &t.next_refresh {
+                let label = if t.next_is_retry {
+                    "Next Retry"
+                } else {
+                    "Next Refresh"
+                };
+                let _ = writeln!(out, "    {label}: {next}");
+            }
+            if let Some(r) = &t.reason {
+                let _ = writeln!(out, "    Reason: {r}");
+            }
+            if t.consecutive_failures > 0 {
+                let _ = writeln!(
+                    out,
+                    "    Error: {} consecutive failures, last error: {}",
+                    t.consecutive_failures,
+                    t.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
     if !doc.sinks.is_empty() {
         out.push_str("\nFile Sinks:\n");
         for sink in &doc.sinks {
@@ -448,6 +589,7 @@ mod tests {
                 value: Secret::from("0123456789abcdef0123456789abcdef"),
                 source: KeySource::Fallback,
                 obtained_at: SystemTime::UNIX_EPOCH,
+                expires_at: None,
             });
             s.status.org_uuid = Some("11111111-2222-3333-4444-555555555555".into());
             s.status.consecutive_failures = 2;

@@ -42,7 +42,8 @@ pub use crate::check_config::{check_config_main, describe};
 pub use settings::{
     AccessRule, DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, DEFAULT_SINK_MODE, DEFAULT_SOCKET_MODE,
     DEFAULT_STARTUP_GRACE, ENV_LOG_LEVEL, ENV_SOCKET, IdRef, LogFormat, LogSettings,
-    RefreshSettings, Settings, SinkSettings, SocketSettings,
+    MAX_TOKEN_NAME, RefreshSettings, Settings, SinkSettings, SocketSettings, TokenApi,
+    TokenSettings, is_token_name,
 };
 
 use crate::secret::{Secret, redact_userinfo};
@@ -91,6 +92,8 @@ pub struct Config {
     /// Every key the daemon serves, in a stable order: `api_key`, then product sections, then
     /// DELA directives in file order.
     pub instances: Vec<InstanceSpec>,
+    /// The delegated API tokens of the settings file, resolved against `datadog.yaml`.
+    pub tokens: Vec<TokenSpec>,
     /// Problems that do not stop the daemon.
     pub warnings: Vec<Problem>,
     /// The files this configuration was read from.
@@ -99,7 +102,52 @@ pub struct Config {
     pub settings_file_present: bool,
 }
 
+/// A delegated API token to keep (product §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    /// Its name (`GET /v1/tokens/{name}`).
+    pub name: String,
+    /// The org the proof is bound to.
+    pub org_uuid: String,
+    /// The API base the proof goes to (`<api_url>/api/v2/delegated-token`): the entry's
+    /// `api_url`, or `https://api.<site>` for its `site` or `datadog.yaml`'s (with the trailing
+    /// dot of the FQDN form while `convert_dd_site_fqdn` is on).
+    pub api_url: String,
+    /// `delegated_auth.aws.region`: tokens use the same identity as the keys.
+    pub region: Option<String>,
+    /// `refresh_before`, when set.
+    pub refresh_before: Option<Duration>,
+}
+
+impl TokenSpec {
+    /// Resolves a `tokens` entry against the Agent's configuration.
+    fn resolve(t: &TokenSettings, agent: &AgentConfig) -> TokenSpec {
+        let site_base = |site: &str| {
+            let site = site.trim_end_matches('.');
+            let fqdn = agent.convert_dd_site_fqdn && crate::exchange::api_base(site).matched;
+            crate::exchange::api_base(&format!("{site}{}", if fqdn { "." } else { "" })).url
+        };
+        let api_url = match &t.api {
+            TokenApi::Url(url) => url.clone(),
+            TokenApi::Site(site) => site_base(site),
+            TokenApi::AgentSite => site_base(&agent.site),
+        };
+        TokenSpec {
+            name: t.name.clone(),
+            org_uuid: t.org_uuid.clone(),
+            api_url,
+            region: agent.aws_region.clone(),
+            refresh_before: t.refresh_before,
+        }
+    }
+}
+
 impl Config {
+    /// The token named `name`.
+    pub fn token(&self, name: &str) -> Option<&TokenSpec> {
+        self.tokens.iter().find(|t| t.name == name)
+    }
+
     /// The instance named `name`, or whose old name (alias) is `name`.
     pub fn instance(&self, name: &str) -> Option<&InstanceSpec> {
         self.instances.iter().find(|i| i.name == name).or_else(|| {
@@ -528,7 +576,7 @@ fn validate_texts(
         &mut problems,
     );
 
-    if !instances.iter().any(|i| i.delegated.is_some()) {
+    if !instances.iter().any(|i| i.delegated.is_some()) && settings.tokens.is_empty() {
         problems.warn(Problem::new(
             &paths.config,
             "delegated_auth.org_uuid",
@@ -552,6 +600,11 @@ fn validate_texts(
     sort_problems(&mut problems, paths);
     Report {
         config: Some(Config {
+            tokens: settings
+                .tokens
+                .iter()
+                .map(|t| TokenSpec::resolve(t, &agent))
+                .collect(),
             agent,
             settings,
             instances,
@@ -668,8 +721,41 @@ fn cross_check(
             );
         }
     }
+    let token_names: Vec<&str> = settings.tokens.iter().map(|t| t.name.as_str()).collect();
     for (i, rule) in settings.access.iter().flatten().enumerate() {
         for (j, name) in rule.instances.iter().enumerate() {
+            let at = access_lines
+                .get(i)
+                .and_then(|l| l.get(j))
+                .copied()
+                .flatten();
+            if let Some(token) = crate::keystore::token_name(name) {
+                if token != "*" && !token_names.contains(&token) {
+                    problems.warn(
+                        Problem::new(
+                            file,
+                            format!("access[{i}].instances"),
+                            "names a token that the settings file does not define (the rule \
+                             applies if it appears later)",
+                            if token_names.is_empty() {
+                                "define the token under `tokens:`, or remove the name".to_owned()
+                            } else {
+                                format!(
+                                    "use \"token:*\" or one of: {}",
+                                    token_names
+                                        .iter()
+                                        .map(|t| format!("token:{t}"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            },
+                        )
+                        .at(at)
+                        .value(name.clone()),
+                    );
+                }
+                continue;
+            }
             if name != "*" && !names.contains(&name.as_str()) {
                 problems.warn(
                     Problem::new(
@@ -677,13 +763,9 @@ fn cross_check(
                         format!("access[{i}].instances"),
                         "names an instance that the Agent configuration does not define (the \
                          rule applies if it appears later)",
-                        format!("use \"*\" or one of: {known}"),
+                        format!("use \"*\" or one of: {known} (tokens are named token:<name>)"),
                     )
-                    .at(access_lines
-                        .get(i)
-                        .and_then(|l| l.get(j))
-                        .copied()
-                        .flatten())
+                    .at(at)
                     .value(name.clone()),
                 );
             }

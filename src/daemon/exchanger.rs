@@ -12,7 +12,9 @@ use tracing::{debug, warn};
 use crate::aws::{self, AwsEnv, AwsOptions, Identity};
 use crate::config::Config;
 use crate::exchange::{self, ExchangeClient};
-use crate::lifecycle::{ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind};
+use crate::lifecycle::{
+    Credential, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind,
+};
 use crate::net::ClientOptions;
 use crate::net::USER_AGENT;
 use crate::schedule::Cause;
@@ -35,7 +37,8 @@ impl AwsExchanger {
     /// Builds the parts from a validated configuration and the process environment.
     pub fn new(cfg: &Config) -> Result<Self, String> {
         let a = &cfg.agent;
-        let delegated = cfg.instances.iter().any(|i| i.delegated.is_some());
+        let delegated =
+            cfg.instances.iter().any(|i| i.delegated.is_some()) || !cfg.tokens.is_empty();
         let client = if delegated {
             if a.skip_ssl_validation {
                 warn!(
@@ -72,10 +75,8 @@ impl AwsExchanger {
             let detection = parts.identity.detect().await;
             let region = parts.identity.region(None).await;
             let sts = aws::sts_endpoint(region.as_deref());
-            let enabled = state
-                .store
-                .slots()
-                .iter()
+            let enabled = (state.store.slots().iter())
+                .chain(state.store.token_slots().iter())
                 .any(|s| s.current().status.org_uuid.is_some());
             let env = EnvironmentStatus {
                 kind: detection.kind.to_string(),
@@ -95,7 +96,11 @@ impl AwsExchanger {
 impl Exchanger for AwsExchanger {
     async fn exchange(&self, key: &ExchangeKey) -> Result<Exchanged, ExchangeFailure> {
         let parts = self.parts.load_full();
-        let target = exchange::intake_key_url(&key.target);
+        let target = match key.credential {
+            Credential::IntakeKey => exchange::intake_key_url(&key.target),
+            // A token's target is the API base already (`api_url`, or from `site`).
+            Credential::Token => format!("{}{}", key.target, exchange::DELEGATED_TOKEN_PATH),
+        };
         // What status and logs show: a proxy-style dd_url may carry user:password@.
         let url = crate::secret::redact_userinfo(&target);
         let Some(client) = parts.client.as_ref() else {
@@ -140,17 +145,32 @@ impl Exchanger for AwsExchanger {
             credential_source: source.clone(),
             endpoint: Some(url.clone()),
         })?;
-        debug!(url = %url, region = ?region, "Getting API key with cloud auth proof.");
-        match client.exchange(&target, &proof).await {
-            Ok(api_key) => {
-                debug!(url = %url, elapsed = ?started.elapsed(), key = %api_key, "Successfully parsed delegated API key.");
-                Ok(Exchanged {
-                    key: api_key,
-                    credential_source: source,
-                    endpoint: url,
-                    region,
+        let result = match key.credential {
+            Credential::IntakeKey => {
+                debug!(url = %url, region = ?region, "Getting API key with cloud auth proof.");
+                client.exchange(&target, &proof).await.map(|api_key| {
+                    debug!(url = %url, elapsed = ?started.elapsed(), key = %api_key, "Successfully parsed delegated API key.");
+                    (api_key, None)
                 })
             }
+            Credential::Token => {
+                debug!(url = %url, region = ?region, "Getting a delegated API token with cloud auth proof.");
+                client.delegated_token(&target, &proof).await.map(|t| {
+                    if t.expiry_assumed {
+                        warn!(url = %url, "The token answer had no usable `expires`; assuming 15 minutes, as the Datadog API clients do.");
+                    }
+                    (t.token, Some(t.expires_at))
+                })
+            }
+        };
+        match result {
+            Ok((value, expires_at)) => Ok(Exchanged {
+                key: value,
+                expires_at,
+                credential_source: source,
+                endpoint: url,
+                region,
+            }),
             Err(e) => {
                 let kind = e.kind();
                 if kind == FailureKind::Unauthorized {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::exchanger::AwsExchanger;
 use crate::config::{self, Config, ConfigErrors, IdRef, Problem};
-use crate::lifecycle::{ExchangeKey, InstancePlan, InvalidEntry, Timing};
+use crate::lifecycle::{Credential, ExchangeKey, InstancePlan, InvalidEntry, Timing};
 use crate::server::{AccessPolicy, Rule};
 use crate::sink::SinkSpec;
 
@@ -71,14 +71,32 @@ pub(crate) fn resolve(cfg: &Config) -> Result<Resolved, ConfigErrors> {
     })
 }
 
-/// Turns validated instances into the manager's plans. The refresh interval is the instance's
-/// own: the configuration layer already applied `refresh.interval` to it.
+/// Turns validated instances into the manager's plans, then the tokens (their slots are
+/// `token:<name>`). The refresh interval is the instance's own: the configuration layer already
+/// applied `refresh.interval` to it.
 pub(crate) fn plans(cfg: &Config) -> Vec<InstancePlan> {
+    let tokens = cfg.tokens.iter().map(|t| InstancePlan {
+        name: crate::keystore::token_slot(&t.name),
+        exchange: Some(ExchangeKey {
+            credential: Credential::Token,
+            org_uuid: t.org_uuid.clone(),
+            target: t.api_url.clone(),
+            region: t.region.clone(),
+        }),
+        // Unused by a token's schedule (it follows the expiry), but part of its group's pacer.
+        refresh_interval: config::DEFAULT_REFRESH_INTERVAL,
+        refresh_before: t.refresh_before,
+        fallback: None,
+        fallback_origin: None,
+        invalid: None,
+        aliases: Vec::new(),
+    });
     cfg.instances
         .iter()
         .map(|i| InstancePlan {
             name: i.name.clone(),
             exchange: i.delegated.as_ref().map(|d| ExchangeKey {
+                credential: Credential::IntakeKey,
                 org_uuid: d.org_uuid.clone(),
                 target: d.exchange_target.clone(),
                 region: d.region.clone(),
@@ -87,6 +105,7 @@ pub(crate) fn plans(cfg: &Config) -> Vec<InstancePlan> {
                 .delegated
                 .as_ref()
                 .map_or(config::DEFAULT_REFRESH_INTERVAL, |d| d.refresh_interval),
+            refresh_before: None,
             fallback: i.fallback.clone(),
             fallback_origin: i.fallback_origin.clone(),
             aliases: i.aliases.clone(),
@@ -100,6 +119,7 @@ pub(crate) fn plans(cfg: &Config) -> Vec<InstancePlan> {
                 fix: p.fix.clone(),
             }),
         })
+        .chain(tokens)
         .collect()
 }
 

@@ -1,8 +1,11 @@
-//! The exchange: a proof in, a managed API key out (product §5, wire spec §2).
+//! The exchange: a proof in, a managed API key out (product §5, wire spec §2), or a delegated
+//! API token (product §13, wire spec §8.1).
 //!
 //! `POST <api base>/api/v2/intake-key` with `Authorization: Delegated <proof>`,
 //! `Content-Type: application/json` and an empty body; only 200 is success and the key is
-//! `data.attributes.api_key`. Everything else is an [`ExchangeError`] classified for the
+//! `data.attributes.api_key`. The token flow is the same request to
+//! `<api base>/api/v2/delegated-token`; its answer is `data.attributes.access_token` and
+//! `expires` (see [`parse_token_response`]). Both share everything below. Everything else is an [`ExchangeError`] classified for the
 //! refresh loop: `unauthorized` (401/403, with the server's detail), `throttled` (429, with
 //! `Retry-After`), `unavailable` (408, 5xx, connect failures, timeouts), `invalid_response`
 //! (bad or oversized 200 bodies, unexpected statuses), `config` (a URL or client setting that
@@ -39,7 +42,13 @@ use reqwest::{StatusCode, Url};
 use zeroize::Zeroizing;
 
 pub use api_base::{ApiBase, api_base, intake_key_url};
-pub use response::{error_detail, parse_response, parse_retry_after};
+pub use response::{
+    DEFAULT_TOKEN_LIFETIME, DelegatedToken, MAX_TOKEN_BYTES, error_detail, parse_response,
+    parse_retry_after, parse_token_response,
+};
+
+/// Path of the delegated-token endpoint under the API base (wire spec §8.1).
+pub const DELEGATED_TOKEN_PATH: &str = "/api/v2/delegated-token";
 
 use crate::lifecycle::FailureKind;
 use crate::net::{self, CappedReadError, SchemeRefusal};
@@ -104,6 +113,19 @@ pub enum ExchangeError {
         /// The HTTP status, when the server answered (408 or 5xx); `None` when no answer came.
         status: Option<u16>,
     },
+    /// 401 or 403 from the delegated-token endpoint: no persona mapping for the identity.
+    #[error(
+        "Datadog refused the identity proof for a delegated API token (HTTP {status}){}. Check \
+         that a persona mapping matches this workload's AWS identity (`datadog-delegated-auth \
+         doctor` names the mapping to create) and that the token's org_uuid names the right org",
+        fmt_detail(detail)
+    )]
+    TokenRefused {
+        /// 401 or 403.
+        status: u16,
+        /// The server's JSON:API error detail.
+        detail: Option<String>,
+    },
     /// An answer that cannot be used: a bad 200 body, an oversized body, an unexpected status.
     #[error("the Datadog API gave an unusable answer: {reason}")]
     InvalidResponse {
@@ -140,6 +162,7 @@ impl ExchangeError {
     pub fn cause(&self) -> Cause {
         match self {
             ExchangeError::Unauthorized { .. }
+            | ExchangeError::TokenRefused { .. }
             | ExchangeError::Throttled { .. }
             | ExchangeError::InvalidResponse { .. }
             | ExchangeError::Unavailable {
@@ -163,6 +186,7 @@ impl ExchangeError {
     pub fn detail(&self) -> Option<&str> {
         match self {
             ExchangeError::Unauthorized { detail, .. }
+            | ExchangeError::TokenRefused { detail, .. }
             | ExchangeError::Throttled { detail, .. } => detail.as_deref(),
             _ => None,
         }
@@ -267,6 +291,41 @@ impl ExchangeClient {
     /// # Errors
     /// An [`ExchangeError`] classified as described in the module doc.
     pub async fn exchange(&self, url: &str, proof: &Secret) -> Result<Secret, ExchangeError> {
+        let body = self.post_proof(url, proof).await?;
+        let key = parse_response(&body)?;
+        tracing::debug!(url = %redact_userinfo(url), key = %key, "Received a managed API key.");
+        Ok(key)
+    }
+
+    /// Exchanges `proof` for a delegated API token at `url` (`<api base>` +
+    /// [`DELEGATED_TOKEN_PATH`]). The same request, rules and caps as [`Self::exchange`]; a
+    /// 401/403 is [`ExchangeError::TokenRefused`] (a persona mapping is missing, not an intake
+    /// mapping).
+    ///
+    /// # Errors
+    /// An [`ExchangeError`] classified as described in the module doc.
+    pub async fn delegated_token(
+        &self,
+        url: &str,
+        proof: &Secret,
+    ) -> Result<DelegatedToken, ExchangeError> {
+        let body = self.post_proof(url, proof).await.map_err(|e| match e {
+            ExchangeError::Unauthorized { status, detail } => {
+                ExchangeError::TokenRefused { status, detail }
+            }
+            other => other,
+        })?;
+        let token = parse_token_response(&body, SystemTime::now())?;
+        tracing::debug!(url = %redact_userinfo(url), access_token = %token.token, expires_at = %humantime::format_rfc3339_seconds(token.expires_at), "Received a delegated API token.");
+        Ok(token)
+    }
+
+    /// Sends the proof to `url`; the body of a 200 answer, or the classified error.
+    async fn post_proof(
+        &self,
+        url: &str,
+        proof: &Secret,
+    ) -> Result<Zeroizing<Vec<u8>>, ExchangeError> {
         let url = check_url(url)?;
         let mut authorization = {
             let value = Zeroizing::new(format!("Delegated {}", proof.expose()));
@@ -276,7 +335,7 @@ impl ExchangeClient {
             })?
         };
         authorization.set_sensitive(true);
-        tracing::debug!(url = %redact_userinfo(url.as_str()), "Exchanging the cloud auth proof for an API key.");
+        tracing::debug!(url = %redact_userinfo(url.as_str()), "Sending the cloud auth proof.");
         let response = self
             .http
             .post(url.clone())
@@ -300,10 +359,7 @@ impl ExchangeClient {
             .map(|l| redact_userinfo(l).chars().take(200).collect::<String>());
         let body = read_capped(response, MAX_RESPONSE_BYTES, &url).await;
         if status == StatusCode::OK {
-            let body = body?;
-            let key = parse_response(&body)?;
-            tracing::debug!(url = %url, key = %key, "Received a managed API key.");
-            return Ok(key);
+            return body;
         }
         // Error answers: an oversized or broken body only loses the detail.
         let detail = body

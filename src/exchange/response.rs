@@ -108,6 +108,95 @@ pub fn error_detail(body: &[u8]) -> Option<String> {
     Some(sanitize(&messages.join("; "), MAX_DETAIL_TOTAL_CHARS))
 }
 
+/// The longest delegated API token accepted. A JWT naming a user, an org and a few claims is
+/// under 2 KiB; the bound is for the consumers (headers, environments) and for what a broken
+/// server can make the daemon hold.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The lifetime assumed when the answer has no usable `expires`: what the API clients assume
+/// (wire spec §8.1).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// A delegated API token, as the exchange answered it.
+#[derive(Clone, Debug)]
+pub struct DelegatedToken {
+    /// The JWT.
+    pub token: Secret,
+    /// When it stops being valid.
+    pub expires_at: SystemTime,
+    /// `expires` was missing or unreadable, and [`DEFAULT_TOKEN_LIFETIME`] was assumed.
+    pub expiry_assumed: bool,
+}
+
+/// The token in a 200 answer of the delegated-token endpoint (wire spec §8.1):
+/// `{"data":{"type":"delegated_token","attributes":{"access_token":"<JWT>","expires":"<unix
+/// seconds>"}}}`. `expires` is a string of unix seconds; a number is taken too. Missing or
+/// unparseable, it is `now` + [`DEFAULT_TOKEN_LIFETIME`], as the API clients do.
+///
+/// # Errors
+/// [`ExchangeError::InvalidResponse`] for bad JSON, a missing, empty, oversized or non-printable
+/// `access_token`, and a token that has already expired at `now` (serving it would only fail the
+/// consumer; the usual cause is a wrong host clock, which the message names). The body is never
+/// quoted.
+pub fn parse_token_response(body: &[u8], now: SystemTime) -> Result<DelegatedToken, ExchangeError> {
+    let invalid = |reason: &str| ExchangeError::InvalidResponse {
+        reason: reason.to_owned(),
+    };
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        invalid(&format!(
+            "the 200 answer is not JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let Some(attributes) = value.get_mut("data").and_then(|d| d.get_mut("attributes")) else {
+        return Err(invalid("the 200 answer has no `data.attributes` object"));
+    };
+    let token = match attributes.get_mut("access_token").map(Value::take) {
+        Some(Value::String(token)) => Secret::new(token),
+        Some(Value::Null) | None => return Err(invalid("access_token is empty in response")),
+        Some(_) => return Err(invalid("`data.attributes.access_token` is not a string")),
+    };
+    if token.is_empty() {
+        return Err(invalid("access_token is empty in response"));
+    }
+    if token.expose().len() > MAX_TOKEN_BYTES {
+        return Err(invalid(&format!(
+            "`data.attributes.access_token` is {} bytes long; a token is at most {MAX_TOKEN_BYTES}",
+            token.expose().len()
+        )));
+    }
+    if !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "`data.attributes.access_token` contains characters other than printable ASCII \
+             (whitespace, control characters or non-ASCII)",
+        ));
+    }
+    let expires = match attributes.get("expires") {
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let (expires_at, expiry_assumed) = match expires {
+        Some(secs) => (SystemTime::UNIX_EPOCH + Duration::from_secs(secs), false),
+        None => (now + DEFAULT_TOKEN_LIFETIME, true),
+    };
+    if expires_at <= now {
+        return Err(invalid(&format!(
+            "the token expires at {}, which is not after this host's clock ({}); if the host \
+             clock is wrong, fix its time synchronisation (chrony, systemd-timesyncd)",
+            humantime::format_rfc3339_seconds(expires_at),
+            humantime::format_rfc3339_seconds(now)
+        )));
+    }
+    Ok(DelegatedToken {
+        token,
+        expires_at,
+        expiry_assumed,
+    })
+}
+
 /// `Retry-After` as a delay from `now`: delay-seconds or an HTTP date (RFC 9110 §10.2.3); a
 /// date in the past is zero. `None` when absent or unparsable (the caller then uses its own
 /// backoff).
@@ -133,6 +222,86 @@ fn sanitize(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn parse(body: &str) -> Result<DelegatedToken, ExchangeError> {
+        parse_token_response(body.as_bytes(), at(NOW))
+    }
+
+    #[test]
+    fn the_documented_answer_parses() {
+        let t = parse(&format!(
+            r#"{{"data":{{"type":"delegated_token","attributes":{{"access_token":"eyJ.a.b","expires":"{}"}}}}}}"#,
+            NOW + 900
+        ))
+        .unwrap();
+        assert_eq!(t.token.expose(), "eyJ.a.b");
+        assert_eq!(t.expires_at, at(NOW + 900));
+        assert!(!t.expiry_assumed);
+        // A number is taken too.
+        let t =
+            parse(r#"{"data":{"attributes":{"access_token":"x","expires":1800000060}}}"#).unwrap();
+        assert_eq!(t.expires_at, at(NOW + 60));
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_expiry_is_fifteen_minutes_as_the_clients_assume() {
+        for attrs in [
+            r#""access_token":"x""#,
+            r#""access_token":"x","expires":"garbage""#,
+            r#""access_token":"x","expires":"""#,
+            r#""access_token":"x","expires":null"#,
+            r#""access_token":"x","expires":-5"#,
+        ] {
+            let t = parse(&format!(r#"{{"data":{{"attributes":{{{attrs}}}}}}}"#)).unwrap();
+            assert_eq!(t.expires_at, at(NOW + 900), "{attrs}");
+            assert!(t.expiry_assumed, "{attrs}");
+        }
+    }
+
+    #[test]
+    fn unusable_answers_are_refused_without_quoting_them() {
+        let long = "x".repeat(MAX_TOKEN_BYTES + 1);
+        for (body, needle) in [
+            ("{", "not JSON"),
+            (r#"{"data":{}}"#, "no `data.attributes`"),
+            (r#"{"data":{"attributes":{}}}"#, "access_token is empty"),
+            (
+                r#"{"data":{"attributes":{"access_token":""}}}"#,
+                "access_token is empty",
+            ),
+            (
+                r#"{"data":{"attributes":{"access_token":7}}}"#,
+                "not a string",
+            ),
+            (
+                r#"{"data":{"attributes":{"access_token":"a b"}}}"#,
+                "printable ASCII",
+            ),
+            (
+                &format!(r#"{{"data":{{"attributes":{{"access_token":"{long}"}}}}}}"#),
+                "at most 16384",
+            ),
+            (
+                r#"{"data":{"attributes":{"access_token":"secret-jwt","expires":"1799999999"}}}"#,
+                "host clock",
+            ),
+        ] {
+            let e = parse(body).unwrap_err().to_string();
+            assert!(e.contains(needle), "{body}: {e}");
+            assert!(!e.contains("secret-jwt") && !e.contains("xxxxxxxx"), "{e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -57,7 +57,9 @@ impl PartialEq<&str> for FailureKind {
 impl From<&ExchangeError> for FailureKind {
     fn from(e: &ExchangeError) -> Self {
         match e {
-            ExchangeError::Unauthorized { .. } => FailureKind::Unauthorized,
+            ExchangeError::Unauthorized { .. } | ExchangeError::TokenRefused { .. } => {
+                FailureKind::Unauthorized
+            }
             ExchangeError::Throttled { .. } => FailureKind::Throttled,
             ExchangeError::Unavailable { .. } => FailureKind::Unavailable,
             ExchangeError::InvalidResponse { .. } => FailureKind::InvalidResponse,

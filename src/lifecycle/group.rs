@@ -13,9 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::report::GroupShared;
-use super::state::{Action, Draws, Event, History, Managed, Phase, Serve, State, step, view};
+use super::state::{
+    Action, Draws, Event, Expiry, History, Managed, Phase, Serve, State, step, token_view, view,
+};
 use super::{
-    ATTEMPT_TIMEOUT, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind, Timing, lock,
+    ATTEMPT_TIMEOUT, Credential, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind,
+    Timing, lock,
 };
 use crate::keystore::{InstanceStatus, KeySource, KeyState, ServedKey, Slot, Snapshot};
 use crate::metrics::Metrics;
@@ -44,6 +47,8 @@ impl PartialEq for Member {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct GroupConfig {
     pub interval: Duration,
+    /// Tokens: the margin before expiry (`None`: the default).
+    pub refresh_before: Option<Duration>,
     pub timing: Timing,
     pub members: Vec<Member>,
 }
@@ -109,12 +114,13 @@ impl<E: Exchanger> Group<E> {
     /// before the task runs.
     pub fn new(key: ExchangeKey, links: Links<E>, cfg: Arc<GroupConfig>) -> Self {
         let now = Instant::now();
-        let state = State::new(
+        let mut state = State::new(
             cfg.interval,
             cfg.timing.retry_min,
             cfg.timing.retry_max,
             now,
         );
+        state.refresh_before = cfg.refresh_before;
         let group = Group {
             history: History {
                 region: key.region.clone(),
@@ -138,6 +144,7 @@ impl<E: Exchanger> Group<E> {
         loop {
             let grace = self.grace_deadline();
             let due = in_flight.is_none().then_some(self.state.timer.at);
+            let expiry = self.state.phase.expiry().map(|e| e.deadline);
             tokio::select! {
                 biased;
                 () = self.links.cancel.cancelled() => return,
@@ -156,6 +163,16 @@ impl<E: Exchanger> Group<E> {
                     self.settle(outcome, attempt, &mut in_flight);
                 }
                 () = sleep_until_opt(grace) => self.handle(Event::GraceOver, &mut in_flight),
+                () = sleep_until_opt(expiry) => {
+                    self.history.expired_at = self.state.phase.expiry().map(|e| e.at);
+                    warn!(
+                        token = %self.member_names(),
+                        refreshing = in_flight.is_some(),
+                        last_error = self.history.last_error.as_deref().unwrap_or_default(),
+                        "The token expired before a new one could be obtained; nothing is served for it until one is."
+                    );
+                    self.handle(Event::Expired, &mut in_flight);
+                }
                 () = self.links.shared.wake.notified() => {
                     // A wake-up whose request was already served by an attempt is stale.
                     if std::mem::take(&mut lock(&self.links.shared.control).forced) {
@@ -186,6 +203,7 @@ impl<E: Exchanger> Group<E> {
             phase: std::mem::replace(&mut self.state.phase, Phase::NoKey),
             timer: self.state.timer.clone(),
             pacer: self.state.pacer.clone(),
+            refresh_before: self.state.refresh_before,
         };
         let (state, actions) = step(current, event, now, draws);
         self.state = state;
@@ -261,21 +279,40 @@ impl<E: Exchanger> Group<E> {
                 for m in &self.cfg.members {
                     self.links.metrics.exchange(&m.name, "success", elapsed);
                 }
+                let obtained_at = SystemTime::now();
+                let expiry = exchanged.expires_at.map(|at| {
+                    let lifetime = at.duration_since(obtained_at).unwrap_or_default();
+                    Expiry {
+                        at,
+                        deadline: Instant::now() + lifetime,
+                        lifetime,
+                    }
+                });
                 let managed = Managed {
                     key: exchanged.key.clone(),
-                    obtained_at: SystemTime::now(),
+                    obtained_at,
+                    expiry,
                 };
-                self.history.succeeded(exchanged, SystemTime::now());
+                self.history.succeeded(exchanged, obtained_at);
                 let actions = self.step(Event::Succeeded {
                     managed,
                     forced: attempt.forced,
                 });
-                info!(
-                    instances = %names,
-                    key = %self.state_key().redacted(),
-                    next_refresh_in = %humantime::format_duration(self.until_next()),
-                    "Obtained a managed key."
-                );
+                match expiry {
+                    None => info!(
+                        instances = %names,
+                        key = %self.state_key().redacted(),
+                        next_refresh_in = %humantime::format_duration(self.until_next()),
+                        "Obtained a managed key."
+                    ),
+                    Some(e) => info!(
+                        token = %names,
+                        access_token = %self.state_key().redacted(),
+                        expires_in = %humantime::format_duration(Duration::from_secs(e.lifetime.as_secs())),
+                        next_refresh_in = %humantime::format_duration(self.until_next()),
+                        "Obtained a delegated API token."
+                    ),
+                }
                 actions
             }
             Err(failure) => {
@@ -291,13 +328,17 @@ impl<E: Exchanger> Group<E> {
                 });
                 let kind = failure.kind;
                 self.history.failed(failure);
+                let what = match self.key.credential {
+                    Credential::IntakeKey => "Key exchange failed.",
+                    Credential::Token => "Token exchange failed.",
+                };
                 warn!(
                     instances = %names,
                     kind = kind.as_str(),
                     consecutive_failures = self.history.failures,
                     next_attempt_in = %humantime::format_duration(self.until_next()),
                     error = self.history.last_error.as_deref().unwrap_or_default(),
-                    "Key exchange failed."
+                    "{what}"
                 );
                 actions
             }
@@ -330,6 +371,7 @@ impl<E: Exchanger> Group<E> {
             interval: self.cfg.interval,
             retry_min: self.cfg.timing.retry_min,
             retry_max: self.cfg.timing.retry_max,
+            refresh_before: self.cfg.refresh_before,
         });
         debug_assert!(actions.is_empty(), "{actions:?}");
     }
@@ -349,7 +391,9 @@ impl<E: Exchanger> Group<E> {
             org_uuid: Some(self.key.org_uuid.clone()),
             endpoint: h.endpoint.clone(),
             region: h.region.clone(),
-            refresh_interval: Some(self.cfg.interval),
+            // A token's refresh follows its expiry, not an interval.
+            refresh_interval: (self.key.credential == Credential::IntakeKey)
+                .then_some(self.cfg.interval),
             credential_source: h.credential_source.clone(),
             last_refresh: h.last_refresh,
             last_attempt: h.last_attempt,
@@ -368,23 +412,42 @@ impl<E: Exchanger> Group<E> {
     /// Publishes every member's view; the key store bumps generations where the served value
     /// changed, which releases long polls.
     pub fn publish_all(&self) {
+        let token = self.key.credential == Credential::Token;
         for member in &self.cfg.members {
-            let (serve_what, reason) = view(
-                &self.state.phase,
-                member.fallback.as_ref(),
-                self.history.last_error_kind,
-                self.cfg.timing.startup_grace,
-            );
+            let (serve_what, reason) = if token {
+                token_view(
+                    &self.state.phase,
+                    &self.history,
+                    self.cfg.timing.startup_grace,
+                )
+            } else {
+                view(
+                    &self.state.phase,
+                    member.fallback.as_ref(),
+                    self.history.last_error_kind,
+                    self.cfg.timing.startup_grace,
+                )
+            };
             let status = self.status(member, reason.clone());
             let (state, served) = match serve_what {
                 Serve::Pending => (KeyState::Pending, None),
                 Serve::Managed(m) => (
                     KeyState::Active,
-                    Some((&m.key, KeySource::Delegated, m.obtained_at)),
+                    Some(Served {
+                        value: &m.key,
+                        source: KeySource::Delegated,
+                        obtained_at: m.obtained_at,
+                        expires_at: m.expiry.map(|e| e.at),
+                    }),
                 ),
                 Serve::Fallback(f) => (
                     KeyState::Fallback,
-                    Some((f, KeySource::Fallback, SystemTime::now())),
+                    Some(Served {
+                        value: f,
+                        source: KeySource::Fallback,
+                        obtained_at: SystemTime::now(),
+                        expires_at: None,
+                    }),
                 ),
                 Serve::Nothing => (KeyState::Unavailable, None),
             };
@@ -393,7 +456,7 @@ impl<E: Exchanger> Group<E> {
                 s.status = status;
             });
             if let Some((from, to)) = switched {
-                log_switch(&member.name, from, to, reason.as_deref());
+                log_switch(&member.name, from, to, reason.as_deref(), token);
             }
         }
     }
@@ -424,34 +487,59 @@ pub(super) fn publish(
     states
 }
 
+/// What a member is given to serve.
+pub(super) struct Served<'a> {
+    pub value: &'a Secret,
+    pub source: KeySource,
+    pub obtained_at: SystemTime,
+    /// A token's expiry.
+    pub expires_at: Option<SystemTime>,
+}
+
 /// Sets what a snapshot serves, keeping `obtained_at` when the value and source are unchanged
 /// (so a republished fallback does not look younger than it is).
-pub(super) fn serve(
-    s: &mut Snapshot,
-    state: KeyState,
-    served: Option<(&Secret, KeySource, SystemTime)>,
-) {
+pub(super) fn serve(s: &mut Snapshot, state: KeyState, served: Option<Served<'_>>) {
     s.state = state;
-    s.served = served.map(|(value, source, obtained_at)| {
+    s.served = served.map(|new| {
         let obtained_at = match &s.served {
-            Some(old) if old.source == source && old.value == *value => old.obtained_at,
-            _ => obtained_at,
+            Some(old) if old.source == new.source && old.value == *new.value => old.obtained_at,
+            _ => new.obtained_at,
         };
         ServedKey {
-            value: value.clone(),
-            source,
+            value: new.value.clone(),
+            source: new.source,
             obtained_at,
+            expires_at: new.expires_at,
         }
     });
 }
 
 /// Logs a change of state once, when it happens (never per request).
-fn log_switch(instance: &str, from: KeyState, to: KeyState, reason: Option<&str>) {
+fn log_switch(instance: &str, from: KeyState, to: KeyState, reason: Option<&str>, token: bool) {
     if from == to {
         return;
     }
     let from = from.as_str();
     let reason = reason.unwrap_or("");
+    if token {
+        match to {
+            KeyState::Active => info!(token = instance, from, to = "active", "Serving the token."),
+            KeyState::Unavailable => warn!(
+                token = instance,
+                from,
+                to = "unavailable",
+                reason,
+                "No token can be served."
+            ),
+            _ => debug!(
+                token = instance,
+                from,
+                to = to.as_str(),
+                "Token state changed."
+            ),
+        }
+        return;
+    }
     match to {
         KeyState::Active => info!(
             instance,
@@ -860,5 +948,181 @@ mod tests {
         let s = without.current();
         assert_eq!(s.status.consecutive_failures, 0);
         assert_eq!(s.status.last_error, None);
+    }
+
+    const TOKEN: &str = "token:automation";
+
+    /// Exchange times of the fake, relative to the harness start.
+    fn offsets(h: &Harness) -> Vec<Duration> {
+        h.call_offsets()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_refreshed_inside_its_margin_once_per_lifetime_and_never_with_a_fallback() {
+        // 20 s tokens, the default margin: half the lifetime (a quarter would be under 60 s).
+        let fake = Fake::new([], Otherwise::Keys);
+        let h = Harness::start(
+            fake,
+            vec![
+                plan("api_key", Some(ORG), Some(FALLBACK)),
+                token_plan("automation", ORG),
+            ],
+        )
+        .await;
+        let slot = h.slot(TOKEN);
+        let s = until(&slot, "a token", |s| s.state == KeyState::Active).await;
+        let first = s.served.clone().unwrap();
+        assert_eq!(first.source, KeySource::Delegated);
+        assert!(first.expires_at.is_some(), "a token carries its expiry");
+        assert_eq!(s.status.refresh_interval, None, "no interval for a token");
+        // Keys and tokens never share an exchange, even for the same org.
+        assert_eq!(h.fake.calls().len(), 2);
+        assert!(s.status.shared_with.is_empty());
+
+        // Ten lifetimes: each token replaced 10..15 s after it was obtained.
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        let token_calls: Vec<Duration> = h
+            .fake
+            .calls()
+            .iter()
+            .filter(|(_, k)| k.credential == Credential::Token)
+            .map(|(t, _)| *t - h.t0)
+            .collect();
+        for pair in token_calls.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_secs(10) && gap <= Duration::from_secs(15),
+                "{gap:?} in {token_calls:?}"
+            );
+        }
+        // 200 s / 10..15 s: between 14 and 21 exchanges, i.e. 1.33..2 per 20 s lifetime.
+        assert!((14..=21).contains(&token_calls.len()), "{token_calls:?}");
+        assert_eq!(slot.current().state, KeyState::Active);
+        assert!(
+            offsets(&h).len() > token_calls.len(),
+            "the key has its own schedule"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_serves_the_token_until_it_expires_then_nothing_then_the_next_token() {
+        let fake = Fake::new([], Otherwise::Keys);
+        let h = Harness::start(fake, vec![token_plan("automation", ORG)]).await;
+        let slot = h.slot(TOKEN);
+        until(&slot, "a token", |s| s.state == KeyState::Active).await;
+        let obtained = Instant::now();
+        let first = served(&slot.current()).0.to_owned();
+
+        // Datadog goes down: the refresh at 10..15 s fails, and is retried urgently.
+        h.fake.set_otherwise(Otherwise::Fail(server_error()));
+        // (A failure alone changes no generation, so nothing to wait on: look at 16 s.)
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        let s = slot.current();
+        assert!(s.status.consecutive_failures > 0);
+        assert_eq!(s.state, KeyState::Active, "still valid: still served");
+        assert_eq!(served(&s).0, first);
+
+        // At the expiry, nothing is served: no fallback, no stale token.
+        let s = until(&slot, "unavailable", |s| s.state == KeyState::Unavailable).await;
+        assert_eq!(
+            Instant::now() - obtained,
+            Duration::from_secs(20),
+            "exactly at expiry"
+        );
+        assert!(s.served.is_none());
+        let reason = s.status.reason.clone().unwrap();
+        assert!(reason.starts_with("the token expired at "), "{reason}");
+        assert!(reason.contains("tokens never fall back"), "{reason}");
+        let failures_at_expiry = s.status.consecutive_failures;
+        assert!(
+            failures_at_expiry >= 2,
+            "retried before expiry: {failures_at_expiry}"
+        );
+
+        // The failed refreshes all ran inside the margin, the last one no later than the
+        // expiry (urgent retries, not the next beat of a key).
+        let before_expiry: Vec<Duration> = (h.fake.times().into_iter().skip(1))
+            .map(|t| t - obtained)
+            .filter(|d| *d <= Duration::from_secs(20))
+            .collect();
+        assert_eq!(before_expiry.len(), failures_at_expiry as usize);
+        assert!(
+            before_expiry[0] >= Duration::from_secs(10),
+            "{before_expiry:?}"
+        );
+
+        // Back up: the next token is served within retry_max.
+        h.fake.set_otherwise(Otherwise::Keys);
+        let back = Instant::now();
+        let s = until(&slot, "a new token", |s| s.state == KeyState::Active).await;
+        assert_ne!(served(&s).0, first);
+        assert!(Instant::now() - back <= timing().retry_max);
+        assert_eq!(s.status.reason, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_token_is_refreshed_at_once_and_reports_are_throttled() {
+        let fake = Fake::new([], Otherwise::Keys);
+        let h = Harness::start(fake, vec![token_plan("automation", ORG)]).await;
+        let slot = h.slot(TOKEN);
+        until(&slot, "a token", |s| s.state == KeyState::Active).await;
+        let first = served(&slot.current()).0.to_owned();
+        let suffix = &first[first.len() - 5..];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            h.manager.report_rejected(TOKEN, suffix),
+            RejectOutcome::Scheduled
+        );
+        let s = until(&slot, "replaced", |s| {
+            s.served.as_ref().is_some_and(|k| k.value.expose() != first)
+        })
+        .await;
+        let second = served(&s).0.to_owned();
+        assert_eq!(h.fake.calls().len(), 2, "one forced exchange");
+        // Within 30 s of the first report, another is throttled.
+        assert_eq!(
+            h.manager
+                .report_rejected(TOKEN, &second[second.len() - 5..]),
+            RejectOutcome::Throttled
+        );
+        assert_eq!(
+            h.manager.report_rejected(TOKEN, "zzzzz"),
+            RejectOutcome::Ignored,
+            "not the token served"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_an_unchanged_token_and_a_new_margin_reschedules_it() {
+        let fake = Fake::new([], Otherwise::Keys);
+        fake.set_token_lifetime(Duration::from_secs(3600));
+        let mut h = Harness::start(fake, vec![token_plan("automation", ORG)]).await;
+        let slot = h.slot(TOKEN);
+        let s = until(&slot, "a token", |s| s.state == KeyState::Active).await;
+        let generation = s.generation;
+        let next = s.status.next_refresh.unwrap();
+
+        // The same configuration: same token, same generation, same schedule, no exchange.
+        h.apply(vec![token_plan("automation", ORG)]).await;
+        settle().await;
+        let s = slot.current();
+        assert_eq!(s.generation, generation);
+        assert_eq!(s.status.next_refresh, Some(next));
+        assert_eq!(h.fake.calls().len(), 1);
+
+        // refresh_before: 2m: the refresh moves to 58..59 min after the token was obtained.
+        let mut plan = token_plan("automation", ORG);
+        plan.refresh_before = Some(Duration::from_secs(120));
+        h.apply(vec![plan]).await;
+        settle().await;
+        let s = slot.current();
+        assert_eq!(s.generation, generation, "the token itself is kept");
+        let moved = s.status.next_refresh.unwrap();
+        let at = moved.duration_since(next).unwrap_or_else(|e| e.duration());
+        assert!(at > Duration::from_secs(0), "rescheduled");
+        tokio::time::sleep(Duration::from_secs(57 * 60)).await;
+        assert_eq!(h.fake.calls().len(), 1, "not refreshed before 58 min");
+        tokio::time::sleep(Duration::from_secs(2 * 60 + 1)).await;
+        assert_eq!(h.fake.calls().len(), 2, "refreshed in its new window");
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::group::{Command, Group, GroupConfig, Links, Member, publish, serve};
+use super::group::{Command, Group, GroupConfig, Links, Member, Served, publish, serve};
 use super::report::{GroupShared, ManagerHandle, RejectOutcome, Route};
 use super::{ExchangeKey, Exchanger, InstancePlan, Timing};
 use crate::keystore::{InstanceStatus, KeySource, KeyState, KeyStore, Slot};
@@ -261,6 +261,8 @@ fn group_config(
         .map(|p| p.refresh_interval)
         .min()
         .unwrap_or(Duration::from_secs(3600));
+    // The most demanding margin: the token must satisfy every member.
+    let refresh_before = plans.iter().filter_map(|p| p.refresh_before).max();
     let members = plans
         .iter()
         .map(|p| Member {
@@ -272,6 +274,7 @@ fn group_config(
         .collect();
     Arc::new(GroupConfig {
         interval,
+        refresh_before,
         timing: timing.clone(),
         members,
     })
@@ -301,9 +304,12 @@ fn publish_static(plan: &InstancePlan, slot: &Slot) {
         serve(
             s,
             state,
-            plan.fallback
-                .as_ref()
-                .map(|f| (f, KeySource::Fallback, SystemTime::now())),
+            plan.fallback.as_ref().map(|f| Served {
+                value: f,
+                source: KeySource::Fallback,
+                obtained_at: SystemTime::now(),
+                expires_at: None,
+            }),
         );
         s.status = InstanceStatus {
             fallback_origin: plan.fallback_origin.clone(),

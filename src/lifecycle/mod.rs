@@ -65,7 +65,7 @@
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::schedule::Cause;
 use crate::secret::Secret;
@@ -91,13 +91,29 @@ pub const REJECTION_THROTTLE: Duration = Duration::from_secs(30);
 /// forever.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What an exchange obtains: the two flows of the seed document.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// A managed intake API key (`POST /api/v2/intake-key`), refreshed on an interval and
+    /// backed by the static fallback.
+    #[default]
+    IntakeKey,
+    /// A delegated API token, a JWT for a user or service account (`POST
+    /// /api/v2/delegated-token`, wire spec §8.1): refreshed before it expires, never served past
+    /// its expiry, never replaced by a fallback.
+    Token,
+}
+
 /// What one exchange needs. Instances with equal keys share one exchange and one key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ExchangeKey {
+    /// What is exchanged for: a token never shares an exchange with a key.
+    pub credential: Credential,
     /// The Datadog org the proof is bound to (`x-ddog-org-id`).
     pub org_uuid: String,
-    /// The exchange target (the endpoint the instance sends to); the exchanger derives the API
-    /// base and the intake-key URL from it.
+    /// The exchange target. For a key: the endpoint the instance sends to, from which the
+    /// exchanger derives the API base and the intake-key URL. For a token: the API base itself
+    /// (`https://api.<site>` or the configured `api_url`).
     pub target: String,
     /// STS signing region, when configured.
     pub region: Option<String>,
@@ -112,6 +128,9 @@ pub struct InstancePlan {
     pub exchange: Option<ExchangeKey>,
     /// How often the managed key is refreshed.
     pub refresh_interval: Duration,
+    /// For a token: how long before its expiry it is refreshed (`None`: 25 % of its lifetime,
+    /// at least 60 s). Never more than half the lifetime (see [`crate::schedule::token_margin`]).
+    pub refresh_before: Option<Duration>,
     /// The static key served when no managed key can be.
     pub fallback: Option<Secret>,
     /// Where the fallback comes from (`api_key`, `fallback_api_key_file`, …), for status.
@@ -146,11 +165,14 @@ pub struct Timing {
 /// A successful exchange.
 #[derive(Clone, Debug)]
 pub struct Exchanged {
-    /// The managed API key.
+    /// The managed API key, or the token.
     pub key: Secret,
+    /// For a token: when it stops being valid (Datadog's `expires`, or now + 15 min when the
+    /// answer had none, as the API clients do).
+    pub expires_at: Option<SystemTime>,
     /// The AWS credential source used (Agent wording, e.g. `EC2 IMDS`).
     pub credential_source: Option<String>,
-    /// The intake-key URL used.
+    /// The exchange URL used (intake-key or delegated-token).
     pub endpoint: String,
     /// The STS region the proof was signed for (`None` = global endpoint).
     pub region: Option<String>,

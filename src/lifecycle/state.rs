@@ -5,14 +5,15 @@
 //! out. Like [`crate::schedule`], it reads no clock and no random generator (the caller passes
 //! `now` and the [`Draws`]), so it is tested as a table without tokio.
 //!
-//! | phase \ event | `GraceOver` | `Due`, `Forced` | `Succeeded` | `Failed`                     |
-//! |---------------|-------------|-----------------|-------------|------------------------------|
-//! | `Starting`    | `NoKey`     | (attempt)       | `Serving`   | `NoKey`                      |
-//! | `Serving`     | —           | (attempt)       | `Serving`   | `Serving`; `Rejected` if reported |
-//! | `Rejected`    | —           | (attempt)       | `Serving`   | `Rejected`                   |
-//! | `NoKey`       | —           | (attempt)       | `Serving`   | `NoKey`                      |
+//! | phase \ event | `GraceOver` | `Due`, `Forced` | `Succeeded` | `Failed`                     | `Expired` |
+//! |---------------|-------------|-----------------|-------------|------------------------------|-----------|
+//! | `Starting`    | `NoKey`     | (attempt)       | `Serving`   | `NoKey`                      | —         |
+//! | `Serving`     | —           | (attempt)       | `Serving`   | `Serving`; `Rejected` if reported | `NoKey` |
+//! | `Rejected`    | —           | (attempt)       | `Serving`   | `Rejected`                   | `NoKey`   |
+//! | `NoKey`       | —           | (attempt)       | `Serving`   | `NoKey`                      | —         |
 //!
-//! `Reconfigured` never changes the phase; it may re-draw the next refresh.
+//! `Reconfigured` never changes the phase; it may re-draw the next refresh. `Expired` concerns
+//! tokens only (a key has no expiry): a token is never served past its `expires`.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,13 +22,35 @@ use tokio::time::Instant;
 use super::{ExchangeFailure, Exchanged, FailureKind};
 use crate::schedule::{self, Cause, Lane, Pacer};
 use crate::secret::Secret;
+use crate::status::rfc3339 as format_time;
 
-/// The managed key a group holds.
+/// The managed key (or token) a group holds.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Managed {
     pub key: Secret,
     /// When the exchange returned it (the key's age in status and metrics).
     pub obtained_at: SystemTime,
+    /// A token's expiry; `None` for a key.
+    pub expiry: Option<Expiry>,
+}
+
+/// When a token stops being valid, on both clocks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Expiry {
+    /// Datadog's `expires`: what consumers are told, and what every answer is checked against.
+    pub at: SystemTime,
+    /// The same moment on the monotonic clock: the group's timer.
+    pub deadline: Instant,
+    /// The token's lifetime when it was obtained (`expires` − now), which its refresh is drawn
+    /// from.
+    pub lifetime: Duration,
+}
+
+impl Managed {
+    /// Whether this is a token that has expired at `now`.
+    fn expired(&self, now: Instant) -> bool {
+        self.expiry.is_some_and(|e| e.deadline <= now)
+    }
 }
 
 /// What a group serves (the module doc of [`crate::lifecycle`] has the table per member).
@@ -45,11 +68,20 @@ pub(super) enum Phase {
 }
 
 impl Phase {
-    /// Which retry lane a failure in this phase goes to (after the phase change it causes).
+    /// Which retry lane a failure in this phase goes to (after the phase change it causes). A
+    /// token is always urgent: waiting for a next beat would let it expire.
     fn lane(&self) -> Lane {
         match self {
-            Phase::Serving(_) => Lane::Relaxed,
-            Phase::Starting | Phase::Rejected(_) | Phase::NoKey => Lane::Urgent,
+            Phase::Serving(m) if m.expiry.is_none() => Lane::Relaxed,
+            Phase::Serving(_) | Phase::Starting | Phase::Rejected(_) | Phase::NoKey => Lane::Urgent,
+        }
+    }
+
+    /// The token's expiry, while one is held.
+    pub fn expiry(&self) -> Option<Expiry> {
+        match self {
+            Phase::Serving(m) | Phase::Rejected(m) => m.expiry,
+            Phase::Starting | Phase::NoKey => None,
         }
     }
 
@@ -78,12 +110,15 @@ pub(super) struct State {
     pub phase: Phase,
     pub timer: Timer,
     pub pacer: Pacer,
+    /// Tokens: the configured `refresh_before` (`None`: the default margin).
+    pub refresh_before: Option<Duration>,
 }
 
 impl State {
     /// A group that has not attempted anything yet: its first attempt is due `now`.
     pub fn new(interval: Duration, retry_min: Duration, retry_max: Duration, now: Instant) -> Self {
         State {
+            refresh_before: None,
             phase: Phase::Starting,
             timer: Timer {
                 at: now,
@@ -118,7 +153,10 @@ pub(super) enum Event {
         interval: Duration,
         retry_min: Duration,
         retry_max: Duration,
+        refresh_before: Option<Duration>,
     },
+    /// The token held reached its expiry (never sent for a key).
+    Expired,
 }
 
 /// What the task must do after a step.
@@ -143,6 +181,7 @@ pub(super) fn step(state: State, event: Event, now: Instant, draws: Draws) -> (S
         phase,
         mut timer,
         mut pacer,
+        mut refresh_before,
     } = state;
     let mut actions = Vec::new();
     let phase = match event {
@@ -175,6 +214,12 @@ pub(super) fn step(state: State, event: Event, now: Instant, draws: Draws) -> (S
         }
         Event::Succeeded { managed, forced } => {
             let delay = pacer.after_success(forced, draws.u);
+            // A token is refreshed from its own lifetime, not the interval (the pacer's
+            // counters are reset all the same).
+            let delay = match managed.expiry {
+                Some(e) => schedule::token_refresh_delay(e.lifetime, refresh_before, draws.u),
+                None => delay,
+            };
             timer.at = now + delay;
             timer.retry = false;
             timer.not_before = None;
@@ -191,7 +236,15 @@ pub(super) fn step(state: State, event: Event, now: Instant, draws: Draws) -> (S
                 Phase::Starting => Phase::NoKey,
                 other => other,
             };
-            let delay = pacer.after_failure(phase.lane(), cause, retry_after, draws.u, draws.u2);
+            let mut delay =
+                pacer.after_failure(phase.lane(), cause, retry_after, draws.u, draws.u2);
+            // A token still held is retried no later than its expiry (unless the server said
+            // when to come back: Retry-After is honoured even then).
+            if let Some(e) = phase.expiry()
+                && retry_after.is_none()
+            {
+                delay = delay.min(e.deadline.saturating_duration_since(now));
+            }
             timer.at = now + delay;
             timer.retry = true;
             timer.not_before = retry_after.map(|ra| now + ra.min(schedule::MAX_RETRY_AFTER));
@@ -202,22 +255,44 @@ pub(super) fn step(state: State, event: Event, now: Instant, draws: Draws) -> (S
             interval,
             retry_min,
             retry_max,
+            refresh_before: new_before,
         } => {
             let interval_changed = interval != pacer.interval();
+            let before_changed = new_before != refresh_before;
             pacer.set_params(interval, retry_min, retry_max);
-            if interval_changed && phase.has_key() && !timer.retry {
-                // Re-phased: a reload usually reaches a whole fleet within minutes.
-                timer.at = now + schedule::first_refresh_delay(interval, draws.u);
+            refresh_before = new_before;
+            match phase.expiry() {
+                Some(e) if before_changed && !timer.retry => {
+                    // The token's refresh is drawn again from its lifetime, with the new margin.
+                    let obtained = e.deadline.checked_sub(e.lifetime).unwrap_or(now);
+                    let due = obtained
+                        + schedule::token_refresh_delay(e.lifetime, refresh_before, draws.u);
+                    timer.at = due.max(now);
+                }
+                Some(_) => {}
+                None if interval_changed && phase.has_key() && !timer.retry => {
+                    // Re-phased: a reload usually reaches a whole fleet within minutes.
+                    timer.at = now + schedule::first_refresh_delay(interval, draws.u);
+                }
+                None => {}
             }
             // The manager asks for the publication once every group has its new members.
             phase
         }
+        Event::Expired => match phase {
+            Phase::Serving(m) | Phase::Rejected(m) if m.expired(now) => {
+                actions.push(Action::Publish);
+                Phase::NoKey
+            }
+            other => other,
+        },
     };
     (
         State {
             phase,
             timer,
             pacer,
+            refresh_before,
         },
         actions,
     )
@@ -272,6 +347,52 @@ pub(super) fn view<'a>(
     }
 }
 
+/// What a token serves in `phase`, and why when it is not the token. A token has no fallback:
+/// a rejected one is still served until it expires, and after that nothing is.
+pub(super) fn token_view<'a>(
+    phase: &'a Phase,
+    history: &History,
+    startup_grace: Duration,
+) -> (Serve<'a>, Option<String>) {
+    const NEVER: &str = "tokens never fall back to anything";
+    match phase {
+        Phase::Starting => (Serve::Pending, None),
+        Phase::Serving(managed) => (Serve::Managed(managed), None),
+        Phase::Rejected(managed) => (
+            Serve::Managed(managed),
+            Some(format!(
+                "a consumer reported the token rejected and the refresh failed; it is served \
+                 until it expires{}",
+                managed
+                    .expiry
+                    .map(|e| format!(" at {}", format_time(e.at)))
+                    .unwrap_or_default()
+            )),
+        ),
+        Phase::NoKey => {
+            let failed = history
+                .last_error_kind
+                .map(|kind| format!("the last exchange failed ({kind})"));
+            let why = match (history.expired_at, failed) {
+                (Some(at), Some(failed)) => format!(
+                    "the token expired at {} and no new one could be obtained: {failed}",
+                    format_time(at)
+                ),
+                (Some(at), None) => format!(
+                    "the token expired at {} before its refresh finished",
+                    format_time(at)
+                ),
+                (None, Some(failed)) => format!("no token yet: {failed}"),
+                (None, None) => format!(
+                    "no token yet: the first exchange is still running after the startup grace of {}",
+                    humantime::format_duration(startup_grace)
+                ),
+            };
+            (Serve::Nothing, Some(format!("{why}; {NEVER}")))
+        }
+    }
+}
+
 /// What status shows about the attempts, beside the phase.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct History {
@@ -291,6 +412,8 @@ pub(super) struct History {
     pub last_error: Option<String>,
     /// The last failure's kind.
     pub last_error_kind: Option<FailureKind>,
+    /// When the token held last expired without a successor (cleared by a success).
+    pub expired_at: Option<SystemTime>,
 }
 
 impl History {
@@ -299,6 +422,7 @@ impl History {
         self.failures = 0;
         self.last_error = None;
         self.last_error_kind = None;
+        self.expired_at = None;
         self.last_refresh = Some(now);
         self.endpoint = Some(exchanged.endpoint);
         self.region = exchanged.region;
@@ -333,6 +457,7 @@ mod tests {
         Managed {
             key: Secret::from(key),
             obtained_at: SystemTime::UNIX_EPOCH,
+            expiry: None,
         }
     }
 
@@ -344,6 +469,168 @@ mod tests {
             "NoKey" => Phase::NoKey,
             _ => unreachable!("{name}"),
         }
+    }
+
+    /// A token that expires `left` after `now`, issued with a lifetime of 20 s.
+    fn token(key: &str, now: Instant, left: Duration) -> Managed {
+        Managed {
+            key: Secret::from(key),
+            obtained_at: SystemTime::UNIX_EPOCH,
+            expiry: Some(Expiry {
+                at: SystemTime::UNIX_EPOCH + left,
+                deadline: now + left,
+                lifetime: 20 * SEC,
+            }),
+        }
+    }
+
+    fn token_phase(name: &str, now: Instant, left: Duration) -> Phase {
+        match name {
+            "Serving" => Phase::Serving(token("token-old-00001", now, left)),
+            "Rejected" => Phase::Rejected(token("token-old-00001", now, left)),
+            other => phase(other),
+        }
+    }
+
+    #[test]
+    fn a_token_is_refreshed_inside_its_margin_from_its_own_lifetime() {
+        let now = Instant::now();
+        for u in [0.0, 0.5, 0.999] {
+            let draws = Draws { u, u2: 0.5 };
+            let got = Event::Succeeded {
+                managed: token("token-new-00002", now, 20 * SEC),
+                forced: false,
+            };
+            let (next, actions) = step(state(Phase::NoKey, now), got, now, draws);
+            assert_eq!(actions, [Publish]);
+            // Default margin of a 20 s token: half its life (a quarter would be under 60 s).
+            let delay = next.timer.at - now;
+            assert!(delay >= 10 * SEC && delay <= 15 * SEC, "{delay:?}");
+            assert!(!next.timer.retry);
+        }
+        // With refresh_before: 4s, inside [16 s, 18 s], whatever the interval says.
+        let mut s = state(Phase::NoKey, now);
+        s.refresh_before = Some(4 * SEC);
+        let got = Event::Succeeded {
+            managed: token("token-new-00002", now, 20 * SEC),
+            forced: true,
+        };
+        let (next, _) = step(s, got, now, DRAWS);
+        assert_eq!(next.timer.at - now, 17 * SEC);
+    }
+
+    #[test]
+    fn a_failing_token_refresh_retries_urgently_and_never_after_the_expiry() {
+        let now = Instant::now();
+        // The API answered an error: a key would wait for its next beat, a token may not.
+        let answered = Event::Failed {
+            cause: Cause::Answered,
+            retry_after: None,
+            rejected: false,
+        };
+        let mut s = State::new(HOUR, 60 * SEC, 600 * SEC, now);
+        s.phase = token_phase("Serving", now, 3 * SEC);
+        let (next, _) = step(s, answered.clone(), now, DRAWS);
+        assert_eq!(name(&next.phase), "Serving");
+        assert!(next.timer.retry);
+        assert_eq!(
+            next.timer.at,
+            now + 3 * SEC,
+            "a 60 s backoff is cut at the expiry"
+        );
+        // The server's Retry-After is honoured all the same.
+        let throttled = Event::Failed {
+            cause: Cause::Answered,
+            retry_after: Some(90 * SEC),
+            rejected: false,
+        };
+        let mut s = state(token_phase("Serving", now, 3 * SEC), now);
+        s.timer.at = now;
+        let (next, _) = step(s, throttled, now, DRAWS);
+        assert!(next.timer.at >= now + 90 * SEC);
+    }
+
+    #[test]
+    fn expiry_ends_only_an_expired_token() {
+        let now = Instant::now();
+        for p in ["Serving", "Rejected"] {
+            let (next, actions) = step(
+                state(token_phase(p, now, SEC), now),
+                Event::Expired,
+                now,
+                DRAWS,
+            );
+            assert_eq!(name(&next.phase), p, "not yet expired");
+            assert!(actions.is_empty());
+            let (next, _) = step(state(phase(p), now), Event::Expired, now, DRAWS);
+            assert_eq!(name(&next.phase), p, "a key never expires");
+            let (next, actions) = step(
+                state(token_phase(p, now, SEC), now),
+                Event::Expired,
+                now + SEC,
+                DRAWS,
+            );
+            assert_eq!(name(&next.phase), "NoKey");
+            assert_eq!(actions, [Publish]);
+        }
+    }
+
+    #[test]
+    fn a_new_refresh_before_re_draws_a_held_tokens_refresh() {
+        let now = Instant::now();
+        // A 20 s token obtained now, expiring in 20 s.
+        let held = state(token_phase("Serving", now, 20 * SEC), now);
+        let change = |before| Event::Reconfigured {
+            interval: HOUR,
+            retry_min: SEC,
+            retry_max: 300 * SEC,
+            refresh_before: before,
+        };
+        let (next, _) = step(held.clone(), change(Some(2 * SEC)), now, DRAWS);
+        assert_eq!(next.timer.at - now, 18 * SEC + SEC / 2);
+        assert_eq!(next.refresh_before, Some(2 * SEC));
+        let (same, _) = step(held.clone(), change(None), now, DRAWS);
+        assert_eq!(
+            same.timer, held.timer,
+            "unchanged margin, unchanged schedule"
+        );
+    }
+
+    #[test]
+    fn what_a_token_serves_and_why() {
+        let now = Instant::now();
+        let grace = 10 * SEC;
+        let mut history = History::default();
+        let t = token("token-old-00001", now, 5 * SEC);
+        assert!(matches!(
+            token_view(&Phase::Serving(t.clone()), &history, grace),
+            (Serve::Managed(_), None)
+        ));
+        let rejected = Phase::Rejected(t);
+        let (s, why) = token_view(&rejected, &history, grace);
+        assert!(matches!(s, Serve::Managed(_)));
+        assert!(
+            why.unwrap()
+                .contains("served until it expires at 1970-01-01T00:00:05Z")
+        );
+        let (s, why) = token_view(&Phase::NoKey, &history, grace);
+        assert!(matches!(s, Serve::Nothing));
+        assert!(why.unwrap().contains("startup grace"));
+        history.last_error_kind = Some(FailureKind::Unauthorized);
+        let why = token_view(&Phase::NoKey, &history, grace).1.unwrap();
+        assert!(
+            why.starts_with("no token yet: the last exchange failed (unauthorized)"),
+            "{why}"
+        );
+        assert!(why.ends_with("tokens never fall back to anything"), "{why}");
+        history.expired_at = Some(SystemTime::UNIX_EPOCH);
+        let why = token_view(&Phase::NoKey, &history, grace).1.unwrap();
+        assert!(
+            why.starts_with(
+                "the token expired at 1970-01-01T00:00:00Z and no new one could be obtained"
+            ),
+            "{why}"
+        );
     }
 
     fn name(phase: &Phase) -> &'static str {
@@ -375,13 +662,15 @@ mod tests {
                 interval: HOUR / 2,
                 retry_min: SEC,
                 retry_max: 300 * SEC,
+                refresh_before: None,
             },
+            "Expired" => Event::Expired,
             _ => unreachable!("{name}"),
         }
     }
 
     const PHASES: [&str; 4] = ["Starting", "Serving", "Rejected", "NoKey"];
-    const EVENTS: [&str; 7] = [
+    const EVENTS: [&str; 8] = [
         "GraceOver",
         "Due",
         "Forced",
@@ -389,6 +678,7 @@ mod tests {
         "Failed",
         "FailedReported",
         "Reconfigured",
+        "Expired",
     ];
 
     use Action::{Attempt, Publish};
@@ -398,7 +688,7 @@ mod tests {
     const NOTHING: &[Action] = &[];
 
     /// (phase, event) → (phase after, actions), for every pair.
-    const TABLE: [(&str, &str, &str, &[Action]); 28] = [
+    const TABLE: [(&str, &str, &str, &[Action]); 32] = [
         ("Starting", "GraceOver", "NoKey", PUBLISH),
         ("Starting", "Due", "Starting", ATTEMPT),
         ("Starting", "Forced", "Starting", FORCED),
@@ -406,6 +696,7 @@ mod tests {
         ("Starting", "Failed", "NoKey", PUBLISH),
         ("Starting", "FailedReported", "NoKey", PUBLISH),
         ("Starting", "Reconfigured", "Starting", NOTHING),
+        ("Starting", "Expired", "Starting", NOTHING),
         ("Serving", "GraceOver", "Serving", NOTHING),
         ("Serving", "Due", "Serving", ATTEMPT),
         ("Serving", "Forced", "Serving", FORCED),
@@ -413,6 +704,7 @@ mod tests {
         ("Serving", "Failed", "Serving", PUBLISH),
         ("Serving", "FailedReported", "Rejected", PUBLISH),
         ("Serving", "Reconfigured", "Serving", NOTHING),
+        ("Serving", "Expired", "NoKey", PUBLISH),
         ("Rejected", "GraceOver", "Rejected", NOTHING),
         ("Rejected", "Due", "Rejected", ATTEMPT),
         ("Rejected", "Forced", "Rejected", FORCED),
@@ -420,6 +712,7 @@ mod tests {
         ("Rejected", "Failed", "Rejected", PUBLISH),
         ("Rejected", "FailedReported", "Rejected", PUBLISH),
         ("Rejected", "Reconfigured", "Rejected", NOTHING),
+        ("Rejected", "Expired", "NoKey", PUBLISH),
         ("NoKey", "GraceOver", "NoKey", NOTHING),
         ("NoKey", "Due", "NoKey", ATTEMPT),
         ("NoKey", "Forced", "NoKey", FORCED),
@@ -427,6 +720,7 @@ mod tests {
         ("NoKey", "Failed", "NoKey", PUBLISH),
         ("NoKey", "FailedReported", "NoKey", PUBLISH),
         ("NoKey", "Reconfigured", "NoKey", NOTHING),
+        ("NoKey", "Expired", "NoKey", NOTHING),
     ];
 
     fn state(phase: Phase, now: Instant) -> State {
@@ -446,7 +740,13 @@ mod tests {
                 else {
                     panic!("({p}, {e}) is missing from the table");
                 };
-                let (next, got) = step(state(phase(p), now), event(e), now, DRAWS);
+                // `Expired` concerns an expired token; the other events a key.
+                let held = if e == "Expired" {
+                    token_phase(p, now, Duration::ZERO)
+                } else {
+                    phase(p)
+                };
+                let (next, got) = step(state(held, now), event(e), now, DRAWS);
                 assert_eq!(name(&next.phase), *after, "({p}, {e})");
                 assert_eq!(got, *actions, "({p}, {e})");
             }
@@ -570,6 +870,7 @@ mod tests {
             interval,
             retry_min: SEC,
             retry_max: 300 * SEC,
+            refresh_before: None,
         };
         for (p, redrawn) in [
             ("Starting", false),

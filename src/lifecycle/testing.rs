@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind, InstancePlan, Manager, Timing,
-    lock,
+    Credential, ExchangeFailure, ExchangeKey, Exchanged, Exchanger, FailureKind, InstancePlan,
+    Manager, Timing, lock,
 };
 use crate::keystore::{KeySource, KeyStore, Slot, Snapshot};
 use crate::metrics::Metrics;
@@ -100,6 +100,8 @@ pub(super) struct Fake {
     script: Mutex<VecDeque<(Option<&'static str>, Step)>>,
     otherwise: Mutex<Otherwise>,
     calls: Mutex<Vec<(Instant, ExchangeKey)>>,
+    /// Lifetime of the tokens it issues (token exchanges only).
+    token_lifetime: Mutex<Duration>,
 }
 
 impl Fake {
@@ -115,7 +117,13 @@ impl Fake {
             script: Mutex::new(script.into_iter().collect()),
             otherwise: Mutex::new(otherwise),
             calls: Mutex::new(Vec::new()),
+            token_lifetime: Mutex::new(TOKEN_LIFETIME),
         })
+    }
+
+    /// Changes the lifetime of the tokens issued from now on.
+    pub(super) fn set_token_lifetime(&self, lifetime: Duration) {
+        *lock(&self.token_lifetime) = lifetime;
     }
 
     /// Changes what the fake does once its script is used up (an outage ends).
@@ -154,7 +162,13 @@ impl Exchanger for Fake {
             Otherwise::Keys => ok(&format!("generated-managed-key-{n:06}")),
             Otherwise::Fail(ref step) => step.clone(),
         });
-        let endpoint = format!("{}/api/v2/intake-key", key.target);
+        let (endpoint, expires_at) = match key.credential {
+            Credential::IntakeKey => (format!("{}/api/v2/intake-key", key.target), None),
+            Credential::Token => (
+                format!("{}/api/v2/delegated-token", key.target),
+                Some(std::time::SystemTime::now() + *lock(&self.token_lifetime)),
+            ),
+        };
         async move {
             match step.wait {
                 Wait::No => {}
@@ -165,6 +179,7 @@ impl Exchanger for Fake {
             match step.outcome {
                 Ok(key) => Ok(Exchanged {
                     key: Secret::new(key),
+                    expires_at,
                     credential_source: Some("static environment".to_string()),
                     endpoint,
                     region: Some("us-east-1".to_string()),
@@ -192,6 +207,7 @@ pub(super) fn timing() -> Timing {
 
 pub(super) fn exchange_key(org: &str) -> ExchangeKey {
     ExchangeKey {
+        credential: Credential::IntakeKey,
         org_uuid: org.to_string(),
         target: "https://app.datadoghq.com".to_string(),
         region: None,
@@ -203,10 +219,29 @@ pub(super) fn plan(name: &str, org: Option<&str>, fallback: Option<&str>) -> Ins
         name: name.to_string(),
         exchange: org.map(exchange_key),
         refresh_interval: HOUR,
+        refresh_before: None,
         fallback: fallback.map(Secret::from),
         fallback_origin: fallback.map(|_| "api_key".to_string()),
         invalid: None,
         aliases: Vec::new(),
+    }
+}
+
+/// Lifetime of the fake's tokens unless a test changes it.
+pub(super) const TOKEN_LIFETIME: Duration = Duration::from_secs(20);
+
+/// A token named `name` (its slot is `token:<name>`) for `org`.
+pub(super) fn token_plan(name: &str, org: &str) -> InstancePlan {
+    InstancePlan {
+        name: crate::keystore::token_slot(name),
+        exchange: Some(ExchangeKey {
+            credential: Credential::Token,
+            org_uuid: org.to_string(),
+            target: "https://api.datadoghq.com".to_string(),
+            region: None,
+        }),
+        refresh_before: None,
+        ..plan(name, None, None)
     }
 }
 

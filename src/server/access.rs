@@ -15,7 +15,9 @@ pub struct Peer {
 /// One rule with names already resolved to numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// Instance names, or `*` for all.
+    /// Instance names, or `*` for every key instance; `token:<name>` for a token, or `token:*`
+    /// for every token. `*` never reaches a token: a rule written for keys must not hand out
+    /// a credential that acts as a user.
     pub instances: Vec<String>,
     /// Allowed user ids.
     pub uids: Vec<u32>,
@@ -35,12 +37,19 @@ pub enum AccessPolicy {
 }
 
 impl AccessPolicy {
-    /// Whether `peer` may read `instance`'s key (or report it rejected).
+    /// Whether `peer` may read `instance`'s key (or report it rejected). `instance` is a key
+    /// instance's name or a token's slot name (`token:<name>`).
     pub fn allows(&self, peer: &Peer, instance: &str) -> bool {
+        let token = crate::keystore::token_name(instance).is_some();
+        let names = |pattern: &str| match pattern {
+            "*" => !token,
+            "token:*" => token,
+            _ => pattern == instance,
+        };
         match self {
             AccessPolicy::Open => true,
             AccessPolicy::Rules(rules) => rules.iter().any(|r| {
-                r.instances.iter().any(|i| i == "*" || i == instance)
+                r.instances.iter().any(|i| names(i))
                     && (r.uids.contains(&peer.uid) || r.gids.contains(&peer.gid))
             }),
         }
@@ -91,5 +100,44 @@ mod tests {
         assert!(policy.allows(&group, "anything"));
         assert!(!policy.allows(&other, "api_key"));
         assert!(AccessPolicy::Open.allows(&other, "api_key"));
+        // `*` is every key, never a token.
+        assert!(!policy.allows(&root, "token:automation"));
+        assert!(!policy.allows(&group, "token:automation"));
+    }
+
+    #[test]
+    fn tokens_are_named_in_their_own_namespace() {
+        let peer = |uid| Peer {
+            pid: None,
+            uid,
+            gid: uid,
+        };
+        let policy = AccessPolicy::Rules(vec![
+            Rule {
+                instances: vec!["token:automation".into()],
+                uids: vec![1000],
+                gids: vec![],
+            },
+            Rule {
+                instances: vec!["token:*".into()],
+                uids: vec![2000],
+                gids: vec![],
+            },
+            Rule {
+                instances: vec!["*".into()],
+                uids: vec![3000],
+                gids: vec![],
+            },
+        ]);
+        assert!(policy.allows(&peer(1000), "token:automation"));
+        assert!(!policy.allows(&peer(1000), "token:deploy"));
+        assert!(!policy.allows(&peer(1000), "api_key"));
+        assert!(policy.allows(&peer(2000), "token:deploy"));
+        assert!(
+            !policy.allows(&peer(2000), "api_key"),
+            "token:* is not every key"
+        );
+        assert!(policy.allows(&peer(3000), "api_key"));
+        assert!(!policy.allows(&peer(3000), "token:automation"));
     }
 }

@@ -618,6 +618,7 @@ mod tests {
                 value: Secret::from("0123456789abcdef0123456789abcdef"),
                 source: KeySource::Delegated,
                 obtained_at: SystemTime::now(),
+                expires_at: None,
             });
         });
         Arc::new(ServerState {

@@ -28,6 +28,7 @@ type Resp = Response<Full<Bytes>>;
 enum ApiError {
     NotFound,
     UnknownInstance(String),
+    UnknownToken(String),
     MethodNotAllowed(&'static str),
     Forbidden(String),
     BadRequest(String),
@@ -53,6 +54,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "unknown_instance",
                 format!("no instance named {name:?}; GET /v1/keys lists them"),
+            ),
+            ApiError::UnknownToken(name) => (
+                StatusCode::NOT_FOUND,
+                "unknown_token",
+                format!("no token named {name:?}; GET /v1/tokens lists them"),
             ),
             ApiError::MethodNotAllowed(allowed) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -185,6 +191,9 @@ async fn route(
                 (Route::Ready, Err(ApiError::NotReady))
             }
         }
+        "/v1/tokens" => get_only(Route::Tokens, &|| {
+            json_response(StatusCode::OK, &status::tokens(&state.store))
+        }),
         "/metrics" => get_only(Route::Metrics, &|| {
             let mut resp =
                 Response::new(Full::new(Bytes::from(state.metrics.render(&state.store))));
@@ -199,6 +208,32 @@ async fn route(
             resp
         }),
         _ => {
+            if let Some(rest) = path.strip_prefix("/v1/tokens/") {
+                let (encoded, reject) = match rest.strip_suffix("/rejected") {
+                    Some(encoded) => (encoded, true),
+                    None => (rest, false),
+                };
+                // Only a token's own name: `/v1/tokens/token:x` or a key's name is unknown.
+                let slot = crate::keystore::token_slot(&decode(encoded));
+                return if reject {
+                    if method != Method::POST {
+                        return (
+                            Route::TokenRejected,
+                            Err(ApiError::MethodNotAllowed("POST")),
+                        );
+                    }
+                    let result = rejected(state, peer, Served::Token(&slot), req).await;
+                    (Route::TokenRejected, result)
+                } else {
+                    if method != Method::GET && method != Method::HEAD {
+                        return (Route::Token, Err(ApiError::MethodNotAllowed("GET")));
+                    }
+                    (
+                        Route::Token,
+                        get_served(state, peer, Served::Token(&slot), &req).await,
+                    )
+                };
+            }
             let Some(rest) = path.strip_prefix("/v1/keys/") else {
                 return (Route::Other, Err(ApiError::NotFound));
             };
@@ -209,15 +244,57 @@ async fn route(
                 // An old instance name (an alias) is resolved once, here.
                 let decoded = decode(encoded);
                 let instance = state.store.canonical(&decoded);
-                (Route::Rejected, rejected(state, peer, &instance, req).await)
+                (
+                    Route::Rejected,
+                    rejected(state, peer, Served::Key(&instance), req).await,
+                )
             } else {
                 if method != Method::GET && method != Method::HEAD {
                     return (Route::Key, Err(ApiError::MethodNotAllowed("GET")));
                 }
                 let decoded = decode(rest);
                 let instance = state.store.canonical(&decoded);
-                (Route::Key, get_key(state, peer, &instance, &req).await)
+                (
+                    Route::Key,
+                    get_served(state, peer, Served::Key(&instance), &req).await,
+                )
             }
+        }
+    }
+}
+
+/// What a route serves: a key instance by name, or a token by its slot name (`token:<name>`).
+/// Keys and tokens share the store but never a route: `/v1/keys/token:x` is an unknown
+/// instance, and `/v1/tokens/{name}` only ever reaches `token:{name}`.
+#[derive(Clone, Copy, Debug)]
+enum Served<'a> {
+    Key(&'a str),
+    Token(&'a str),
+}
+
+impl Served<'_> {
+    /// The slot name, which access rules also use.
+    fn slot(&self) -> &str {
+        match self {
+            Served::Key(name) | Served::Token(name) => name,
+        }
+    }
+
+    fn unknown(&self) -> ApiError {
+        match self {
+            Served::Key(name) => ApiError::UnknownInstance((*name).to_owned()),
+            Served::Token(slot) => {
+                ApiError::UnknownToken(crate::keystore::token_name(slot).unwrap_or(slot).to_owned())
+            }
+        }
+    }
+
+    /// The slot, when it exists and is of this kind.
+    fn find(&self, state: &ServerState) -> Result<Arc<crate::keystore::Slot>, ApiError> {
+        let is_token = crate::keystore::token_name(self.slot()).is_some();
+        match self {
+            Served::Key(_) if is_token => Err(self.unknown()),
+            _ => state.store.get(self.slot()).ok_or_else(|| self.unknown()),
         }
     }
 }
@@ -297,16 +374,14 @@ impl Known {
     }
 }
 
-async fn get_key(
+async fn get_served(
     state: &Arc<ServerState>,
     peer: Peer,
-    instance: &str,
+    what: Served<'_>,
     req: &Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let slot = state
-        .store
-        .get(instance)
-        .ok_or_else(|| ApiError::UnknownInstance(instance.to_owned()))?;
+    let slot = what.find(state)?;
+    let instance = what.slot();
     if !state.access.load().allows(&peer, instance) {
         debug!(pid = ?peer.pid, uid = peer.uid, gid = peer.gid, instance, "Key read refused by the access rules.");
         return Err(ApiError::Forbidden(instance.to_owned()));
@@ -340,7 +415,7 @@ async fn get_key(
         }
     }
     if snap.removed {
-        return Err(ApiError::UnknownInstance(instance.to_owned()));
+        return Err(what.unknown());
     }
     // Decided again as the key leaves: a reload may have withdrawn this peer's access while it
     // waited (long poll, pending first exchange).
@@ -349,7 +424,10 @@ async fn get_key(
         return Err(ApiError::Forbidden(instance.to_owned()));
     }
     debug!(pid = ?peer.pid, uid = peer.uid, instance, generation = snap.generation, "Key read.");
-    key_response(&snap)
+    match what {
+        Served::Key(_) => key_response(&snap),
+        Served::Token(_) => token_response(&snap),
+    }
 }
 
 fn not_modified(generation: u64) -> Resp {
@@ -365,23 +443,34 @@ fn etag(generation: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{generation}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+/// The 503 of a snapshot that serves nothing.
+fn unavailable(snap: &Snapshot, nothing: &str) -> ApiError {
+    let reason = match (snap.state, &snap.status.reason, &snap.status.last_error) {
+        (KeyState::Pending, _, _) => "the first exchange has not finished yet".to_owned(),
+        (_, Some(r), _) => r.clone(),
+        (_, None, Some(e)) => format!("{nothing}: {e}"),
+        _ => nothing.to_owned(),
+    };
+    ApiError::Unavailable {
+        reason,
+        retry_after: retry_after(snap),
+    }
+}
+
+/// `Retry-After` of a 503: until the next attempt, within [1 s, 5 min].
+fn retry_after(snap: &Snapshot) -> u64 {
+    snap.status
+        .next_refresh
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .map_or(5, |d| d.as_secs().clamp(1, 300))
+}
+
 fn key_response(snap: &Snapshot) -> Result<Resp, ApiError> {
     let Some(key) = &snap.served else {
-        let reason = match (snap.state, &snap.status.reason, &snap.status.last_error) {
-            (KeyState::Pending, _, _) => "the first exchange has not finished yet".to_owned(),
-            (_, Some(r), _) => r.clone(),
-            (_, None, Some(e)) => format!("no key to serve: {e}"),
-            _ => "no key to serve and no fallback configured".to_owned(),
-        };
-        let retry_after = snap
-            .status
-            .next_refresh
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .map_or(5, |d| d.as_secs().clamp(1, 300));
-        return Err(ApiError::Unavailable {
-            reason,
-            retry_after,
-        });
+        return Err(unavailable(
+            snap,
+            "no key to serve and no fallback configured",
+        ));
     };
     // Built once per snapshot: the hot path of every consumer is a clone of these bytes.
     let rendered = snap.rendered.get_or_render(|| {
@@ -399,8 +488,50 @@ fn key_response(snap: &Snapshot) -> Result<Resp, ApiError> {
             etag: Bytes::from(format!("\"{}\"", snap.generation)),
         }
     });
-    let etag =
-        HeaderValue::from_maybe_shared(rendered.etag).unwrap_or_else(|_| etag(snap.generation));
+    Ok(rendered_response(rendered, snap.generation))
+}
+
+/// `GET /v1/tokens/{name}`: `{name, access_token, expires_at, generation, org_uuid}`. A token
+/// is never sent at or after its `expires_at`, whatever the snapshot says: the group's timer
+/// moves it to `unavailable` at that moment, and this check closes the gap of a timer that
+/// fires late.
+fn token_response(snap: &Snapshot) -> Result<Resp, ApiError> {
+    let token = match &snap.served {
+        Some(token) if token.expired(SystemTime::now()) => {
+            return Err(ApiError::Unavailable {
+                reason: format!(
+                    "the token expired at {} and no new one has been obtained yet{}",
+                    token.expires_at.map(status::rfc3339).unwrap_or_default(),
+                    snap.status
+                        .last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+                retry_after: retry_after(snap),
+            });
+        }
+        Some(token) => token,
+        None => return Err(unavailable(snap, "no token to serve")),
+    };
+    let rendered = snap.rendered.get_or_render(|| {
+        let body = json!({
+            "name": crate::keystore::token_name(&snap.name).unwrap_or(&snap.name),
+            "access_token": token.value.expose(),
+            "expires_at": token.expires_at.map(status::rfc3339),
+            "generation": snap.generation,
+            "org_uuid": snap.status.org_uuid,
+        });
+        Rendered {
+            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())),
+            etag: Bytes::from(format!("\"{}\"", snap.generation)),
+        }
+    });
+    Ok(rendered_response(rendered, snap.generation))
+}
+
+fn rendered_response(rendered: Rendered, generation: u64) -> Resp {
+    let etag = HeaderValue::from_maybe_shared(rendered.etag).unwrap_or_else(|_| etag(generation));
     let mut resp = Response::new(Full::new(rendered.body));
     let h = resp.headers_mut();
     h.insert(
@@ -409,7 +540,7 @@ fn key_response(snap: &Snapshot) -> Result<Resp, ApiError> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::ETAG, etag);
-    Ok(resp)
+    resp
 }
 
 #[derive(Deserialize)]
@@ -418,15 +549,20 @@ struct RejectBody {
     api_key_suffix: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRejectBody {
+    token_suffix: String,
+}
+
 async fn rejected(
     state: &Arc<ServerState>,
     peer: Peer,
-    instance: &str,
+    what: Served<'_>,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    if state.store.get(instance).is_none() {
-        return Err(ApiError::UnknownInstance(instance.to_owned()));
-    }
+    what.find(state)?;
+    let instance = what.slot();
     if !state.access.load().allows(&peer, instance) {
         return Err(ApiError::Forbidden(instance.to_owned()));
     }
@@ -447,17 +583,25 @@ async fn rejected(
         .map_err(|_| ApiError::BodyTimeout(idle.as_secs()))?
         .map_err(|_| ApiError::PayloadTooLarge(max))?
         .to_bytes();
-    let parsed: RejectBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be {{\"api_key_suffix\":\"<last 5 characters of the rejected key>\"}}: {e}"
-        ))
-    })?;
-    let outcome = match state
-        .rejections
-        .report_rejected(instance, &parsed.api_key_suffix)
-    {
+    let suffix = match what {
+        Served::Key(_) => serde_json::from_slice::<RejectBody>(&body)
+            .map(|b| b.api_key_suffix)
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "body must be {{\"api_key_suffix\":\"<last 5 characters of the rejected key>\"}}: {e}"
+                ))
+            })?,
+        Served::Token(_) => serde_json::from_slice::<TokenRejectBody>(&body)
+            .map(|b| b.token_suffix)
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "body must be {{\"token_suffix\":\"<last 5 characters of the rejected token>\"}}: {e}"
+                ))
+            })?,
+    };
+    let outcome = match state.rejections.report_rejected(instance, &suffix) {
         RejectOutcome::UnknownInstance => {
-            return Err(ApiError::UnknownInstance(instance.to_owned()));
+            return Err(what.unknown());
         }
         outcome
         @ (RejectOutcome::Scheduled | RejectOutcome::Throttled | RejectOutcome::Ignored) => {
@@ -512,6 +656,7 @@ mod tests {
         let codes: Vec<_> = [
             ApiError::NotFound,
             ApiError::UnknownInstance("x".into()),
+            ApiError::UnknownToken("x".into()),
             ApiError::MethodNotAllowed("GET"),
             ApiError::Forbidden("x".into()),
             ApiError::BadRequest("x".into()),
@@ -531,6 +676,7 @@ mod tests {
             vec![
                 (404, "not_found"),
                 (404, "unknown_instance"),
+                (404, "unknown_token"),
                 (405, "method_not_allowed"),
                 (403, "forbidden"),
                 (400, "bad_request"),

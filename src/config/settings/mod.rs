@@ -23,6 +23,9 @@ mod log;
 mod refresh;
 mod sinks;
 mod socket;
+mod tokens;
+
+pub use tokens::{MAX_TOKEN_NAME, is_token_name};
 
 /// Largest settings file we read (it is a few lines in practice).
 pub(crate) const MAX_SETTINGS_FILE_BYTES: u64 = 1024 * 1024;
@@ -81,6 +84,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// IMDS options.
     pub imds: ImdsSettings,
+    /// Delegated API tokens to keep (product §13), in file order.
+    pub tokens: Vec<TokenSettings>,
     /// Line of every user or group reference, by key (`socket.group`, `access[0].uids[1]`,
     /// `sinks[2].group`): names are resolved on the host after validation, and a name that
     /// does not exist there is reported at its line.
@@ -111,6 +116,7 @@ impl Default for Settings {
                 format: LogFormat::Text,
             },
             imds: ImdsSettings::default(),
+            tokens: Vec::new(),
             id_lines: BTreeMap::new(),
         }
     }
@@ -197,6 +203,31 @@ pub struct SinkSettings {
     pub group: Option<IdRef>,
 }
 
+/// One entry of `tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// What consumers ask for (`GET /v1/tokens/{name}`); access rules say `token:<name>`.
+    pub name: String,
+    /// The org whose persona mapping the token is for.
+    pub org_uuid: String,
+    /// Where the API is.
+    pub api: TokenApi,
+    /// How long before expiry the token is refreshed; `None`: a quarter of its lifetime, at
+    /// least 60 s (never more than half of it).
+    pub refresh_before: Option<Duration>,
+}
+
+/// Where a token's API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenApi {
+    /// `site:` of the entry: `https://api.<site>`.
+    Site(String),
+    /// `api_url:` of the entry, without a trailing slash.
+    Url(String),
+    /// Neither: `datadog.yaml`'s `site`.
+    AgentSite,
+}
+
 /// Logging settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
@@ -251,6 +282,19 @@ pub(crate) struct RawSettings {
     sinks: Option<Vec<Spanned<RawSink>>>,
     log: Option<RawLog>,
     imds: Option<RawImds>,
+    tokens: Option<Vec<Spanned<RawToken>>>,
+}
+
+/// One `tokens` entry as written; the required keys are optional here so that each missing one
+/// is reported with the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    name: Option<Spanned<String>>,
+    org_uuid: Option<Spanned<String>>,
+    site: Option<Spanned<String>>,
+    api_url: Option<Spanned<String>>,
+    refresh_before: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +390,8 @@ pub(crate) struct SettingsRead {
     pub(crate) access_lines: Vec<Vec<Option<usize>>>,
     /// Line of `fallback_api_key_file`.
     pub(crate) fallback_file_line: Option<usize>,
+    /// Line of each valid token entry.
+    pub(crate) token_lines: Vec<Option<usize>>,
 }
 
 pub(super) fn line<T>(s: &Spanned<T>) -> Option<usize> {
@@ -540,6 +586,7 @@ pub(crate) fn validate(
         &mut out.settings.refresh,
     );
     sinks::validate(&mut c, raw.sinks.as_deref().unwrap_or_default(), &mut out);
+    tokens::validate(&mut c, raw.tokens.as_deref().unwrap_or_default(), &mut out);
     log::validate(
         &mut c,
         raw.log.unwrap_or_default(),
