@@ -101,6 +101,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The daemon's `delegated-auth.yaml`; `token` is the `(name, api_url)` of a `tokens:` entry.
+/// Without one the text is exactly what it was before tokens existed (the daemon on main
+/// refuses keys it does not know).
+fn daemon_yaml(socket: &std::path::Path, interval: &str, token: Option<(&str, &str)>) -> String {
+    let mut yaml = format!(
+        "socket:\n  path: {}\nrefresh:\n  interval: {interval}\nlog:\n  level: info\n",
+        socket.display()
+    );
+    if let Some((name, api_url)) = token {
+        yaml.push_str(&format!(
+            "tokens:\n  - name: {name}\n    org_uuid: {ORG}\n    api_url: {api_url}\n"
+        ));
+    }
+    yaml
+}
+
 /// Whether `name` can go into the YAML unquoted and name a token safely.
 fn valid_token_name(name: &str) -> bool {
     !name.is_empty()
@@ -161,18 +177,17 @@ async fn world(
             dd.url()
         ),
     )?;
-    let mut daemon_config = format!(
-        "socket:\n  path: {}\nrefresh:\n  interval: {interval}\nlog:\n  level: info\n",
-        dir.join("delegated-auth.sock").display()
-    );
-    if let Some(token) = &token {
-        daemon_config.push_str(&format!(
-            "tokens:\n  - name: {}\n    org_uuid: {ORG}\n    api_url: {}\n",
-            token.name,
-            dd.url()
-        ));
-    }
-    std::fs::write(dir.join("delegated-auth.yaml"), daemon_config)?;
+    let token_entry = token.as_ref().map(|t| (t.name.as_str(), dd.url()));
+    std::fs::write(
+        dir.join("delegated-auth.yaml"),
+        daemon_yaml(
+            &dir.join("delegated-auth.sock"),
+            &interval,
+            token_entry
+                .as_ref()
+                .map(|(name, url)| (*name, url.as_str())),
+        ),
+    )?;
     std::fs::write(
         dir.join("env"),
         format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}\n", imds.url()),
@@ -200,4 +215,35 @@ async fn world(
     let issued = dd.issued_keys(ORG).len();
     println!("[datadog] issued {issued} managed key(s) during the demo; stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_token_the_daemon_config_is_unchanged() {
+        let socket = std::path::Path::new("/d/delegated-auth.sock");
+        assert_eq!(
+            daemon_yaml(socket, "30s", None),
+            "socket:\n  path: /d/delegated-auth.sock\nrefresh:\n  interval: 30s\nlog:\n  level: info\n"
+        );
+        assert_eq!(
+            daemon_yaml(socket, "30s", Some(("tf", "http://127.0.0.1:9"))),
+            format!(
+                "socket:\n  path: /d/delegated-auth.sock\nrefresh:\n  interval: 30s\nlog:\n  level: info\n\
+                 tokens:\n  - name: tf\n    org_uuid: {ORG}\n    api_url: http://127.0.0.1:9\n"
+            )
+        );
+    }
+
+    #[test]
+    fn token_names() {
+        for good in ["tf", "terraform-prod", "a.b_c", "X1"] {
+            assert!(valid_token_name(good), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a:b", "a\nb", "é"] {
+            assert!(!valid_token_name(bad), "{bad:?}");
+        }
+    }
 }
