@@ -39,8 +39,9 @@
 //!
 //! Tests drive it directly: register orgs ([`DatadogEmulator::add_org`]) and mappings, inject
 //! faults on either exchange ([`Fault`]), skew its clock, revoke keys and tokens, and assert on
-//! its request log ([`DatadogEmulator::requests`]). Several instances can run at once (a second one stands
-//! in for another Datadog site). Dropping the emulator stops it and its connections.
+//! its request log ([`DatadogEmulator::requests`]). Several instances can run at once (a second
+//! one stands in for another Datadog site; it refuses the first one's tokens). Dropping the
+//! emulator stops it and its connections.
 
 pub mod jwt;
 mod mapping;
