@@ -385,6 +385,10 @@ async fn proof_errors_and_faults() {
     // Queue drained; clear_faults empties both queues.
     let (token, expires) = token_of(&exchange(&dd, &proof(&creds, ORG)).await);
     assert!(dd.token_valid(&token) && expires.is_some());
+    // Another instance (another site) has another secret.
+    let elsewhere = with_bearer(&no_sts, Method::GET, "/api/v1/validate", &token, "").await;
+    assert_eq!(elsewhere.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(detail(&elsewhere), "bad signature");
     dd.inject_token_fault(Fault::status(503));
     dd.clear_faults();
     token_of(&exchange(&dd, &proof(&creds, ORG)).await);
