@@ -9,8 +9,9 @@
 //! - [`imds`]: EC2 instance metadata (IMDSv2/v1, hop-limit mode, rotating credentials).
 //! - [`ecs`]: ECS container credentials and task metadata v4.
 //! - [`pod_identity`]: the EKS Pod Identity agent.
-//! - [`datadog`]: Datadog's API (exchange with proof verification, key validation, mapping API,
-//!   fault injection, request log).
+//! - [`datadog`]: Datadog's API (intake-key and delegated-token exchanges with proof
+//!   verification, key validation, bearer-token routes, mapping API, fault injection, request
+//!   log).
 //! - [`net`]: a TCP forwarder and a `CONNECT` proxy that can be stopped and resumed, and a TLS
 //!   front with the self-signed test certificate.
 

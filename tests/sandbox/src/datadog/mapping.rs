@@ -26,12 +26,18 @@ const INTAKE_TYPE: &str = "aws_cloud_auth_intake_mapping";
 const PERSONA_TYPE: &str = "aws_cloud_auth_config";
 const PATTERN_POINTER: &str = "/data/attributes/arn_pattern";
 
-/// A persona mapping (Terraform and API clients → a user or service account).
+/// A persona mapping (Terraform and API clients → a user or service account): what
+/// `POST /api/v2/delegated-token` matches a caller ARN against.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct PersonaMapping {
+pub struct PersonaMapping {
+    /// Its id (a UUID).
     pub id: String,
+    /// The user email, or service account UUID or email, the mapping names.
     pub account_identifier: String,
+    /// The account's UUID: the identifier itself when it is one, else the UUID already given to
+    /// that identifier in the org, else a fresh one. It becomes the tokens' `sub`.
     pub account_uuid: String,
+    /// The ARN pattern.
     pub arn_pattern: String,
 }
 
@@ -219,16 +225,7 @@ fn create(state: &mut State, org: &str, kind: Kind, body: &Bytes) -> Answer {
             if org.persona.iter().any(|m| m.arn_pattern == pattern) {
                 return conflict(pattern);
             }
-            let account_uuid = uuid::Uuid::parse_str(identifier)
-                .map(|u| u.to_string())
-                .ok()
-                .or_else(|| {
-                    org.persona
-                        .iter()
-                        .find(|m| m.account_identifier == identifier)
-                        .map(|m| m.account_uuid.clone())
-                })
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let account_uuid = account_uuid_for(&org.persona, identifier);
             let mapping = PersonaMapping {
                 id,
                 account_identifier: identifier.to_owned(),
@@ -244,6 +241,22 @@ fn create(state: &mut State, org: &str, kind: Kind, body: &Bytes) -> Answer {
         json_response(StatusCode::CREATED, &json!({ "data": data })),
         Outcome::Created,
     )
+}
+
+/// The UUID of the account `identifier` names: the identifier itself when it is a UUID (a
+/// service account), else the one an earlier mapping of the org gave it (one account, one UUID),
+/// else a fresh one.
+pub(super) fn account_uuid_for(persona: &[PersonaMapping], identifier: &str) -> String {
+    uuid::Uuid::parse_str(identifier)
+        .map(|u| u.to_string())
+        .ok()
+        .or_else(|| {
+            persona
+                .iter()
+                .find(|m| m.account_identifier == identifier)
+                .map(|m| m.account_uuid.clone())
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// The attributes of a create body, checked for shape.

@@ -13,20 +13,41 @@
 //!   [`DatadogOptions::key_overlap`], then stop validating. Errors are JSON:API like the real
 //!   ones: 401 `Authenticated as <arn> but no identity mapping was found.`, 403 for a bad
 //!   proof (with the reason), 403 when STS refuses the signature, 502 when STS is unreachable.
+//! - `POST /api/v2/delegated-token` — the delegated token exchange (wire spec §8.1). The proof
+//!   is verified by the same code as the intake exchange (same checks, statuses and details),
+//!   then the caller ARN is matched against the org's *persona* mappings (creation order, first
+//!   match wins); no match is 401 `Authenticated as <arn> but no persona mapping was found.`.
+//!   Success mints an HS256 JWT ([`jwt`]) for the mapping's account, valid for
+//!   [`DatadogOptions::token_lifetime`]:
+//!   `200 {"data":{"type":"delegated_token","attributes":{"access_token":…,"expires":"<unix s>"}}}`
+//!   (`expires` is a string, and equals the token's `exp`). It has its own fault queue
+//!   ([`DatadogEmulator::inject_token_fault`]).
 //! - `GET /api/v1/validate` with `DD-API-KEY` — `200 {"valid":true}` (plus an
-//!   `X-Sandbox-Org-Uuid` header naming the key's org) or `403 {"errors":["Forbidden"]}`.
+//!   `X-Sandbox-Org-Uuid` header naming the key's org) or `403 {"errors":["Forbidden"]}`. With
+//!   `Authorization: Bearer <token>` instead, the token is judged (signature, expiry, revocation,
+//!   org): `200 {"valid":true}` with `X-Sandbox-Org-Uuid` and `X-Sandbox-Account`, or a 401
+//!   JSON:API error whose detail is `token expired`, `token revoked`, `bad signature`,
+//!   `malformed token` or `unknown org`.
+//! - `GET /api/v2/current_user` with a bearer token — the token's account as a JSON:API `users`
+//!   resource.
+//! - `POST /api/v1/events` with a bearer token or a valid `DD-API-KEY` — `202`, the event kept in
+//!   [`DatadogEmulator::events`]. So tests can prove a token the daemon served really works.
+//!   Without any credentials these bearer routes answer `403 {"errors":["Forbidden"]}`.
 //! - The cloud-auth mapping API (wire spec §8.2, seed doc): `GET|POST
 //!   /api/v2/cloud_auth/aws/{intake_mapping,persona_mapping}` and `GET|DELETE …/{id}`, with
 //!   `DD-API-KEY` + `DD-APPLICATION-KEY` of the org (see [`mapping`]).
 //!
 //! Tests drive it directly: register orgs ([`DatadogEmulator::add_org`]) and mappings, inject
-//! faults on the exchange ([`Fault`]), skew its clock, revoke keys, and assert on its request
-//! log ([`DatadogEmulator::requests`]). Several instances can run at once (a second one stands
-//! in for another Datadog site). Dropping the emulator stops it and its connections.
+//! faults on either exchange ([`Fault`]), skew its clock, revoke keys and tokens, and assert on
+//! its request log ([`DatadogEmulator::requests`]). Several instances can run at once (a second
+//! one stands in for another Datadog site; it refuses the first one's tokens). Dropping the
+//! emulator stops it and its connections.
 
+pub mod jwt;
 mod mapping;
 pub mod proof;
 mod sts;
+mod token;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -47,6 +68,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+pub use self::mapping::PersonaMapping;
+pub use self::token::{IssuedToken, PostedEvent};
+
 use self::proof::ProofError;
 use self::sts::{StsError, StsReplay};
 
@@ -57,6 +81,15 @@ type Body = BoxBody<Bytes, Infallible>;
 pub const INTAKE_KEY_PATH: &str = "/api/v2/intake-key";
 /// Path of the key validation endpoint.
 pub const VALIDATE_PATH: &str = "/api/v1/validate";
+/// Path of the delegated token exchange.
+pub const DELEGATED_TOKEN_PATH: &str = "/api/v2/delegated-token";
+/// Path of the current-user endpoint (bearer tokens only).
+pub const CURRENT_USER_PATH: &str = "/api/v2/current_user";
+/// Path of the event intake (bearer token or API key).
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
+/// [`DatadogOptions::token_lifetime`] by default.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 
 /// Largest request body accepted (mapping API bodies are tiny).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -77,6 +110,9 @@ pub struct DatadogOptions {
     pub max_clock_skew: Duration,
     /// Port to bind on 127.0.0.1 (0 = any free port).
     pub port: u16,
+    /// How long a delegated token is valid (whole seconds, at least 1 s; the real API's
+    /// tokens last 15 minutes, which is also what the Go client assumes without `expires`).
+    pub token_lifetime: Duration,
 }
 
 impl Default for DatadogOptions {
@@ -86,6 +122,7 @@ impl Default for DatadogOptions {
             key_overlap: Duration::from_secs(600),
             max_clock_skew: Duration::from_secs(300),
             port: 0,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         }
     }
 }
@@ -143,9 +180,12 @@ pub struct IntakeMapping {
 /// What the emulator did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Exchange: a key was issued.
+    /// Exchange: a key (intake) or a token (delegated token) was issued. Tell the two apart
+    /// with [`RequestRecord::is_token_exchange`]; a token exchange answered by
+    /// [`Fault::token_without_expiry`] or [`Fault::token_expires`] is `Issued` too (a real
+    /// token was minted), with the fault in [`RequestRecord::detail`].
     Issued,
-    /// Exchange: the caller ARN matched no intake mapping (401).
+    /// Exchange: the caller ARN matched no intake (or, for tokens, persona) mapping (401).
     Unmapped,
     /// Exchange: no `Authorization: Delegated` (401).
     Unauthenticated,
@@ -157,13 +197,17 @@ pub enum Outcome {
     StsUnavailable,
     /// Exchange: answered by an injected [`Fault`].
     Fault,
-    /// Validate: the key is valid.
+    /// Validate: the key or bearer token is valid.
     Valid,
     /// Validate: the key is not valid (403).
     Invalid,
+    /// A bearer token was refused (401; the reason in [`RequestRecord::detail`]).
+    TokenRejected,
+    /// Events: the event was accepted (202).
+    Accepted,
     /// Mapping API: created (201).
     Created,
-    /// Mapping API: listed or fetched (200).
+    /// Mapping API: listed or fetched; current user: answered (200).
     Read,
     /// Mapping API: deleted (204).
     Deleted,
@@ -173,7 +217,7 @@ pub enum Outcome {
     BadRequest,
     /// Mapping API: the pattern already exists (409).
     Conflict,
-    /// Mapping API: missing or wrong API/application keys (403).
+    /// Mapping API: missing or wrong API/application keys; bearer routes: no credentials (403).
     Forbidden,
     /// 405.
     MethodNotAllowed,
@@ -202,22 +246,34 @@ pub struct RequestRecord {
     pub detail: Option<String>,
     /// The caller ARN STS reported, for exchanges that got that far.
     pub caller_arn: Option<String>,
-    /// The key issued, for successful exchanges.
+    /// The key issued, for successful intake exchanges.
     pub issued_key: Option<String>,
-    /// The proof received (the value after `Authorization: Delegated `), for exchanges: tests
-    /// scan logs for it and its parts.
+    /// The JWT minted, for token exchanges that minted one (also those answered by
+    /// [`Fault::token_without_expiry`] or [`Fault::token_expires`]).
+    pub issued_token: Option<String>,
+    /// The account a token exchange issued for, or a bearer request authenticated as.
+    pub account: Option<String>,
+    /// The proof received (the value after `Authorization: Delegated `), for exchanges of
+    /// either kind: tests scan logs for it and its parts.
     pub proof: Option<String>,
 }
 
 impl RequestRecord {
-    /// Whether this is an exchange (`/api/v2/intake-key`).
+    /// Whether this is an intake exchange (`/api/v2/intake-key`); token exchanges are not.
     pub fn is_exchange(&self) -> bool {
         self.path == INTAKE_KEY_PATH
     }
+
+    /// Whether this is a delegated token exchange (`/api/v2/delegated-token`).
+    pub fn is_token_exchange(&self) -> bool {
+        self.path == DELEGATED_TOKEN_PATH
+    }
 }
 
-/// A misbehaviour of the exchange endpoint, injected by tests. Faults queue up and apply to the
-/// next exchanges in order, each for [`Fault::times`] requests (default 1).
+/// A misbehaviour of an exchange endpoint, injected by tests. Faults queue up and apply to the
+/// next exchanges in order, each for [`Fault::times`] requests (default 1). The intake exchange
+/// ([`DatadogEmulator::inject`]) and the token exchange ([`DatadogEmulator::inject_token_fault`])
+/// have separate queues; on the token exchange the bodies have the token answer's shape.
 #[derive(Clone, Debug)]
 pub struct Fault {
     kind: FaultKind,
@@ -241,6 +297,10 @@ enum FaultKind {
         chunked: bool,
     },
     Disconnect,
+    /// Token exchange: mint normally, report no `expires`.
+    TokenWithoutExpiry,
+    /// Token exchange: mint normally, report this `expires`.
+    TokenExpires(String),
 }
 
 impl Fault {
@@ -273,7 +333,8 @@ impl Fault {
         Fault::new(FaultKind::Malformed)
     }
 
-    /// Answer 200 with `{"data":{"attributes":{"api_key":""}}}`.
+    /// Answer 200 with `{"data":{"attributes":{"api_key":""}}}` (on the token exchange: an
+    /// empty `access_token`, with a normal `expires`).
     pub fn empty_key() -> Self {
         Fault::new(FaultKind::EmptyKey)
     }
@@ -299,6 +360,21 @@ impl Fault {
     /// Close the connection without answering.
     pub fn disconnect() -> Self {
         Fault::new(FaultKind::Disconnect)
+    }
+
+    /// Token exchange only: verify and mint as usual (the token is real, recorded, and expires
+    /// at its normal `exp`), but leave the `expires` attribute out of the answer, as a client
+    /// must survive (the Go client then assumes 15 minutes). On the intake exchange it does
+    /// nothing but use up a turn.
+    pub fn token_without_expiry() -> Self {
+        Fault::new(FaultKind::TokenWithoutExpiry)
+    }
+
+    /// Token exchange only: like [`Fault::token_without_expiry`], but send `expires` as exactly
+    /// `value` (`"garbage"`, a past time, a number far away…); the token's real `exp` is
+    /// unchanged.
+    pub fn token_expires(value: impl Into<String>) -> Self {
+        Fault::new(FaultKind::TokenExpires(value.into()))
     }
 
     /// Apply to the next `n` exchanges instead of one.
@@ -343,6 +419,9 @@ struct Shared {
     logged: Notify,
     sts: Option<StsReplay>,
     max_clock_skew: Duration,
+    /// Signs and checks delegated tokens; random per emulator, so a token of one instance is
+    /// refused by another (as a token of another Datadog site would be).
+    signer: jwt::Signer,
 }
 
 struct State {
@@ -351,18 +430,29 @@ struct State {
     /// Every API key, admin and managed, by value.
     keys: HashMap<String, KeyRecord>,
     faults: VecDeque<Fault>,
+    /// The token exchange's own queue, so token tests do not disturb the daemon's intake
+    /// exchanges running beside them.
+    token_faults: VecDeque<Fault>,
     requests: Vec<RequestRecord>,
     clock_offset_secs: i64,
     key_overlap: Duration,
     next_org_id: i64,
+    /// Every minted token, by its compact form.
+    tokens: HashMap<String, token::TokenRecord>,
+    /// Whole seconds, at least one.
+    token_lifetime: Duration,
+    /// Events posted to [`EVENTS_PATH`], oldest first.
+    events: Vec<PostedEvent>,
 }
 
 struct Org {
     handle: OrgHandle,
     intake: Vec<IntakeMapping>,
-    persona: Vec<mapping::PersonaMapping>,
+    persona: Vec<PersonaMapping>,
     /// Managed keys in issue order.
     issued: Vec<String>,
+    /// Delegated tokens in issue order.
+    tokens: Vec<String>,
 }
 
 struct KeyRecord {
@@ -396,12 +486,16 @@ impl State {
             .map(|k| k.org.clone())
     }
 
-    fn take_fault(&mut self) -> Option<Fault> {
-        let front = self.faults.front_mut()?;
+    fn take_fault(&mut self, exchange: ExchangeKind) -> Option<Fault> {
+        let queue = match exchange {
+            ExchangeKind::IntakeKey => &mut self.faults,
+            ExchangeKind::DelegatedToken => &mut self.token_faults,
+        };
+        let front = queue.front_mut()?;
         front.times -= 1;
         let fault = front.clone();
         if front.times == 0 {
-            self.faults.pop_front();
+            queue.pop_front();
         }
         Some(fault)
     }
@@ -459,14 +553,19 @@ impl DatadogEmulator {
                 orgs: BTreeMap::new(),
                 keys: HashMap::new(),
                 faults: VecDeque::new(),
+                token_faults: VecDeque::new(),
                 requests: Vec::new(),
                 clock_offset_secs: 0,
                 key_overlap: opts.key_overlap,
                 next_org_id: 1_000_001,
+                tokens: HashMap::new(),
+                token_lifetime: token::whole_seconds(opts.token_lifetime),
+                events: Vec::new(),
             }),
             logged: Notify::new(),
             sts,
             max_clock_skew: opts.max_clock_skew,
+            signer: jwt::Signer::random(),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(DatadogEmulator {
@@ -484,6 +583,11 @@ impl DatadogEmulator {
     /// The exchange URL, `<url>/api/v2/intake-key`.
     pub fn intake_key_url(&self) -> String {
         format!("{}{INTAKE_KEY_PATH}", self.url())
+    }
+
+    /// The delegated token exchange URL, `<url>/api/v2/delegated-token`.
+    pub fn delegated_token_url(&self) -> String {
+        format!("{}{DELEGATED_TOKEN_PATH}", self.url())
     }
 
     /// The bound address.
@@ -523,9 +627,20 @@ impl DatadogEmulator {
                 intake: Vec::new(),
                 persona: Vec::new(),
                 issued: Vec::new(),
+                tokens: Vec::new(),
             },
         );
         handle
+    }
+
+    /// Unregisters an org; whether it existed. Its keys stop validating and its tokens are
+    /// refused (`unknown org`); its issued keys and tokens are no longer listed.
+    pub fn remove_org(&self, uuid: &str) -> bool {
+        self.shared
+            .lock()
+            .orgs
+            .remove(&uuid.to_ascii_lowercase())
+            .is_some()
     }
 
     /// Adds an intake mapping to `org_uuid` and returns its id.
@@ -568,14 +683,72 @@ impl DatadogEmulator {
             .unwrap_or_default()
     }
 
-    /// Queues a fault for the next exchange(s).
+    /// Adds a persona mapping (`arn_pattern` → the account `account_identifier`) to
+    /// `org_uuid` and returns its id. The account's UUID follows the mapping API's rule
+    /// ([`PersonaMapping::account_uuid`]): fresh for an identifier new to the org.
+    ///
+    /// # Panics
+    /// When the org is unknown, the pattern breaks the seed's wildcard rules, or the identifier
+    /// is blank (a test bug).
+    pub fn add_persona_mapping(
+        &self,
+        org_uuid: &str,
+        arn_pattern: &str,
+        account_identifier: &str,
+    ) -> String {
+        if let Err(e) = datadog_delegated_auth::arn_pattern::validate(arn_pattern) {
+            panic!("add_persona_mapping: {e}");
+        }
+        let identifier = account_identifier.trim();
+        assert!(
+            !identifier.is_empty(),
+            "add_persona_mapping: blank account identifier"
+        );
+        let mut state = self.shared.lock();
+        let org = state
+            .org_mut(org_uuid)
+            .unwrap_or_else(|| panic!("add_persona_mapping: unknown org {org_uuid}"));
+        let id = uuid::Uuid::new_v4().to_string();
+        let account_uuid = mapping::account_uuid_for(&org.persona, identifier);
+        org.persona.push(PersonaMapping {
+            id: id.clone(),
+            account_identifier: identifier.to_owned(),
+            account_uuid,
+            arn_pattern: arn_pattern.to_owned(),
+        });
+        id
+    }
+
+    /// The org's persona mappings, in creation (= matching) order.
+    pub fn persona_mappings(&self, org_uuid: &str) -> Vec<PersonaMapping> {
+        self.shared
+            .lock()
+            .org(org_uuid)
+            .map(|o| o.persona.clone())
+            .unwrap_or_default()
+    }
+
+    /// Queues a fault for the next intake exchange(s).
     pub fn inject(&self, fault: Fault) {
         self.shared.lock().faults.push_back(fault);
     }
 
-    /// Drops every queued fault.
+    /// Queues a fault for the next token exchange(s) (a queue apart from [`Self::inject`]'s).
+    pub fn inject_token_fault(&self, fault: Fault) {
+        self.shared.lock().token_faults.push_back(fault);
+    }
+
+    /// Changes the lifetime of tokens minted from now on (rounded down to whole seconds, at
+    /// least 1 s). Tokens already minted keep their `exp`.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.lock().token_lifetime = token::whole_seconds(lifetime);
+    }
+
+    /// Drops every queued fault, of both exchanges.
     pub fn clear_faults(&self) {
-        self.shared.lock().faults.clear();
+        let mut state = self.shared.lock();
+        state.faults.clear();
+        state.token_faults.clear();
     }
 
     /// The request log, oldest first.
@@ -621,6 +794,76 @@ impl DatadogEmulator {
                 );
             }
         }
+    }
+
+    /// The token exchanges (`/api/v2/delegated-token`) of the request log.
+    pub fn token_exchanges(&self) -> Vec<RequestRecord> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.is_token_exchange())
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `n` token exchanges were logged, and returns the token exchanges.
+    ///
+    /// # Panics
+    /// After `timeout`.
+    pub async fn wait_for_token_exchanges(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<RequestRecord> {
+        self.wait_for(timeout, |log| {
+            log.iter().filter(|r| r.is_token_exchange()).count() >= n
+        })
+        .await
+        .into_iter()
+        .filter(RequestRecord::is_token_exchange)
+        .collect()
+    }
+
+    /// The delegated tokens minted for `org_uuid`, oldest first (revoked and expired ones
+    /// included; see [`Self::token_valid`]).
+    pub fn issued_tokens(&self, org_uuid: &str) -> Vec<IssuedToken> {
+        let state = self.shared.lock();
+        let Some(org) = state.org(org_uuid) else {
+            return Vec::new();
+        };
+        org.tokens
+            .iter()
+            .filter_map(|t| state.tokens.get(t).map(|r| r.issued.clone()))
+            .collect()
+    }
+
+    /// Revokes a delegated token at once; whether the emulator minted it.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        match self.shared.lock().tokens.get_mut(token) {
+            Some(record) => {
+                record.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `token` would be accepted as a bearer now.
+    pub fn token_valid(&self, token: &str) -> bool {
+        token::authenticate(&self.shared, token).is_ok()
+    }
+
+    /// The account identifier of a currently valid token.
+    pub fn token_account(&self, token: &str) -> Option<String> {
+        token::authenticate(&self.shared, token)
+            .ok()
+            .map(|c| c.account)
+    }
+
+    /// The events posted to `/api/v1/events`, oldest first.
+    pub fn events(&self) -> Vec<PostedEvent> {
+        self.shared.lock().events.clone()
     }
 
     /// Waits until at least `n` exchanges were logged, and returns the exchanges.
@@ -775,6 +1018,8 @@ struct Answer {
     detail: Option<String>,
     caller_arn: Option<String>,
     issued_key: Option<String>,
+    issued_token: Option<String>,
+    account: Option<String>,
     proof: Option<String>,
 }
 
@@ -787,6 +1032,8 @@ impl Answer {
             detail: None,
             caller_arn: None,
             issued_key: None,
+            issued_token: None,
+            account: None,
             proof: None,
         }
     }
@@ -833,10 +1080,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let path = parts.uri.path().to_owned();
     let method = parts.method.clone();
     if path == INTAKE_KEY_PATH {
-        return exchange(&shared, at, instant, &method, &parts.headers).await;
+        let kind = ExchangeKind::IntakeKey;
+        return exchange(&shared, at, instant, &method, &parts.headers, kind).await;
+    }
+    if path == DELEGATED_TOKEN_PATH {
+        let kind = ExchangeKind::DelegatedToken;
+        return exchange(&shared, at, instant, &method, &parts.headers, kind).await;
     }
     let answer = if path == VALIDATE_PATH {
         validate(&shared, &method, &parts.headers)
+    } else if path == CURRENT_USER_PATH {
+        token::current_user(&shared, &method, &parts.headers)
+    } else if path == EVENTS_PATH {
+        token::post_event(&shared, &method, &parts.headers, &body)
     } else if let Some(answer) = mapping::handle(&shared, &method, &path, &parts.headers, &body) {
         answer
     } else {
@@ -868,9 +1124,42 @@ fn finish(
         detail: answer.detail,
         caller_arn: answer.caller_arn,
         issued_key: answer.issued_key,
+        issued_token: answer.issued_token,
+        account: answer.account,
         proof: answer.proof,
     });
     answer.response
+}
+
+/// Which exchange a request reached. Both verify the proof with the same code (so they refuse
+/// the same proofs with the same answers); they differ in the mappings they match, what they
+/// issue, and their fault queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExchangeKind {
+    /// `POST /api/v2/intake-key`: intake mappings, a managed API key.
+    IntakeKey,
+    /// `POST /api/v2/delegated-token`: persona mappings, a JWT.
+    DelegatedToken,
+}
+
+impl ExchangeKind {
+    fn path(self) -> &'static str {
+        match self {
+            ExchangeKind::IntakeKey => INTAKE_KEY_PATH,
+            ExchangeKind::DelegatedToken => DELEGATED_TOKEN_PATH,
+        }
+    }
+}
+
+/// What a token exchange reports as `expires` (only [`Fault`]s change it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ReportedExpiry {
+    /// The token's `exp`.
+    Exp,
+    /// No `expires` attribute.
+    Omitted,
+    /// This exact string.
+    Value(String),
 }
 
 async fn exchange(
@@ -879,7 +1168,9 @@ async fn exchange(
     instant: Instant,
     method: &Method,
     headers: &HeaderMap,
+    kind: ExchangeKind,
 ) -> Result<Response<Body>, Disconnect> {
+    let path = kind.path();
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -896,36 +1187,57 @@ async fn exchange(
             Outcome::MethodNotAllowed,
         )
         .org(org_hint);
-        return Ok(finish(shared, at, instant, method, INTAKE_KEY_PATH, answer));
+        return Ok(finish(shared, at, instant, method, path, answer));
     }
-    let fault = shared.lock().take_fault();
+    let (fault, token_expires) = {
+        let mut state = shared.lock();
+        let expires = token::expiry_from_now(state.token_lifetime);
+        (state.take_fault(kind), expires)
+    };
     let delay = fault.as_ref().map_or(Duration::ZERO, |f| f.delay);
+    let reported = |r: ReportedExpiry| match kind {
+        // The token-only faults change nothing on the intake exchange.
+        ExchangeKind::IntakeKey => ReportedExpiry::Exp,
+        ExchangeKind::DelegatedToken => r,
+    };
     let answer = match fault.map(|f| f.kind) {
-        None | Some(FaultKind::Delay) => verify_and_issue(shared, &authorization).await,
+        None | Some(FaultKind::Delay) => {
+            verify_and_issue(shared, &authorization, kind, ReportedExpiry::Exp).await
+        }
+        Some(FaultKind::TokenWithoutExpiry) => {
+            let expiry = reported(ReportedExpiry::Omitted);
+            verify_and_issue(shared, &authorization, kind, expiry).await
+        }
+        Some(FaultKind::TokenExpires(value)) => {
+            let expiry = reported(ReportedExpiry::Value(value));
+            verify_and_issue(shared, &authorization, kind, expiry).await
+        }
         Some(FaultKind::Disconnect) => {
             shared.record(RequestRecord {
                 at,
                 instant,
                 method: method.to_string(),
-                path: INTAKE_KEY_PATH.to_owned(),
+                path: path.to_owned(),
                 org: org_hint,
                 status: 0,
                 outcome: Outcome::Disconnected,
                 detail: None,
                 caller_arn: None,
                 issued_key: None,
+                issued_token: None,
+                account: None,
                 proof: delegated_proof(&authorization),
             });
             tokio::time::sleep(delay).await;
             return Err(Disconnect);
         }
-        Some(kind) => fault_answer(kind).org(org_hint),
+        Some(fault) => fault_answer(fault, kind, token_expires).org(org_hint),
     };
     let answer = Answer {
         proof: delegated_proof(&authorization),
         ..answer
     };
-    let response = finish(shared, at, instant, method, INTAKE_KEY_PATH, answer);
+    let response = finish(shared, at, instant, method, path, answer);
     tokio::time::sleep(delay).await;
     Ok(response)
 }
@@ -939,8 +1251,10 @@ fn delegated_proof(authorization: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The answer of an injected fault.
-fn fault_answer(kind: FaultKind) -> Answer {
+/// The answer of an injected fault, shaped like the answer of `exchange` (a token answer
+/// reports `token_expires` where it has an `expires`).
+fn fault_answer(kind: FaultKind, exchange: ExchangeKind, token_expires: u64) -> Answer {
+    let token = exchange == ExchangeKind::DelegatedToken;
     let response = match kind {
         FaultKind::Status {
             status,
@@ -959,18 +1273,36 @@ fn fault_answer(kind: FaultKind) -> Answer {
             }
             response
         }
+        FaultKind::Malformed if token => raw_response(
+            StatusCode::OK,
+            Bytes::from_static(
+                br#"{"data":{"type":"delegated_token","attributes":{"access_token":"#,
+            ),
+        ),
         FaultKind::Malformed => raw_response(
             StatusCode::OK,
             Bytes::from_static(br#"{"data":{"attributes":{"api_key":"#),
         ),
+        FaultKind::EmptyKey if token => {
+            json_response(StatusCode::OK, &token::token_body("", Some(token_expires)))
+        }
         FaultKind::EmptyKey => json_response(
             StatusCode::OK,
             &json!({"data": {"type": "intake_api_key", "attributes": {"api_key": ""}}}),
         ),
         FaultKind::Oversized { bytes, chunked } => {
-            let head = br#"{"data":{"attributes":{"api_key":"0123456789abcdef0123456789abcdef"}},"padding":""#;
+            let head = if token {
+                // A well-formed answer whose token is not one the emulator signed.
+                let mut body = token::token_body(token::UNSIGNED_TOKEN, Some(token_expires));
+                body["padding"] = json!("");
+                let mut head = body.to_string().into_bytes();
+                head.truncate(head.len() - 2); // `"}`: the padding string stays open.
+                head
+            } else {
+                br#"{"data":{"attributes":{"api_key":"0123456789abcdef0123456789abcdef"}},"padding":""#.to_vec()
+            };
             let mut body = Vec::with_capacity(bytes);
-            body.extend_from_slice(head);
+            body.extend_from_slice(&head);
             body.resize(bytes - 2, b'x');
             body.extend_from_slice(b"\"}");
             if chunked {
@@ -985,14 +1317,43 @@ fn fault_answer(kind: FaultKind) -> Answer {
                 raw_response(StatusCode::OK, Bytes::from(body))
             }
         }
-        FaultKind::Delay | FaultKind::Disconnect => unreachable!("handled by the caller"),
+        FaultKind::Delay
+        | FaultKind::Disconnect
+        | FaultKind::TokenWithoutExpiry
+        | FaultKind::TokenExpires(_) => unreachable!("handled by the caller"),
     };
     let detail = format!("injected {}", response.status().as_u16());
     Answer::new(response, Outcome::Fault).detail(detail)
 }
 
-/// The real work of the exchange: local checks, STS replay, mapping match, key issue.
-async fn verify_and_issue(shared: &Shared, authorization: &str) -> Answer {
+/// The real work of an exchange: the proof checks both share, then what `kind` issues.
+async fn verify_and_issue(
+    shared: &Shared,
+    authorization: &str,
+    kind: ExchangeKind,
+    expiry: ReportedExpiry,
+) -> Answer {
+    let verified = match verify_proof(shared, authorization).await {
+        Ok(verified) => verified,
+        Err(answer) => return *answer,
+    };
+    match kind {
+        ExchangeKind::IntakeKey => issue_key(shared, verified),
+        ExchangeKind::DelegatedToken => token::issue(shared, verified, expiry),
+    }
+}
+
+/// Who a proof proved its signer to be.
+struct Verified {
+    /// The org the proof is bound to, as sent.
+    org: String,
+    /// The caller ARN STS answered.
+    arn: String,
+}
+
+/// Local proof checks and the STS replay: the identity of the signer, or the error answer
+/// (401 without `Delegated`, 403 bad proof or STS refusal, 502/503 STS unavailable).
+async fn verify_proof(shared: &Shared, authorization: &str) -> Result<Verified, Box<Answer>> {
     let now = shared.now();
     let checked = {
         let state = shared.lock();
@@ -1008,20 +1369,24 @@ async fn verify_and_issue(shared: &Shared, authorization: &str) -> Answer {
                 _ => (StatusCode::FORBIDDEN, Outcome::BadProof),
             };
             let detail = e.to_string();
-            return Answer::new(error_response(status, &detail, None), outcome)
-                .org(proof::org_hint(authorization))
-                .detail(detail);
+            return Err(Box::new(
+                Answer::new(error_response(status, &detail, None), outcome)
+                    .org(proof::org_hint(authorization))
+                    .detail(detail),
+            ));
         }
     };
     let org = Some(checked.org.clone());
     let Some(sts) = &shared.sts else {
         let detail = "The sandbox has no STS endpoint configured (DatadogOptions::sts_url), so it cannot verify proofs.";
-        return Answer::new(
-            error_response(StatusCode::SERVICE_UNAVAILABLE, detail, None),
-            Outcome::StsUnavailable,
-        )
-        .org(org)
-        .detail(detail);
+        return Err(Box::new(
+            Answer::new(
+                error_response(StatusCode::SERVICE_UNAVAILABLE, detail, None),
+                Outcome::StsUnavailable,
+            )
+            .org(org)
+            .detail(detail),
+        ));
     };
     let caller = match sts.replay(&checked).await {
         Ok(caller) => caller,
@@ -1035,42 +1400,62 @@ async fn verify_and_issue(shared: &Shared, authorization: &str) -> Answer {
                 }
             };
             let detail = e.to_string();
-            return Answer::new(error_response(status, &detail, None), outcome)
-                .org(org)
-                .detail(detail);
+            return Err(Box::new(
+                Answer::new(error_response(status, &detail, None), outcome)
+                    .org(org)
+                    .detail(detail),
+            ));
         }
     };
+    Ok(Verified {
+        org: checked.org,
+        arn: caller.arn,
+    })
+}
+
+/// The answer when the proof's org was removed while STS answered: as an unknown org.
+fn org_gone(org: &str) -> Answer {
+    let detail = ProofError::UnknownOrg(org.to_owned()).to_string();
+    Answer::new(
+        error_response(StatusCode::FORBIDDEN, &detail, None),
+        Outcome::BadProof,
+    )
+    .org(Some(org.to_owned()))
+    .detail(detail)
+}
+
+/// The 401 for a verified caller no mapping of the org covers (`kind`: `identity` or
+/// `persona`, as the real API words it).
+fn unmapped(verified: Verified, kind: &str) -> Answer {
+    let detail = format!(
+        "Authenticated as {} but no {kind} mapping was found.",
+        verified.arn
+    );
+    let mut answer = Answer::new(
+        error_response(StatusCode::UNAUTHORIZED, &detail, None),
+        Outcome::Unmapped,
+    )
+    .org(Some(verified.org))
+    .detail(detail);
+    answer.caller_arn = Some(verified.arn);
+    answer
+}
+
+/// The intake exchange's issue: the first intake mapping covering the caller earns a new key.
+fn issue_key(shared: &Shared, verified: Verified) -> Answer {
     let mut state = shared.lock();
-    let Some(org_entry) = state.org(&checked.org) else {
-        // Removed while STS answered: as unknown.
-        let detail = ProofError::UnknownOrg(checked.org.clone()).to_string();
-        return Answer::new(
-            error_response(StatusCode::FORBIDDEN, &detail, None),
-            Outcome::BadProof,
-        )
-        .org(org)
-        .detail(detail);
+    let Some(org_entry) = state.org(&verified.org) else {
+        return org_gone(&verified.org);
     };
     let org_id = org_entry.handle.org_id;
     let mapped = org_entry
         .intake
         .iter()
-        .any(|m| datadog_delegated_auth::arn_pattern::matches(&m.arn_pattern, &caller.arn));
+        .any(|m| datadog_delegated_auth::arn_pattern::matches(&m.arn_pattern, &verified.arn));
     if !mapped {
-        let detail = format!(
-            "Authenticated as {} but no identity mapping was found.",
-            caller.arn
-        );
-        let mut answer = Answer::new(
-            error_response(StatusCode::UNAUTHORIZED, &detail, None),
-            Outcome::Unmapped,
-        )
-        .org(org)
-        .detail(detail);
-        answer.caller_arn = Some(caller.arn);
-        return answer;
+        return unmapped(verified, "identity");
     }
-    let key = state.mint(&checked.org);
+    let key = state.mint(&verified.org);
     drop(state);
     let body = json!({
         "data": {
@@ -1079,8 +1464,9 @@ async fn verify_and_issue(shared: &Shared, authorization: &str) -> Answer {
             "attributes": {"api_key": key, "org_id": org_id},
         }
     });
-    let mut answer = Answer::new(json_response(StatusCode::OK, &body), Outcome::Issued).org(org);
-    answer.caller_arn = Some(caller.arn);
+    let mut answer =
+        Answer::new(json_response(StatusCode::OK, &body), Outcome::Issued).org(Some(verified.org));
+    answer.caller_arn = Some(verified.arn);
     answer.issued_key = Some(key);
     answer
 }
@@ -1091,6 +1477,9 @@ fn validate(shared: &Shared, method: &Method, headers: &HeaderMap) -> Answer {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "Use GET.", None),
             Outcome::MethodNotAllowed,
         );
+    }
+    if let Some(bearer) = token::bearer(headers) {
+        return token::validate_bearer(shared, bearer);
     }
     let key = headers
         .get("dd-api-key")
@@ -1186,35 +1575,69 @@ mod tests {
 
     #[test]
     fn faults_apply_in_order_and_count_down() {
-        let mut state = State {
-            orgs: BTreeMap::new(),
-            keys: HashMap::new(),
-            faults: VecDeque::new(),
-            requests: Vec::new(),
-            clock_offset_secs: 0,
-            key_overlap: Duration::ZERO,
-            next_org_id: 1,
-        };
+        let mut state = test_state();
         state.faults.push_back(Fault::status(503).times(2));
         state.faults.push_back(Fault::malformed_body());
-        let kinds: Vec<String> = std::iter::from_fn(|| state.take_fault())
+        state.token_faults.push_back(Fault::token_without_expiry());
+        let kinds: Vec<String> = std::iter::from_fn(|| state.take_fault(ExchangeKind::IntakeKey))
             .map(|f| format!("{:?}", f.kind))
             .collect();
         assert_eq!(kinds.len(), 3);
         assert!(kinds[0].starts_with("Status") && kinds[1].starts_with("Status"));
         assert_eq!(kinds[2], "Malformed");
+        let token = state.take_fault(ExchangeKind::DelegatedToken).unwrap();
+        assert!(matches!(token.kind, FaultKind::TokenWithoutExpiry));
+        assert!(state.take_fault(ExchangeKind::DelegatedToken).is_none());
+    }
+
+    #[test]
+    fn oversized_token_answers_stay_json() {
+        let answer = fault_answer(
+            FaultKind::Oversized {
+                bytes: 4096,
+                chunked: false,
+            },
+            ExchangeKind::DelegatedToken,
+            1_234,
+        );
+        let body = futures_body(answer.response);
+        assert_eq!(body.len(), 4096);
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["data"]["type"], "delegated_token");
+        assert_eq!(value["data"]["attributes"]["expires"], "1234");
+    }
+
+    /// The bytes of a (non-streaming) response body.
+    fn futures_body(response: Response<Body>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes()
+    }
+
+    fn test_state() -> State {
+        State {
+            orgs: BTreeMap::new(),
+            keys: HashMap::new(),
+            faults: VecDeque::new(),
+            token_faults: VecDeque::new(),
+            requests: Vec::new(),
+            clock_offset_secs: 0,
+            key_overlap: Duration::ZERO,
+            next_org_id: 1,
+            tokens: HashMap::new(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            events: Vec::new(),
+        }
     }
 
     #[test]
     fn minting_starts_the_overlap_of_older_keys() {
         let mut state = State {
-            orgs: BTreeMap::new(),
-            keys: HashMap::new(),
-            faults: VecDeque::new(),
-            requests: Vec::new(),
-            clock_offset_secs: 0,
             key_overlap: Duration::from_secs(3600),
-            next_org_id: 1,
+            ..test_state()
         };
         state.orgs.insert(
             "o".into(),
@@ -1228,6 +1651,7 @@ mod tests {
                 intake: Vec::new(),
                 persona: Vec::new(),
                 issued: Vec::new(),
+                tokens: Vec::new(),
             },
         );
         let first = state.mint("o");
