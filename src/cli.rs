@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use http::{Method, StatusCode};
 
-use crate::client::{self, ClientError, Failure, KeyClient, Wait};
+use crate::client::{self, ClientError, Failure, KeyClient, Target, Wait};
 use crate::config;
 use crate::exit;
 use crate::status::{StatusDoc, render_text};
@@ -65,6 +65,21 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// Print the whole JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a delegated API token (for `Authorization: Bearer`).
+    Token {
+        /// Token name; may be left out when exactly one token is configured.
+        name: Option<String>,
+        /// Wait (up to --timeout) for the daemon to start and a token to be served.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the whole JSON answer (`name`, `access_token`, `expires_at`, `generation`,
+        /// `org_uuid`).
         #[arg(long)]
         json: bool,
     },
@@ -150,6 +165,18 @@ pub fn main() -> ExitCode {
         } => with_runtime(get(
             socket_path(&cli.socket, &paths, &env),
             instance,
+            wait,
+            timeout,
+            json,
+        )),
+        Command::Token {
+            name,
+            wait,
+            timeout,
+            json,
+        } => with_runtime(token(
+            socket_path(&cli.socket, &paths, &env),
+            name,
             wait,
             timeout,
             json,
@@ -267,12 +294,87 @@ async fn status(socket: PathBuf, json: bool) -> u8 {
 }
 
 async fn get(socket: PathBuf, instance: String, wait: bool, timeout: Duration, json: bool) -> u8 {
+    read(socket, Target::Key(instance), wait, timeout, json).await
+}
+
+async fn token(
+    socket: PathBuf,
+    name: Option<String>,
+    wait: bool,
+    timeout: Duration,
+    json: bool,
+) -> u8 {
+    let name = match name {
+        Some(name) => name,
+        None => match only_token(&socket, wait, timeout).await {
+            Ok(name) => name,
+            Err(code) => return code,
+        },
+    };
+    read(socket, Target::Token(name), wait, timeout, json).await
+}
+
+/// The name of the one token the daemon serves, when `token` is given no name.
+async fn only_token(socket: &std::path::Path, wait: bool, timeout: Duration) -> Result<String, u8> {
+    // The list is read like a key: with --wait, while the daemon is starting.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client::request(
+            socket,
+            Method::GET,
+            "/v1/tokens",
+            &[],
+            None,
+            left.min(CLIENT_TIMEOUT),
+        )
+        .await
+        {
+            Ok(reply) => break reply,
+            Err(ClientError::Unreachable { .. }) if wait && left > client::RETRY_PAUSE => {
+                tokio::time::sleep(client::RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(client_failure(&e)),
+        }
+    };
+    if reply.status != StatusCode::OK {
+        eprintln!(
+            "error: the daemon answered {}: {}",
+            reply.status,
+            reply.error_message()
+        );
+        return Err(exit::FAILURE);
+    }
+    let names: Vec<String> = serde_json::from_slice::<Vec<crate::status::TokenDoc>>(&reply.body)
+        .map(|docs| docs.into_iter().map(|d| d.name).collect())
+        .unwrap_or_default();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            eprintln!(
+                "error: the daemon serves no token; add one under `tokens:` in the settings file (docs/configuration.md)"
+            );
+            Err(exit::FAILURE)
+        }
+        several => {
+            eprintln!(
+                "error: the daemon serves {} tokens ({}); name the one to print",
+                several.len(),
+                several.join(", ")
+            );
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// Prints a key or a token.
+async fn read(socket: PathBuf, target: Target, wait: bool, timeout: Duration, json: bool) -> u8 {
     // Every request and pause fits in what is left of --timeout: a hung daemon costs the
     // caller --timeout, not one more request timeout past it.
     let until = Wait::until(tokio::time::Instant::now() + timeout)
         .request_cap(CLIENT_TIMEOUT)
         .retrying(wait);
-    match KeyClient::new(socket).get(&instance, until).await {
+    match KeyClient::new(socket).get_target(&target, until).await {
         Ok(fetched) if json => {
             println!("{}", String::from_utf8_lossy(&fetched.reply.body));
             exit::OK

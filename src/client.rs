@@ -2,7 +2,8 @@
 //! `secret-helper` and `exec`.
 //!
 //! - [`request`]: one HTTP/1.1 request per connection (the CLI makes a handful).
-//! - [`KeyClient`]: reading a key. [`KeyClient::get`] waits, as [`Wait`] says, while the daemon
+//! - [`KeyClient`]: reading a key or a delegated API token (a [`Target`]). [`KeyClient::get`]
+//!   waits, as [`Wait`] says, while the daemon
 //!   is starting (unreachable) or has no key yet (503), pausing 250 ms between attempts; every
 //!   request and pause fits in what is left of the wait. [`KeyClient::follow`] is the stream of
 //!   rotations, with the long poll (`If-None-Match` + `wait=300s`): one request per five quiet
@@ -170,29 +171,56 @@ const MIN_POLL: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// The path of an instance's key.
-fn key_path(instance: &str) -> String {
-    format!("/v1/keys/{}", encode_instance(instance))
+/// What is read: an instance's key (`/v1/keys/{instance}`) or a delegated API token
+/// (`/v1/tokens/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An instance's key.
+    Key(String),
+    /// A token, by its name.
+    Token(String),
 }
 
-/// A key as the daemon serves it on `GET /v1/keys/{instance}` (the wire view of
-/// [`crate::keystore::ServedKey`]).
+impl Target {
+    /// The path of its answer.
+    pub fn path(&self) -> String {
+        match self {
+            Target::Key(instance) => format!("/v1/keys/{}", encode_instance(instance)),
+            Target::Token(name) => format!("/v1/tokens/{}", encode_instance(name)),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// `"api_key"`, or `token "automation"`, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Key(instance) => write!(f, "{instance:?}"),
+            Target::Token(name) => write!(f, "token {name:?}"),
+        }
+    }
+}
+
+/// A key (or token) as the daemon serves it on `GET /v1/keys/{instance}` or
+/// `GET /v1/tokens/{name}` (the wire view of [`crate::keystore::ServedKey`]).
 #[derive(Clone, Debug)]
 pub struct FetchedKey {
     /// The daemon's generation (ETag) of this value.
     pub generation: u64,
-    /// The key.
+    /// The key, or the token.
     pub key: Secret,
 }
 
 #[derive(Deserialize)]
 struct KeyBody {
+    /// A token's answer names it `access_token`.
+    #[serde(alias = "access_token")]
     api_key: String,
     generation: u64,
 }
 
 impl FetchedKey {
-    /// Reads a `200` answer of `GET /v1/keys/{instance}`.
+    /// Reads a `200` answer of `GET /v1/keys/{instance}` or `GET /v1/tokens/{name}`.
     ///
     /// # Errors
     /// A description (without the body, which holds the key) when it is not the key document.
@@ -352,7 +380,16 @@ impl KeyClient {
     /// # Errors
     /// [`GetError`]: the attempt that ended the wait, and the one before it.
     pub async fn get(&self, instance: &str, wait: Wait) -> Result<Fetched, GetError> {
-        let path = key_path(instance);
+        self.get_target(&Target::Key(instance.to_owned()), wait)
+            .await
+    }
+
+    /// Reads `target` (a key or a token), waiting as `wait` says.
+    ///
+    /// # Errors
+    /// [`GetError`]: the attempt that ended the wait, and the one before it.
+    pub async fn get_target(&self, target: &Target, wait: Wait) -> Result<Fetched, GetError> {
+        let path = target.path();
         let mut before: Option<Failure> = None;
         loop {
             let left = wait.deadline.saturating_duration_since(Instant::now());
@@ -396,13 +433,13 @@ impl KeyClient {
         }
     }
 
-    /// The rotations of `instance`'s key after `known`, with the long poll. The stream never
-    /// ends; drop it to stop.
-    pub fn follow(&self, instance: &str, known: FetchedKey) -> impl Stream<Item = Followed> {
+    /// The rotations of `target` after `known`, with the long poll. The stream never ends; drop
+    /// it to stop.
+    pub fn follow(&self, target: &Target, known: FetchedKey) -> impl Stream<Item = Followed> {
         let follower = Follower {
             socket: self.socket.clone(),
-            path: key_path(instance),
-            instance: instance.to_owned(),
+            path: target.path(),
+            instance: target.to_string(),
             known,
             backoff: Backoff::new(),
             resync: false,
@@ -473,10 +510,10 @@ impl Follower {
             },
             Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => None,
             Ok(reply) if reply.status == StatusCode::NOT_FOUND => Some(format!(
-                "the daemon no longer serves {instance:?} (removed from its configuration?)"
+                "the daemon no longer serves {instance} (removed from its configuration?)"
             )),
             Ok(reply) => Some(format!(
-                "the daemon answered {} for {instance:?}: {}",
+                "the daemon answered {} for {instance}: {}",
                 reply.status,
                 reply.error_message()
             )),
@@ -565,5 +602,23 @@ mod tests {
         let e = FetchedKey::from_reply(&reply(r#"{"api_key":"secretsecret99"}"#)).unwrap_err();
         assert!(!e.contains("secretsecret99"), "{e}");
         assert!(FetchedKey::from_reply(&reply(r#"{"api_key":"","generation":1}"#)).is_err());
+        let t = FetchedKey::from_reply(&reply(
+            r#"{"name":"automation","access_token":"eyJ.a.b","expires_at":"2026-12-07T10:00:00Z","generation":9,"org_uuid":null}"#,
+        ))
+        .unwrap();
+        assert_eq!((t.generation, t.key.expose()), (9, "eyJ.a.b"));
+    }
+
+    #[test]
+    fn targets_have_their_own_paths() {
+        assert_eq!(
+            Target::Key("additional_endpoints[https://x][0]".into()).path(),
+            "/v1/keys/additional%5Fendpoints%5Bhttps%3A%2F%2Fx%5D%5B0%5D"
+        );
+        assert_eq!(
+            Target::Token("ci-deploy".into()).path(),
+            "/v1/tokens/ci%2Ddeploy"
+        );
+        assert_eq!(Target::Token("a".into()).to_string(), "token \"a\"");
     }
 }

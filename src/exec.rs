@@ -20,6 +20,10 @@
 //!    After SIGTERM or SIGINT no restart happens any more: exec waits for the command to exit.
 //! 6. exec exits with the command's status, or 128 + the signal that killed it (as a shell
 //!    does); 127 when the command is not found, 126 when it cannot be run.
+//!
+//! With `--token NAME` the command gets a delegated API token instead (in `DD_ACCESS_TOKEN`
+//! unless `--env` says otherwise), followed and acted on the same way: a token is refreshed
+//! before it expires, so `restart` gives the command a fresh token well within its lifetime.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -35,7 +39,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client::{ClientError, Failure, FetchedKey, Followed, KeyClient, READ_TIMEOUT, Wait};
+use crate::client::{
+    ClientError, Failure, FetchedKey, Followed, KeyClient, READ_TIMEOUT, Target, Wait,
+};
 use crate::exit;
 use crate::secret::Secret;
 
@@ -83,11 +89,15 @@ pub fn parse_signal(name: &str) -> Result<Signal, String> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Instance whose key the command gets.
-    #[arg(long, default_value = "api_key")]
+    #[arg(long, default_value = "api_key", conflicts_with = "token")]
     pub instance: String,
-    /// Environment variable that carries the key.
-    #[arg(long = "env", value_name = "NAME", default_value = "DD_API_KEY", value_parser = parse_env_name)]
-    pub env_var: String,
+    /// A delegated API token instead of a key: the command gets the token named NAME.
+    #[arg(long, value_name = "NAME")]
+    pub token: Option<String>,
+    /// Environment variable that carries the key (default DD_API_KEY) or token (default
+    /// DD_ACCESS_TOKEN).
+    #[arg(long = "env", value_name = "NAME", value_parser = parse_env_name)]
+    pub env_var: Option<String>,
     /// On a new key: restart, signal:NAME (e.g. signal:HUP), or none.
     #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = parse_on_rotate)]
     pub on_rotate: OnRotate,
@@ -100,6 +110,25 @@ pub struct Args {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl Args {
+    /// What the command gets.
+    pub fn target(&self) -> Target {
+        match &self.token {
+            Some(name) => Target::Token(name.clone()),
+            None => Target::Key(self.instance.clone()),
+        }
+    }
+
+    /// The variable that carries it.
+    pub fn env_name(&self) -> &str {
+        match (&self.env_var, &self.token) {
+            (Some(name), _) => name,
+            (None, Some(_)) => "DD_ACCESS_TOKEN",
+            (None, None) => "DD_API_KEY",
+        }
+    }
 }
 
 fn parse_env_name(s: &str) -> Result<String, String> {
@@ -121,9 +150,9 @@ pub enum ExecError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     /// The daemon answered, but with no key.
-    #[error("no key for {instance:?}: {message} ({status}); the command was not started")]
+    #[error("nothing to serve for {instance}: {message} ({status}); the command was not started")]
     Refused {
-        /// Instance asked for.
+        /// Instance (or token) asked for.
         instance: String,
         /// The daemon's status.
         status: StatusCode,
@@ -131,9 +160,9 @@ pub enum ExecError {
         message: String,
     },
     /// The daemon's answer could not be read.
-    #[error("the daemon answered for {instance:?} with {reason}; the command was not started")]
+    #[error("the daemon answered for {instance} with {reason}; the command was not started")]
     BadAnswer {
-        /// Instance asked for.
+        /// Instance (or token) asked for.
         instance: String,
         /// What was wrong (never the body).
         reason: String,
@@ -208,15 +237,16 @@ async fn first_key(client: &KeyClient, args: &Args) -> Result<FetchedKey, ExecEr
         .request_cap(READ_TIMEOUT)
         .request_floor(Duration::from_millis(100))
         .retry_timeouts();
-    match client.get(&args.instance, wait).await {
+    let target = args.target();
+    match client.get_target(&target, wait).await {
         Ok(fetched) => Ok(fetched.key),
         Err(e) => Err(match e.last {
             Failure::BadAnswer(reason) => ExecError::BadAnswer {
-                instance: args.instance.clone(),
+                instance: target.to_string(),
                 reason,
             },
             Failure::Answer(reply) => ExecError::Refused {
-                instance: args.instance.clone(),
+                instance: target.to_string(),
                 status: reply.status,
                 message: reply.error_message(),
             },
@@ -229,11 +259,11 @@ async fn first_key(client: &KeyClient, args: &Args) -> Result<FetchedKey, ExecEr
 /// recovers. Runs until the receiver is gone.
 async fn follow(
     client: KeyClient,
-    instance: String,
+    target: Target,
     known: FetchedKey,
     tx: watch::Sender<FetchedKey>,
 ) {
-    let rotations = client.follow(&instance, known);
+    let rotations = client.follow(&target, known);
     futures_util::pin_mut!(rotations);
     while !tx.is_closed() {
         let Some(event) = rotations.next().await else {
@@ -247,7 +277,7 @@ async fn follow(
                 "{msg}; the command keeps its current key, retrying"
             )),
             Followed::Recovered => say(format!(
-                "the daemon answers again; following rotations of {instance:?}"
+                "the daemon answers again; following rotations of {target}"
             )),
         }
     }
@@ -267,7 +297,7 @@ async fn run(socket: PathBuf, args: Args) -> Result<u8, ExecError> {
     let known = first?;
 
     let (tx, mut rx) = watch::channel(known.clone());
-    let follower = tokio::spawn(follow(client, args.instance.clone(), known, tx));
+    let follower = tokio::spawn(follow(client, args.target(), known, tx));
     let outcome = supervise(&socket, &args, &mut signals, &mut rx).await;
     follower.abort();
     outcome
@@ -296,7 +326,7 @@ fn start(socket: &Path, args: &Args, key: &Secret) -> Result<Running, ExecError>
     let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&args.command[1..])
-        .env(&args.env_var, key.expose())
+        .env(args.env_name(), key.expose())
         .env("DD_DELEGATED_AUTH_SOCKET", &socket)
         // Its own process group: exec is the one place signals come from (a terminal's Ctrl-C
         // would otherwise reach it twice, directly and forwarded), and a restart can stop the
@@ -375,8 +405,8 @@ async fn supervise(
                     OnRotate::Restart => {
                         if pending.is_none() {
                             say(format!(
-                                "the key of {:?} changed ({new}); stopping the command to restart it",
-                                args.instance
+                                "the key of {} changed ({new}); stopping the command to restart it",
+                                args.target()
                             ));
                             signal_group(running.pid, Signal::SIGTERM);
                             kill_at = Some(Instant::now() + args.stop_timeout);
@@ -386,14 +416,14 @@ async fn supervise(
                     }
                     OnRotate::Signal(sig) => {
                         say(format!(
-                            "the key of {:?} changed ({new}); sending {sig} to the command",
-                            args.instance
+                            "the key of {} changed ({new}); sending {sig} to the command",
+                            args.target()
                         ));
                         let _ = kill(running.pid, sig);
                     }
                     OnRotate::Nothing => say(format!(
-                        "the key of {:?} changed ({new}); the command keeps running (--on-rotate none)",
-                        args.instance
+                        "the key of {} changed ({new}); the command keeps running (--on-rotate none)",
+                        args.target()
                     )),
                 }
             }
