@@ -9,8 +9,8 @@ use std::io::Write;
 use crate::config::{Config, EXIT_BAD_CONFIG, IdRef, Paths, Provider, load_report};
 
 /// Human-readable summary printed by `check-config`: file paths, site, provider and region,
-/// socket, and every instance with its org, target, region, refresh interval and fallback
-/// origin (never the key; at most its redacted suffix).
+/// socket, every instance with its org, target, region, refresh interval and fallback
+/// origin (never the key; at most its redacted suffix), and every token.
 pub fn describe(cfg: &Config) -> String {
     let mut out = String::new();
     let a = &cfg.agent;
@@ -184,6 +184,33 @@ pub fn describe(cfg: &Config) -> String {
         }
         for note in &spec.notes {
             let _ = writeln!(out, "      note:      {note}");
+        }
+    }
+    if !cfg.tokens.is_empty() {
+        let _ = writeln!(out, "Tokens ({}):", cfg.tokens.len());
+        for t in &cfg.tokens {
+            let _ = writeln!(out, "  - {} (access rules: token:{})", t.name, t.name);
+            let _ = writeln!(out, "      org_uuid:  {}", t.org_uuid);
+            let _ = writeln!(
+                out,
+                "      exchange:  {}{}",
+                crate::secret::redact_userinfo(&t.api_url),
+                crate::exchange::DELEGATED_TOKEN_PATH
+            );
+            let _ = writeln!(
+                out,
+                "      region:    {}",
+                t.region.as_deref().unwrap_or("auto-detect")
+            );
+            let _ = writeln!(
+                out,
+                "      refresh:   {} before expiry (at most half the token's lifetime)",
+                match t.refresh_before {
+                    Some(d) => humantime::format_duration(d).to_string(),
+                    None => "a quarter of its lifetime, at least 60s,".to_owned(),
+                }
+            );
+            let _ = writeln!(out, "      fallback:  none (tokens never fall back)");
         }
     }
     if !cfg.warnings.is_empty() {

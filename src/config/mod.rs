@@ -122,10 +122,15 @@ pub struct TokenSpec {
 impl TokenSpec {
     /// Resolves a `tokens` entry against the Agent's configuration.
     fn resolve(t: &TokenSettings, agent: &AgentConfig) -> TokenSpec {
+        // `https://api.<site>`: the Agent's rule for a well-known site (with the FQDN dot while
+        // `convert_dd_site_fqdn` is on), and the plain form for any other domain.
         let site_base = |site: &str| {
             let site = site.trim_end_matches('.');
-            let fqdn = agent.convert_dd_site_fqdn && crate::exchange::api_base(site).matched;
-            crate::exchange::api_base(&format!("{site}{}", if fqdn { "." } else { "" })).url
+            if !crate::exchange::api_base(site).matched {
+                return format!("https://api.{site}");
+            }
+            let dot = if agent.convert_dd_site_fqdn { "." } else { "" };
+            crate::exchange::api_base(&format!("{site}{dot}")).url
         };
         let api_url = match &t.api {
             TokenApi::Url(url) => url.clone(),

@@ -1406,3 +1406,139 @@ fn well_known_sites_are_fully_qualified_unless_disabled() {
     let errs = errors("convert_dd_site_fqdn:\n  enabled: maybe\n");
     assert_eq!(errs[0].key, "convert_dd_site_fqdn.enabled");
 }
+
+/// Loads `agent` with the settings file `settings`.
+fn load_with(agent: &str, settings: &str) -> Result<Config, ConfigErrors> {
+    let f = fixture(agent, Some(settings));
+    load(&f.paths, &no_env)
+}
+
+#[test]
+fn tokens_resolve_their_api_from_site_api_url_or_the_agent() {
+    let agent = format!(
+        "api_key: {KEY}\nsite: datadoghq.eu\ndelegated_auth:\n  org_uuid: {ORG}\n  aws:\n    region: eu-west-1\n"
+    );
+    let settings = format!(
+        "tokens:\n\
+         \x20 - name: automation\n    org_uuid: {ORG}\n\
+         \x20 - name: us5\n    org_uuid: {ORG_EU}\n    site: us5.datadoghq.com\n    refresh_before: 5m\n\
+         \x20 - name: local\n    org_uuid: {ORG}\n    api_url: http://127.0.0.1:8080/\n\
+         \x20 - name: proxy\n    org_uuid: {ORG}\n    site: datadog.internal.example\n"
+    );
+    let cfg = load_with(&agent, &settings).unwrap();
+    let got: Vec<(&str, &str, Option<Duration>)> = cfg
+        .tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.api_url.as_str(), t.refresh_before))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            // datadog.yaml's site, in the FQDN form of the newest Agent.
+            ("automation", "https://api.datadoghq.eu.", None),
+            (
+                "us5",
+                "https://api.us5.datadoghq.com.",
+                Some(Duration::from_secs(300))
+            ),
+            ("local", "http://127.0.0.1:8080", None),
+            // Not a Datadog site: the same form, without a dot.
+            ("proxy", "https://api.datadog.internal.example", None),
+        ]
+    );
+    assert!(
+        cfg.tokens
+            .iter()
+            .all(|t| t.region.as_deref() == Some("eu-west-1"))
+    );
+    assert_eq!(cfg.token("us5").unwrap().org_uuid, ORG_EU);
+    // Without the FQDN conversion, no dot.
+    let agent = format!("{agent}convert_dd_site_fqdn:\n  enabled: false\n");
+    let cfg = load_with(&agent, &settings).unwrap();
+    assert_eq!(cfg.tokens[0].api_url, "https://api.datadoghq.eu");
+    // A token alone is enough delegated auth not to warn that only static keys are served.
+    let cfg = load_with(
+        &format!("api_key: {KEY}\n"),
+        "tokens:\n  - name: a\n    org_uuid: 3fa85f64-5717-4562-b3fc-2c963f66afa6\n",
+    )
+    .unwrap();
+    assert!(!warning_keys(&cfg).contains(&"delegated_auth.org_uuid"));
+    assert!(describe(&cfg).contains("Tokens (1):\n  - a (access rules: token:a)"));
+}
+
+#[test]
+fn every_token_problem_is_reported_at_once_with_its_line_and_fix() {
+    let settings = format!(
+        "tokens:\n\
+         \x20 - name: ok\n    org_uuid: {ORG}\n\
+         \x20 - org_uuid: not-a-uuid\n\
+         \x20 - name: ok\n    site: datadoghq.eu\n    api_url: https://api.datadoghq.eu\n\
+         \x20 - name: \"bad name\"\n    org_uuid: {ORG}\n    api_url: http://api.example.com\n\
+         \x20 - name: x\n    org_uuid: {ORG}\n    api_url: https://user:pw@api.example.com\n    refresh_before: 0s\n\
+         \x20 - name: y\n    org_uuid: {ORG}\n    site: https://datadoghq.eu\n    refresh_before: soon\n\
+         \x20 - name: z\n    org_uuid: {ORG}\n    api_url: ftp://x\n"
+    );
+    let errors = load_with(&format!("api_key: {KEY}\n"), &settings)
+        .unwrap_err()
+        .0;
+    let got: Vec<(String, Option<usize>)> =
+        errors.iter().map(|p| (p.key.clone(), p.line)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("tokens[1].name".to_owned(), Some(4)),
+            ("tokens[1].org_uuid".to_owned(), Some(4)),
+            ("tokens[2].name".to_owned(), Some(5)),
+            ("tokens[2].org_uuid".to_owned(), Some(5)),
+            ("tokens[2].api_url".to_owned(), Some(7)),
+            ("tokens[3].name".to_owned(), Some(8)),
+            ("tokens[3].api_url".to_owned(), Some(10)),
+            ("tokens[4].api_url".to_owned(), Some(13)),
+            ("tokens[4].refresh_before".to_owned(), Some(14)),
+            ("tokens[5].site".to_owned(), Some(17)),
+            ("tokens[5].refresh_before".to_owned(), Some(18)),
+            ("tokens[6].api_url".to_owned(), Some(21)),
+        ],
+        "{errors:#?}"
+    );
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let all = text.join("\n");
+    assert!(all.contains("is the name of an earlier token"), "{all}");
+    assert!(all.contains("is set together with site"), "{all}");
+    assert!(all.contains("only sent over https"), "{all}");
+    assert!(all.contains("must be between 1s and 24h"), "{all}");
+    assert!(
+        !all.contains("pw@"),
+        "a password in api_url is never echoed: {all}"
+    );
+    // Unknown keys are refused like everywhere in this file.
+    let errors = load_with(
+        &format!("api_key: {KEY}\n"),
+        &format!("tokens:\n  - name: a\n    org_uuid: {ORG}\n    lifetime: 1h\n"),
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errors[0].message.contains("unknown field `lifetime`"),
+        "{:?}",
+        errors[0]
+    );
+}
+
+#[test]
+fn access_rules_name_tokens_in_their_own_namespace() {
+    let agent = format!("api_key: {KEY}\ndelegated_auth:\n  org_uuid: {ORG}\n");
+    let settings = format!(
+        "access:\n  - instances: [\"token:automation\", \"token:*\", \"token:missing\", \"*\"]\n    uids: [0]\n\
+         tokens:\n  - name: automation\n    org_uuid: {ORG}\n"
+    );
+    let cfg = load_with(&agent, &settings).unwrap();
+    let warnings: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("names a token that the settings file does not define"));
+    assert!(
+        warnings[0].contains("token:automation"),
+        "the fix lists the tokens"
+    );
+    assert!(warnings[0].contains("token:missing"));
+}
