@@ -59,7 +59,8 @@ struct Opts {
     ci: bool,
     /// `--release-thresholds`: gate reads on §12's own ratios even in `--ci` (release build).
     release_thresholds: bool,
-    /// `--only a,b`: run only these parts (reads, memory, startup, idle, managed, fleet).
+    /// `--only a,b`: run only these parts (reads, memory, startup, idle, managed, tokens,
+    /// fleet).
     only: Option<Vec<String>>,
     /// `--conns 1,16,64`: connection counts of the key-read comparison.
     conns: Vec<usize>,
@@ -74,6 +75,9 @@ struct Plan {
     startups: usize,
     managed_rounds: usize,
     idle_window: Duration,
+    /// Token lifetime and steady-state window of the token scenario.
+    token_lifetime: Duration,
+    token_window: Duration,
 }
 
 impl Plan {
@@ -88,6 +92,8 @@ impl Plan {
                 startups: 5,
                 managed_rounds: 1,
                 idle_window: Duration::from_secs(10),
+                token_lifetime: Duration::from_secs(6),
+                token_window: Duration::from_secs(24),
             }
         } else {
             Plan {
@@ -102,6 +108,8 @@ impl Plan {
                 startups: 10,
                 managed_rounds: 3,
                 idle_window: Duration::from_secs(10),
+                token_lifetime: Duration::from_secs(20),
+                token_window: Duration::from_secs(200),
             }
         }
     }
@@ -109,7 +117,7 @@ impl Plan {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ddda-bench [--ci [--release-thresholds]] [--only reads,memory,startup,idle,managed,fleet] [--conns 1,16,64] [--daemon PATH] [--chart PNG] [--json FILE]"
+        "usage: ddda-bench [--ci [--release-thresholds]] [--only reads,memory,startup,idle,managed,tokens,fleet] [--conns 1,16,64] [--daemon PATH] [--chart PNG] [--json FILE]"
     );
     ExitCode::from(2)
 }
@@ -268,6 +276,10 @@ async fn bench(opts: &Opts) -> std::io::Result<Report> {
     if opts.runs("managed") {
         step("managed keys: first key, idle wake-ups, rotation fan-out");
         managed_section(&mut report, &mut json, bin, &plan, opts.ci).await?;
+    }
+    if opts.runs("tokens") {
+        step("delegated API tokens: steady state");
+        token_section(&mut report, &mut json, bin, &plan).await?;
     }
     if opts.runs("fleet") {
         step("fleet simulation");
@@ -788,6 +800,66 @@ async fn managed_section(
         }),
     );
     drop(sandbox);
+    Ok(())
+}
+
+/// The token schedule's cost (exchanges per lifetime: one or two, never more, by the margin
+/// rule) and its latency to a consumer.
+async fn token_section(
+    report: &mut Report,
+    json: &mut Json,
+    bin: &Path,
+    plan: &Plan,
+) -> std::io::Result<()> {
+    let sandbox = scenarios::Sandbox::start().await?;
+    let t = scenarios::token_steady(bin, &sandbox, plan.token_lifetime, plan.token_window).await?;
+    let section = "Delegated API tokens (steady state, one long-polling consumer)";
+    let run = format!(
+        "{} s tokens, {} s watched",
+        t.lifetime.as_secs(),
+        t.window.as_secs()
+    );
+    let per_lifetime = t.exchanges as f64 * t.lifetime.as_secs_f64() / t.window.as_secs_f64();
+    report.check(
+        section,
+        format!("token exchanges per token lifetime ({run})"),
+        format!("{per_lifetime:.2} ({} exchanges)", t.exchanges),
+        "API clients: 1, re-exchanged only once expired (wire spec §8.1)",
+        "≤ 2 (refresh in the last half of the margin, margin ≤ half the lifetime)",
+        per_lifetime <= 2.0,
+        true,
+    );
+    report.check(
+        section,
+        "answers carrying a token at or past its expiry",
+        t.stale.to_string(),
+        "",
+        "0",
+        t.stale == 0,
+        true,
+    );
+    let p50 = loadgen::percentile(&t.delays, 50.0);
+    let max = loadgen::percentile(&t.delays, 100.0);
+    report.info(
+        section,
+        format!(
+            "publication → consumer's first byte, p50 / max ({} rotations)",
+            t.delays.len()
+        ),
+        format!("{} / {}", ms(p50), ms(max)),
+        "",
+    );
+    json.insert(
+        "tokens".into(),
+        serde_json::json!({
+            "lifetime_s": t.lifetime.as_secs(),
+            "window_s": t.window.as_secs(),
+            "exchanges": t.exchanges,
+            "exchanges_per_lifetime": per_lifetime,
+            "rotation_to_consumer_us": t.delays.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>(),
+            "stale_answers": t.stale,
+        }),
+    );
     Ok(())
 }
 

@@ -347,6 +347,7 @@ impl Sandbox {
         .await?;
         let org = datadog.add_org(ORG);
         datadog.add_intake_mapping(ORG, MAPPING);
+        datadog.add_persona_mapping(ORG, MAPPING, "automation@example.com");
         Ok(Sandbox {
             _moto: moto,
             datadog,
@@ -522,6 +523,114 @@ pub async fn fan_out(start: &ManagedStart) -> io::Result<FanOut> {
         daemon_cpu,
         client_cpu,
     })
+}
+
+/// Delegated API tokens in steady state: how many exchanges per token lifetime, and how long a
+/// long-polling consumer takes to see each new token.
+pub struct TokenSteady {
+    /// The token lifetime the emulator issued.
+    pub lifetime: Duration,
+    /// How long the steady state was watched (after the first token).
+    pub window: Duration,
+    /// Token exchanges in the window.
+    pub exchanges: usize,
+    /// Publication (daemon log) → the consumer's first answer byte, per new token, sorted.
+    pub delays: Vec<Duration>,
+    /// Answers that carried a token at or past its `expires_at` (must be 0).
+    pub stale: usize,
+}
+
+/// Starts a daemon with one token of `lifetime` and follows it with the long poll for
+/// `window`, as `exec --token` does.
+pub async fn token_steady(
+    bin: &Path,
+    sandbox: &Sandbox,
+    lifetime: Duration,
+    window: Duration,
+) -> io::Result<TokenSteady> {
+    sandbox.datadog.set_token_lifetime(lifetime);
+    let settings = format!(
+        "{MANAGED_SETTINGS}tokens:\n  - name: bench\n    org_uuid: {ORG}\n    api_url: {}\n",
+        sandbox.datadog.url()
+    );
+    let mut server = Server::daemon(bin, &sandbox.config(), &settings, &sandbox.env())?;
+    tokio::task::block_in_place(|| server.wait_live())?;
+    let path = "/v1/tokens/bench";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut generation = loop {
+        let a = loadgen::request(&server.socket, &loadgen::get_request(path, &[])).await?;
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        if a.status == 200 {
+            break v["generation"].as_u64().unwrap_or(0);
+        }
+        if Instant::now() > deadline {
+            return Err(err(format!(
+                "no token within 60 s; log:\n{}",
+                server.logs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let before = sandbox.datadog.token_exchanges().len();
+    let end = Instant::now() + window;
+    let mut arrivals = Vec::new();
+    let mut stale = 0;
+    let mut conn = Conn::connect(&server.socket).await?;
+    while Instant::now() < end {
+        let left = end.saturating_duration_since(Instant::now());
+        let poll = loadgen::get_request(
+            &format!("{path}?wait={}ms", left.as_millis().max(1)),
+            &[("If-None-Match", &format!("\"{generation}\""))],
+        );
+        conn.send(&poll).await?;
+        let a = conn.read_answer().await?;
+        if a.status == 304 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        if a.status != 200 {
+            return Err(err(format!("the token answer was {} {v}", a.status)));
+        }
+        let expires = v["expires_at"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .ok_or_else(|| err(format!("no expires_at in {v}")))?;
+        if expires <= SystemTime::now() {
+            stale += 1;
+        }
+        generation = v["generation"].as_u64().unwrap_or(0);
+        arrivals.push(a.first_byte_at);
+    }
+    let exchanges = sandbox.datadog.token_exchanges().len() - before;
+    let published = publication_times(&server.logs(), "Obtained a delegated API token.")?;
+    // Each arrival answers the latest publication before it.
+    let mut delays: Vec<Duration> = arrivals
+        .iter()
+        .filter_map(|t| {
+            let p = published.iter().rev().find(|p| *p <= t)?;
+            t.duration_since(*p).ok()
+        })
+        .collect();
+    delays.sort_unstable();
+    Ok(TokenSteady {
+        lifetime,
+        window,
+        exchanges,
+        delays,
+        stale,
+    })
+}
+
+/// The timestamps of every `message` line of a JSON log, in order.
+fn publication_times(log: &str, message: &str) -> io::Result<Vec<SystemTime>> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .map(|v| {
+            let ts = v["timestamp"].as_str().unwrap_or_default();
+            humantime::parse_rfc3339_weak(ts).map_err(|e| err(format!("timestamp {ts:?}: {e}")))
+        })
+        .collect()
 }
 
 /// The timestamp of the last "Obtained a managed key." line of a JSON log: the daemon writes it
