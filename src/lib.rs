@@ -1,6 +1,6 @@
 //! `datadog-delegated-auth`: a sidecar daemon that proves the workload's AWS identity to Datadog,
-//! exchanges the proof for a managed API key, keeps it fresh, and serves it to local consumers
-//! over a Unix socket.
+//! exchanges the proof for a managed API key (and, for on-host automation, delegated API tokens),
+//! keeps them fresh, and serves them to local consumers over a Unix socket.
 //!
 //! # Layout
 //!
@@ -11,8 +11,9 @@
 //! - [`aws`]: AWS identity (credential sources, region, environment kind) and the signed proof.
 //! - [`check_config`]: `check-config`, the summary of a loaded configuration (or its problems).
 //! - [`cli`]: the command line; each command a small function returning an exit code.
-//! - [`client`]: the socket's client side: one request, and [`client::KeyClient`] (a key with
-//!   waiting, and the stream of its rotations) for `get`, `secret-helper` and `exec`.
+//! - [`client`]: the socket's client side: one request, and [`client::KeyClient`] (a key or a
+//!   token with waiting, and the stream of its rotations) for `get`, `token`, `secret-helper`
+//!   and `exec`.
 //! - [`config`]: reads the Agent's `datadog.yaml` and the daemon's `delegated-auth.yaml`,
 //!   applies `DD_*` environment overrides, validates, and names the served instances.
 //! - [`daemon`]: `run`: start-up ([`daemon::StartError`]), the control loop (signals, file
@@ -23,10 +24,13 @@
 //! - [`exec`]: `exec`, a command run with a key in its environment and restarted or signalled
 //!   on rotation.
 //! - [`exit`]: the exit codes every command returns (imports nothing).
-//! - [`exchange`]: the Datadog intake-key exchange (API base, request, response, failure classes).
+//! - [`exchange`]: the Datadog exchanges, intake key and delegated token (API base, request,
+//!   response, failure classes).
 //! - [`files`]: bounded, non-blocking reads of files the daemon does not own.
-//! - [`keystore`]: what each instance serves now, generations, and long-poll waiting.
-//! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, rejection reports.
+//! - [`keystore`]: what each instance (and token, as `token:<name>`) serves now, generations,
+//!   and long-poll waiting.
+//! - [`lifecycle`]: the refresh manager: exchanges, schedules, fallback, token expiry,
+//!   rejection reports.
 //!   `manager` turns plans into groups, `group` is one group's task, `state` the pure state
 //!   machine (phase, schedule, status history), `report` routes rejection reports.
 //! - [`logging`]: tracing setup (text/JSON, level reload).
