@@ -1,14 +1,18 @@
-//! The exchange's answer parsers: the 200 body (`exchange::parse_response`), JSON:API error
-//! details (`exchange::error_detail`) and `Retry-After` (`exchange::parse_retry_after`).
+//! The exchange's answer parsers: the 200 body (`exchange::parse_response`), the delegated
+//! token's 200 body (`exchange::parse_token_response`), JSON:API error details
+//! (`exchange::error_detail`) and `Retry-After` (`exchange::parse_retry_after`).
 //!
 //! Input: a response body; the same bytes (as text) are also read as a `Retry-After` value.
-//! Properties: an accepted key is non-empty and header-safe; errors never echo the body;
-//! details are single-line and bounded; a delay-seconds value always parses.
+//! Properties: an accepted key or token is non-empty, bounded and header-safe, and a token's
+//! expiry is after "now"; errors never echo the body; details are single-line and bounded; a
+//! delay-seconds value always parses.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
 
-use datadog_delegated_auth::exchange::{error_detail, parse_response, parse_retry_after};
+use datadog_delegated_auth::exchange::{
+    MAX_TOKEN_BYTES, error_detail, parse_response, parse_retry_after, parse_token_response,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Longest detail: 1024 characters plus the ellipsis that marks a cut.
@@ -33,6 +37,21 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // A fixed "now" (2025-01-01T00:00:00Z) keeps runs reproducible.
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600);
+    match parse_token_response(data, now) {
+        Ok(token) => {
+            let value = token.token.expose();
+            assert!(!value.is_empty() && value.len() <= MAX_TOKEN_BYTES);
+            assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value:?}");
+            assert!(token.expires_at > now, "an expired token was accepted");
+        }
+        Err(err) => {
+            let message = err.to_string();
+            assert!(message.len() < 400, "{message}");
+        }
+    }
+
     if let Some(detail) = error_detail(data) {
         assert!(!detail.is_empty());
         assert!(!detail.chars().any(char::is_control), "{detail:?}");
@@ -44,8 +63,6 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let text = String::from_utf8_lossy(data);
-    // A fixed "now" (2025-01-01T00:00:00Z) keeps runs reproducible.
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600);
     let delay = parse_retry_after(&text, now);
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {

@@ -1,13 +1,15 @@
 //! HTTP request handling of the socket server: arbitrary bytes sent to the real hyper service
 //! (`server::serve_connection`, the function `server::serve` runs for every accepted client),
 //! over an in-memory stream, with a key store holding an active, a fallback, a pending and an
-//! unavailable instance, and access rules that let this peer (uid 1000) read some of them.
+//! unavailable instance and three delegated API tokens (one this peer may read, one it may not,
+//! one expired), and access rules that let this peer (uid 1000) read some of them.
 //!
 //! Input: raw request bytes, as a client would write them on the socket (pipelining included).
 //! The runtime's clock is paused, so once the server waits on a timer (idle timeout, long poll,
 //! pending wait) virtual time jumps ahead: a connection costs microseconds whatever it waits on.
 //! Properties: no panic; the connection ends on its own (no request holds it forever); whatever
-//! comes back is HTTP/1.1 (1.0 for a 1.0 request); the key of the instance this peer may not read never comes back.
+//! comes back is HTTP/1.1 (1.0 for a 1.0 request); the key of the instance this peer may not read,
+//! the token it may not read and the expired token never come back.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -34,6 +36,15 @@ const FORBIDDEN: &str = "logs_config.api_key";
 const FORBIDDEN_KEY: &str = "fedcba9876543210fedcba9876543210";
 const PENDING: &str = "additional_endpoints[https://app.datadoghq.eu][0]";
 const UNAVAILABLE: &str = "remote_configuration.api_key";
+/// A token [`PEER`] may read (`/v1/tokens/automation`).
+const TOKEN: &str = "token:automation";
+const TOKEN_VALUE: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhdXRvbWF0aW9uIn0.c2lnbmF0dXJl";
+/// A token only root may read (`token:*`): never in a response to [`PEER`].
+const TOKEN_FORBIDDEN: &str = "token:deploy";
+const TOKEN_FORBIDDEN_VALUE: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZXBsb3kifQ.Zm9yYmlkZGVu";
+/// A token [`PEER`] may read but that has expired: never served.
+const TOKEN_EXPIRED: &str = "token:expired";
+const TOKEN_EXPIRED_VALUE: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJleHBpcmVkIn0.ZXhwaXJlZA";
 
 const PEER: Peer = Peer {
     pid: Some(4242),
@@ -67,12 +78,21 @@ impl Rejections for Reports {
 }
 
 fn serve(state: KeyState, key: Option<(&str, KeySource)>) -> impl FnOnce(&mut Snapshot) {
+    serve_until(state, key, None)
+}
+
+fn serve_until(
+    state: KeyState,
+    key: Option<(&str, KeySource)>,
+    expires_at: Option<SystemTime>,
+) -> impl FnOnce(&mut Snapshot) {
     move |s| {
         s.state = state;
         s.served = key.map(|(k, source)| ServedKey {
             value: Secret::from(k),
             source,
             obtained_at: SystemTime::now(),
+            expires_at,
         });
         if state == KeyState::Unavailable {
             s.status.reason = Some("the exchange failed and no fallback is configured".into());
@@ -88,8 +108,34 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         .build()
         .expect("a runtime");
     let store = Arc::new(KeyStore::new());
-    let names = [ACTIVE, FORBIDDEN, PENDING, UNAVAILABLE].map(String::from);
+    let names = [
+        ACTIVE,
+        FORBIDDEN,
+        PENDING,
+        UNAVAILABLE,
+        TOKEN,
+        TOKEN_FORBIDDEN,
+        TOKEN_EXPIRED,
+    ]
+    .map(String::from);
     let slots = store.set_instances(&names);
+    // Real time: the server checks expiry against the wall clock, not the paused one.
+    let hour = Some(SystemTime::now() + Duration::from_secs(3600));
+    slots[4].update(serve_until(
+        KeyState::Active,
+        Some((TOKEN_VALUE, KeySource::Delegated)),
+        hour,
+    ));
+    slots[5].update(serve_until(
+        KeyState::Active,
+        Some((TOKEN_FORBIDDEN_VALUE, KeySource::Delegated)),
+        hour,
+    ));
+    slots[6].update(serve_until(
+        KeyState::Active,
+        Some((TOKEN_EXPIRED_VALUE, KeySource::Delegated)),
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1)),
+    ));
     slots[0].update(serve(
         KeyState::Active,
         Some((ACTIVE_KEY, KeySource::Delegated)),
@@ -101,12 +147,18 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     slots[3].update(serve(KeyState::Unavailable, None));
     let access = AccessPolicy::Rules(vec![
         Rule {
-            instances: vec![ACTIVE.into(), PENDING.into(), UNAVAILABLE.into()],
+            instances: vec![
+                ACTIVE.into(),
+                PENDING.into(),
+                UNAVAILABLE.into(),
+                TOKEN.into(),
+                TOKEN_EXPIRED.into(),
+            ],
             uids: vec![PEER.uid],
             gids: vec![],
         },
         Rule {
-            instances: vec!["*".into()],
+            instances: vec!["*".into(), "token:*".into()],
             uids: vec![0],
             gids: vec![0],
         },
@@ -168,10 +220,17 @@ fuzz_target!(|data: &[u8]| {
             String::from_utf8_lossy(&reply[..reply.len().min(64)])
         );
     }
-    assert!(
-        !reply
-            .windows(FORBIDDEN_KEY.len())
-            .any(|w| w == FORBIDDEN_KEY.as_bytes()),
-        "the key of an instance this peer may not read was served"
-    );
+    // A secret the request itself spells out may come back in an error message quoting the
+    // path ("no instance named …"); only a secret the client did not send is a leak.
+    for (value, what) in [
+        (
+            FORBIDDEN_KEY,
+            "the key of an instance this peer may not read",
+        ),
+        (TOKEN_FORBIDDEN_VALUE, "a token this peer may not read"),
+        (TOKEN_EXPIRED_VALUE, "an expired token"),
+    ] {
+        let contains = |bytes: &[u8]| bytes.windows(value.len()).any(|w| w == value.as_bytes());
+        assert!(contains(data) || !contains(&reply), "{what} was served");
+    }
 });
