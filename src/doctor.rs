@@ -661,7 +661,7 @@ fn config_check<'c>(
     (config_warnings(cfg, check), Some(spec))
 }
 
-/// `1 delegated API token (automation)`.
+/// `1 delegated API token(s) to test (automation)`.
 fn describe_tokens(tokens: &[TokenSpec]) -> String {
     format!(
         "{} delegated API token(s) to test ({})",

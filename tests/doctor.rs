@@ -1026,3 +1026,30 @@ fn tokens_without_a_delegated_instance_are_still_tested() {
     assert!(world.dd.exchanges().is_empty());
     assert_eq!(world.dd.issued_tokens(&world.org.uuid).len(), 1);
 }
+
+#[test]
+fn a_refresh_before_over_half_the_lifetime_warns() {
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    world.dd.set_token_lifetime(Duration::from_secs(3600));
+    let settings = format!(
+        "{}    refresh_before: 50m\n",
+        token_settings(&world.org.uuid, &world.dd.url())
+    );
+    let run = doctor_with(
+        &world.datadog_yaml(""),
+        &settings,
+        &static_env_with_moto_sts(&world),
+        &[],
+    );
+    run.assert_statuses(&all_ok_then_token("warn"));
+    assert_eq!(run.code, 0, "a warning does not fail doctor");
+    let fix = run.check(TOKEN_CHECK)["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with("refresh_before (50m) is over half the token's lifetime")
+            && fix.contains("in its last 30m"),
+        "{fix}"
+    );
+}
