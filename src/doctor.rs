@@ -21,10 +21,22 @@
 //!    ([`crate::arn_pattern::suggest_intake_pattern`]) and the command that creates it.
 //! 8. `exchange` — a real exchange of that proof at the instance's intake-key URL. On success the
 //!    managed key is shown redacted (last five characters) and then dropped.
+//! 9. `token exchange (<name>)`, one per delegated API token of the settings file (`tokens:`,
+//!    product §13) — a real exchange at `<api_url>/api/v2/delegated-token` with a proof signed
+//!    for the token's org, by the same credentials and HTTP client as the `exchange` check. On
+//!    success it shows the token's lifetime (and whether `expires` was missing, so 15 minutes
+//!    were assumed), never the token (at most [`Secret::redacted`]); it warns when
+//!    `refresh_before` is over half the lifetime (the daemon caps it there). A refusal (401/403,
+//!    [`ExchangeError::TokenRefused`]) names the persona mapping to create: the pattern derived
+//!    from the caller ARN as for `mapping`, and the `mapping create --persona` command, whose
+//!    `--account-identifier` (the user or service account the token acts as) doctor cannot know
+//!    and leaves as a placeholder. Other failures get the same fixes as `exchange`. Configured
+//!    tokens with no instance using delegated auth are still tested (`exchange` is skipped).
 //!
 //! STS being unreachable is only a warning: the daemon never calls STS itself (Datadog does), so
 //! a host without a route to STS can still work; the exchange check then says whether it does.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,8 +47,8 @@ use crate::aws::{
     AwsEnv, AwsOptions, CredentialError, CredentialSource, EnvironmentKind, HOP_LIMIT_FIX,
     Identity, build_proof, decode_proof, env::vars, remediation, sts_endpoint,
 };
-use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec};
-use crate::exchange::{ExchangeClient, ExchangeError, intake_key_url};
+use crate::config::{AgentConfig, Config, ConfigErrors, DelegatedSpec, InstanceSpec, TokenSpec};
+use crate::exchange::{DELEGATED_TOKEN_PATH, ExchangeClient, ExchangeError, intake_key_url};
 use crate::net::{ClientOptions, USER_AGENT};
 use crate::secret::Secret;
 
@@ -60,6 +72,14 @@ const NO_ENVIRONMENT_FIX: &str = "run the daemon where an AWS identity is availa
 /// The fix for a skewed clock.
 const CLOCK_FIX: &str = "sync the clock: chrony/ntp (`chronyc tracking` or `timedatectl status` \
      shows the state; on EC2 use the Amazon Time Sync Service at 169.254.169.123)";
+/// The `--account-identifier` of the suggested persona mapping: the user or service account a
+/// token acts as is a choice of the org's admins, not something doctor can find out.
+pub const ACCOUNT_PLACEHOLDER: &str = "<service-account-or-user-email>";
+/// What decides the intake exchange's URL (for the fix of an unusable URL or answer).
+const INTAKE_URL_SOURCE: &str = "site and dd_url (or the DELA endpoint)";
+/// What decides a token exchange's URL.
+const TOKEN_URL_SOURCE: &str =
+    "the token's site or api_url in the settings file (or site in datadog.yaml)";
 
 /// `doctor` options.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
@@ -102,8 +122,8 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Check {
     /// Stable name: `config`, `environment`, `credentials`, `region`, `clock`, `caller`,
-    /// `mapping`, `exchange`.
-    pub name: &'static str,
+    /// `mapping`, `exchange`, and `token exchange (<name>)` per delegated API token.
+    pub name: Cow<'static, str>,
     /// The outcome.
     pub status: Status,
     /// One line saying what was found.
@@ -116,9 +136,13 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &'static str, status: Status, finding: impl Into<String>) -> Check {
+    fn new(
+        name: impl Into<Cow<'static, str>>,
+        status: Status,
+        finding: impl Into<String>,
+    ) -> Check {
         Check {
-            name,
+            name: name.into(),
             status,
             finding: finding.into(),
             fix: None,
@@ -126,19 +150,27 @@ impl Check {
         }
     }
 
-    fn ok(name: &'static str, finding: impl Into<String>) -> Check {
+    fn ok(name: impl Into<Cow<'static, str>>, finding: impl Into<String>) -> Check {
         Check::new(name, Status::Ok, finding)
     }
 
-    fn warn(name: &'static str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+    fn warn(
+        name: impl Into<Cow<'static, str>>,
+        finding: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check::new(name, Status::Warn, finding).fix(fix)
     }
 
-    fn fail(name: &'static str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+    fn fail(
+        name: impl Into<Cow<'static, str>>,
+        finding: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check::new(name, Status::Fail, finding).fix(fix)
     }
 
-    fn skip(name: &'static str, finding: impl Into<String>) -> Check {
+    fn skip(name: impl Into<Cow<'static, str>>, finding: impl Into<String>) -> Check {
         Check::new(name, Status::Skip, finding)
     }
 
@@ -387,27 +419,29 @@ pub async fn diagnose(
         ),
     });
 
-    // 8. the test exchange.
-    let exchange = match (delegated, &proof, &http) {
-        (None, _, _) => Check::skip("exchange", "not tried: no instance to test (see config)"),
-        (Some(_), None, _) | (Some(_), _, Err(_)) => Check::skip(
+    // 8. the test exchange, with the client the daemon would use (also for the tokens).
+    let tokens = cfg.ok().map_or(&[][..], |c| c.tokens.as_slice());
+    let exchanger = || {
+        ExchangeClient::with_env(
+            &agent
+                .map(|a| ClientOptions::from_agent(a, crate::net::DEFAULT_TIMEOUT))
+                .unwrap_or_default(),
+            |k| env.get(k).map(str::to_owned),
+        )
+    };
+    let client = (delegated.is_some() || !tokens.is_empty()).then(exchanger);
+    let exchange = match (delegated, &proof, &http, &client) {
+        (None, _, _, _) => Check::skip("exchange", "not tried: no instance to test (see config)"),
+        (Some(_), None, _, _) | (Some(_), _, Err(_), _) | (Some(_), _, _, None) => Check::skip(
             "exchange",
             "not tried: no signed proof (see the checks above)",
         ),
-        (Some(spec), Some(proof), Ok(_)) => {
-            let client = ExchangeClient::with_env(
-                &agent
-                    .map(|a| ClientOptions::from_agent(a, crate::net::DEFAULT_TIMEOUT))
-                    .unwrap_or_default(),
-                |k| env.get(k).map(str::to_owned),
-            );
-            match client {
-                Ok(client) => {
-                    exchange_check(&client, spec, proof, &checks[mapping_index], clock_failed).await
-                }
-                Err(e) => Check::fail("exchange", e.to_string(), "fix proxy.* (or HTTPS_PROXY)"),
+        (Some(spec), Some(proof), Ok(_), Some(client)) => match client {
+            Ok(client) => {
+                exchange_check(client, spec, proof, &checks[mapping_index], clock_failed).await
             }
-        }
+            Err(e) => Check::fail("exchange", e.to_string(), "fix proxy.* (or HTTPS_PROXY)"),
+        },
     };
     // Without a caller ARN from STS, Datadog's refusal names the identity it saw: suggest from it.
     if checks[mapping_index].status == Status::Skip
@@ -416,6 +450,46 @@ pub async fn diagnose(
         checks[mapping_index] = mapping_check(arn);
     }
     checks.push(exchange);
+
+    // 9. a test exchange per delegated API token, each with a proof for the token's org.
+    for token in tokens {
+        let name = format!("token exchange ({})", token.name);
+        let check = match (&creds, &http, &client) {
+            (Some(creds), Ok(_), Some(Ok(client))) => {
+                let region = identity.region(token.region.as_deref()).await;
+                let proof = build_proof(
+                    creds,
+                    &token.org_uuid,
+                    region.as_deref(),
+                    SystemTime::now(),
+                    USER_AGENT,
+                );
+                match proof {
+                    Ok(proof) => {
+                        token_check(
+                            name,
+                            client,
+                            token,
+                            &proof,
+                            &checks[mapping_index],
+                            clock_failed,
+                        )
+                        .await
+                    }
+                    Err(e) => Check::fail(name, e.to_string(), remediation(creds.source)),
+                }
+            }
+            (Some(_), Ok(_), Some(Err(e))) => {
+                Check::fail(name, e.to_string(), "fix proxy.* (or HTTPS_PROXY)")
+            }
+            _ => Check::skip(name, "not tried: no signed proof (see the checks above)"),
+        };
+        checks.push(
+            check
+                .data("token", token.name.clone())
+                .data("org_uuid", token.org_uuid.clone()),
+        );
+    }
     checks
 }
 
@@ -528,6 +602,21 @@ fn config_check<'c>(
                 .or_else(|| cfg.instances.iter().find(delegated))
             {
                 Some(spec) => spec,
+                None if !cfg.tokens.is_empty() => {
+                    // Tokens alone are a working configuration: they are tested below.
+                    let check = Check::ok(
+                        "config",
+                        format!(
+                            "loaded {}: {} instance(s), none using delegated auth (no intake \
+                             exchange to test); {}",
+                            cfg.paths.config.display(),
+                            cfg.instances.len(),
+                            describe_tokens(&cfg.tokens)
+                        ),
+                    )
+                    .data("tokens", token_names(&cfg.tokens));
+                    return (config_warnings(cfg, check), None);
+                }
                 None => {
                     return (
                         Check::fail(
@@ -563,6 +652,30 @@ fn config_check<'c>(
         "endpoint",
         crate::secret::redact_userinfo(&d.exchange_target),
     );
+    if !cfg.tokens.is_empty() {
+        check
+            .finding
+            .push_str(&format!("; {}", describe_tokens(&cfg.tokens)));
+        check = check.data("tokens", token_names(&cfg.tokens));
+    }
+    (config_warnings(cfg, check), Some(spec))
+}
+
+/// `1 delegated API token(s) to test (automation)`.
+fn describe_tokens(tokens: &[TokenSpec]) -> String {
+    format!(
+        "{} delegated API token(s) to test ({})",
+        tokens.len(),
+        token_names(tokens).join(", ")
+    )
+}
+
+fn token_names(tokens: &[TokenSpec]) -> Vec<String> {
+    tokens.iter().map(|t| t.name.clone()).collect()
+}
+
+/// The `config` check turned `warn` by inert entries or configuration warnings.
+fn config_warnings(cfg: &Config, mut check: Check) -> Check {
     let invalid: Vec<&str> = cfg
         .instances
         .iter()
@@ -595,7 +708,7 @@ fn config_check<'c>(
         check.fix =
             Some("run `datadog-delegated-auth check-config` to see every warning".to_owned());
     }
-    (check, Some(spec))
+    check
 }
 
 /// A failed credential resolution: the error's own text already names the source and ends with
@@ -949,27 +1062,169 @@ async fn exchange_check(
             ),
         )
         .data("url", url),
-        Err(e) => {
-            let caller = e.detail().and_then(authenticated_arn);
-            let fix = exchange_fix(&e, mapping, caller.as_deref(), clock_failed, spec);
-            let mut check = Check::fail("exchange", exchange_finding(&e, &url), fix)
-                .data("url", url)
-                .data("error_kind", e.kind().as_str());
-            if let Some(detail) = e.detail() {
-                check = check.data("detail", detail.to_owned());
-            }
-            if let Some(arn) = caller {
-                check = check.data("caller_arn", arn);
-            }
-            check
-        }
+        Err(e) => exchange_failure(
+            "exchange",
+            &e,
+            &url,
+            &Endpoint {
+                org_uuid: &spec.org_uuid,
+                base: &spec.exchange_target,
+                decided_by: INTAKE_URL_SOURCE,
+            },
+            mapping,
+            clock_failed,
+        ),
     }
+}
+
+/// Where an exchange went, for its fixes.
+struct Endpoint<'a> {
+    /// The org the proof is bound to.
+    org_uuid: &'a str,
+    /// The endpoint as configured (for the network fix).
+    base: &'a str,
+    /// The settings that decide the URL.
+    decided_by: &'static str,
+}
+
+/// A failed exchange (intake key or token): the finding, the fix, and the server's detail and
+/// the caller ARN it names as data.
+fn exchange_failure(
+    name: impl Into<Cow<'static, str>>,
+    e: &ExchangeError,
+    url: &str,
+    endpoint: &Endpoint<'_>,
+    mapping: &Check,
+    clock_failed: bool,
+) -> Check {
+    let caller = e.detail().and_then(authenticated_arn);
+    let fix = exchange_fix(e, mapping, caller.as_deref(), clock_failed, endpoint);
+    let mut check = Check::fail(name, exchange_finding(e, url), fix)
+        .data("url", url.to_owned())
+        .data("error_kind", e.kind().as_str());
+    if let Some(detail) = e.detail() {
+        check = check.data("detail", detail.to_owned());
+    }
+    if let ExchangeError::TokenRefused { .. } = e
+        && let Some((pattern, command)) = persona_mapping(mapping, caller.as_deref())
+    {
+        check = check.data("pattern", pattern).data("command", command);
+    }
+    if let Some(arn) = caller {
+        check = check.data("caller_arn", arn);
+    }
+    check
+}
+
+/// A `token exchange (<name>)` check: a real exchange of `proof` (signed for the token's org)
+/// at `<api_url>/api/v2/delegated-token`. The token is dropped unseen; only its lifetime shows.
+async fn token_check(
+    name: String,
+    client: &ExchangeClient,
+    token: &TokenSpec,
+    proof: &Secret,
+    mapping: &Check,
+    clock_failed: bool,
+) -> Check {
+    let target = format!("{}{DELEGATED_TOKEN_PATH}", token.api_url);
+    // What is shown: never the userinfo of an api_url.
+    let url = crate::secret::redact_userinfo(&target);
+    match client.delegated_token(&target, proof).await {
+        Ok(issued) => {
+            let lifetime = issued
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let expires_at = humantime::format_rfc3339_seconds(issued.expires_at).to_string();
+            let mut finding = format!(
+                "Datadog issued a delegated API token for org {} at {url}, valid for {} (until \
+                 {expires_at})",
+                token.org_uuid,
+                approximate(lifetime)
+            );
+            if issued.expiry_assumed {
+                finding.push_str(&format!(
+                    "; the answer had no usable `expires`, so {} was assumed, as the Datadog API \
+                     clients do",
+                    approximate(crate::exchange::DEFAULT_TOKEN_LIFETIME)
+                ));
+            }
+            let margin = crate::schedule::token_margin(lifetime, token.refresh_before);
+            let check = match token.refresh_before {
+                Some(wanted) if wanted > margin => Check::warn(
+                    name,
+                    finding,
+                    format!(
+                        "refresh_before ({}) is over half the token's lifetime, so the daemon \
+                         refreshes it in its last {} instead; lower refresh_before (or leave it \
+                         unset: a quarter of the lifetime, at least a minute)",
+                        humantime::format_duration(wanted),
+                        approximate(margin)
+                    ),
+                ),
+                _ => Check::ok(name, finding),
+            };
+            check
+                .data("url", url)
+                .data("lifetime_seconds", lifetime.as_secs())
+                .data("expires_at", expires_at)
+                .data("expiry_assumed", issued.expiry_assumed)
+        }
+        Err(e) => exchange_failure(
+            name,
+            &e,
+            &url,
+            &Endpoint {
+                org_uuid: &token.org_uuid,
+                base: &token.api_url,
+                decided_by: TOKEN_URL_SOURCE,
+            },
+            mapping,
+            clock_failed,
+        ),
+    }
+}
+
+/// A lifetime as a person reads it: whole minutes from two minutes up (a token minted for an
+/// hour is "1h", not "59m 59s" a moment later), whole seconds below.
+fn approximate(d: Duration) -> humantime::FormattedDuration {
+    let secs = d.as_secs_f64().round() as u64;
+    let secs = if secs >= 120 {
+        (secs + 30) / 60 * 60
+    } else {
+        secs
+    };
+    humantime::format_duration(Duration::from_secs(secs))
+}
+
+/// The persona mapping to create for the caller: the pattern (as for the intake mapping: the
+/// `mapping` check's, else derived from the ARN Datadog reported) and the command, whose
+/// account identifier is [`ACCOUNT_PLACEHOLDER`].
+fn persona_mapping(mapping: &Check, caller: Option<&str>) -> Option<(String, String)> {
+    let pattern = mapping
+        .data
+        .get("pattern")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| caller.and_then(suggest_intake_pattern))?;
+    let command = format!(
+        "datadog-delegated-auth mapping create --persona --arn-pattern '{pattern}' \
+         --account-identifier {ACCOUNT_PLACEHOLDER}"
+    );
+    Some((pattern, command))
 }
 
 fn exchange_finding(e: &ExchangeError, url: &str) -> String {
     match e {
         ExchangeError::Unauthorized { status, detail } => format!(
             "Datadog refused the proof at {url} (HTTP {status}){}",
+            detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        ExchangeError::TokenRefused { status, detail } => format!(
+            "Datadog refused the proof for a delegated API token at {url} (HTTP {status}){}",
             detail
                 .as_deref()
                 .map(|d| format!(": {d}"))
@@ -984,8 +1239,9 @@ fn exchange_fix(
     mapping: &Check,
     caller: Option<&str>,
     clock_failed: bool,
-    spec: &DelegatedSpec,
+    endpoint: &Endpoint<'_>,
 ) -> String {
+    let org = endpoint.org_uuid;
     match e {
         ExchangeError::Unauthorized { detail, .. } => {
             let detail = detail.as_deref().unwrap_or_default().to_ascii_lowercase();
@@ -1003,13 +1259,11 @@ fn exchange_fix(
                 match command {
                     Some(command) => format!(
                         "create the mapping above: `{command}` (with DD_API_KEY and DD_APP_KEY \
-                         of org {}), then run doctor again",
-                        spec.org_uuid
+                         of org {org}), then run doctor again"
                     ),
                     None => format!(
-                        "create an intake mapping for this identity in org {} \
-                         (`datadog-delegated-auth mapping create --arn-pattern …`)",
-                        spec.org_uuid
+                        "create an intake mapping for this identity in org {org} \
+                         (`datadog-delegated-auth mapping create --arn-pattern …`)"
                     ),
                 }
             } else if clock_failed
@@ -1020,10 +1274,9 @@ fn exchange_fix(
                 CLOCK_FIX.to_owned()
             } else {
                 format!(
-                    "check that org_uuid {} is the org that holds the intake mapping, that the AWS \
-                     account is integrated with Datadog (the Datadog-AWS integration), and the \
-                     server's detail above",
-                    spec.org_uuid
+                    "check that org_uuid {org} is the org that holds the intake mapping, that the \
+                     AWS account is integrated with Datadog (the Datadog-AWS integration), and the \
+                     server's detail above"
                 )
             }
         }
@@ -1033,14 +1286,48 @@ fn exchange_fix(
         ExchangeError::Unavailable { .. } => format!(
             "check network access to {} (and proxy.https / HTTPS_PROXY), or retry later if \
              Datadog answered 5xx",
-            spec.exchange_target
+            crate::secret::redact_userinfo(endpoint.base)
         ),
-        // The intake-key exchange of doctor never gets it; tokens have checks of their own.
-        ExchangeError::TokenRefused { .. } => e.to_string(),
+        ExchangeError::TokenRefused { detail, .. } => {
+            let detail = detail.as_deref().unwrap_or_default().to_ascii_lowercase();
+            let names_mapping = detail.contains("mapping");
+            if !names_mapping
+                && (clock_failed
+                    || detail.contains("date")
+                    || detail.contains("clock")
+                    || detail.contains("expired"))
+            {
+                return CLOCK_FIX.to_owned();
+            }
+            let create = match persona_mapping(mapping, caller) {
+                Some((_, command)) => format!(
+                    "create a persona mapping for this identity in org {org}: `{command}` (with \
+                     DD_API_KEY and DD_APP_KEY of org {org}; {ACCOUNT_PLACEHOLDER} is for you to \
+                     fill, doctor cannot know it: the email of the user, or the UUID or email of \
+                     the service account, that the token acts as), then run doctor again"
+                ),
+                None => format!(
+                    "create a persona mapping for this identity in org {org} \
+                     (`datadog-delegated-auth mapping create --persona --arn-pattern … \
+                     --account-identifier {ACCOUNT_PLACEHOLDER}`)"
+                ),
+            };
+            if names_mapping {
+                create
+            } else {
+                format!(
+                    "{create}; if one exists, check that org_uuid {org} is the org that holds it \
+                     and the server's detail above"
+                )
+            }
+        }
         ExchangeError::InvalidResponse { .. }
         | ExchangeError::InsecureUrl { .. }
         | ExchangeError::Client { .. } => {
-            "check site and dd_url (or the DELA endpoint): they decide the exchange URL".to_owned()
+            format!(
+                "check {}: they decide the exchange URL",
+                endpoint.decided_by
+            )
         }
     }
 }
@@ -1199,6 +1486,72 @@ mod tests {
             )
         );
         assert_eq!(mapping_check("arn:aws:s3:::bucket").status, Status::Warn);
+    }
+
+    #[test]
+    fn token_refusals_name_the_persona_mapping_to_create() {
+        const ARN: &str = "arn:aws:sts::123456789012:assumed-role/DatadogAgentRole/i-0abc";
+        const COMMAND: &str = "datadog-delegated-auth mapping create --persona --arn-pattern \
+             'arn:aws:sts::123456789012:assumed-role/DatadogAgentRole/*' --account-identifier \
+             <service-account-or-user-email>";
+        let endpoint = Endpoint {
+            org_uuid: "org-1",
+            base: "https://api.datadoghq.com",
+            decided_by: TOKEN_URL_SOURCE,
+        };
+        let url = "https://api.datadoghq.com/api/v2/delegated-token";
+        let refused = |detail: Option<&str>| ExchangeError::TokenRefused {
+            status: 401,
+            detail: detail.map(str::to_owned),
+        };
+        let unmapped = format!("Authenticated as {ARN} but no persona mapping was found.");
+        let from_sts = mapping_check(ARN);
+        let no_sts = Check::skip("mapping", "no caller ARN");
+        for mapping in [&from_sts, &no_sts] {
+            let e = refused(Some(&unmapped));
+            let check = exchange_failure("token exchange (t)", &e, url, &endpoint, mapping, false);
+            assert_eq!(check.status, Status::Fail);
+            assert_eq!(check.name, "token exchange (t)");
+            assert!(check.finding.contains(&unmapped), "{}", check.finding);
+            let fix = check.fix.as_deref().unwrap();
+            assert!(fix.contains(&format!("`{COMMAND}`")), "{fix}");
+            assert!(fix.contains("org org-1"), "{fix}");
+            assert!(fix.contains("doctor cannot know it"), "{fix}");
+            assert_eq!(check.data["command"], json!(COMMAND));
+            assert_eq!(check.data["caller_arn"], json!(ARN));
+            assert_eq!(check.data["error_kind"], json!("unauthorized"));
+        }
+        // A refusal of the proof's date is the clock's.
+        let e = refused(Some("X-Amz-Date is more than 5 minutes from now"));
+        let check = exchange_failure("t", &e, url, &endpoint, &from_sts, false);
+        assert_eq!(check.fix.as_deref(), Some(CLOCK_FIX));
+        // No detail: the mapping still, and the org to check.
+        let check = exchange_failure("t", &refused(None), url, &endpoint, &from_sts, false);
+        let fix = check.fix.as_deref().unwrap();
+        assert!(
+            fix.contains(COMMAND) && fix.contains("check that org_uuid org-1"),
+            "{fix}"
+        );
+        // Other failures: as for the intake exchange, with the token's settings.
+        let e = ExchangeError::InvalidResponse {
+            reason: "not JSON".into(),
+        };
+        let check = exchange_failure("t", &e, url, &endpoint, &from_sts, false);
+        assert!(
+            check.fix.as_deref().unwrap().contains("api_url"),
+            "{check:?}"
+        );
+        assert!(check.data.get("command").is_none());
+    }
+
+    #[test]
+    fn lifetimes_read_as_people_say_them() {
+        let s = |secs: f64| approximate(Duration::from_secs_f64(secs)).to_string();
+        assert_eq!(s(3599.3), "1h");
+        assert_eq!(s(899.9), "15m");
+        assert_eq!(s(59.6), "1m");
+        assert_eq!(s(42.2), "42s");
+        assert_eq!(s(0.0), "0s");
     }
 
     #[test]

@@ -85,11 +85,21 @@ impl Run {
 
 /// Runs `doctor --json` (plus `args`) with `datadog_yaml` and exactly `env`.
 fn doctor(datadog_yaml: &str, env: &HashMap<String, String>, args: &[&str]) -> Run {
+    doctor_with(datadog_yaml, SETTINGS, env, args)
+}
+
+/// [`doctor`] with `settings_yaml` as `delegated-auth.yaml`.
+fn doctor_with(
+    datadog_yaml: &str,
+    settings_yaml: &str,
+    env: &HashMap<String, String>,
+    args: &[&str],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("datadog.yaml");
     let settings = dir.path().join("delegated-auth.yaml");
     std::fs::write(&config, datadog_yaml).unwrap();
-    std::fs::write(&settings, SETTINGS).unwrap();
+    std::fs::write(&settings, settings_yaml).unwrap();
     let mut argv = vec![
         "doctor",
         "--json",
@@ -113,12 +123,22 @@ fn doctor(datadog_yaml: &str, env: &HashMap<String, String>, args: &[&str]) -> R
 
 /// Runs `doctor` without `--json` and returns (code, stdout).
 fn doctor_text(datadog_yaml: &str, env: &HashMap<String, String>) -> (i32, String) {
+    let (code, stdout, _) = doctor_text_with(datadog_yaml, SETTINGS, env);
+    (code, stdout)
+}
+
+/// [`doctor_text`] with `settings_yaml` as `delegated-auth.yaml`; returns (code, stdout, stderr).
+fn doctor_text_with(
+    datadog_yaml: &str,
+    settings_yaml: &str,
+    env: &HashMap<String, String>,
+) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("datadog.yaml");
     std::fs::write(&config, datadog_yaml).unwrap();
     let settings = dir.path().join("delegated-auth.yaml");
-    std::fs::write(&settings, SETTINGS).unwrap();
-    let (code, stdout, _) = cli(
+    std::fs::write(&settings, settings_yaml).unwrap();
+    let (code, stdout, stderr) = cli(
         &[
             "doctor",
             "--config",
@@ -128,7 +148,7 @@ fn doctor_text(datadog_yaml: &str, env: &HashMap<String, String>) -> (i32, Strin
         ],
         env,
     );
-    (code, stdout)
+    (code, stdout, stderr)
 }
 
 /// The world's role credentials as static variables, with STS pointed at moto.
@@ -752,4 +772,284 @@ fn json_and_text_agree() {
     let exchanges = world.dd.exchanges();
     assert_eq!(exchanges.len(), 2, "{exchanges:?}");
     assert!(exchanges.iter().all(|e| e.outcome == Outcome::Issued));
+}
+
+/// Settings with one delegated API token, `automation`, for `org_uuid` at `api_url`.
+fn token_settings(org_uuid: &str, api_url: &str) -> String {
+    format!(
+        "{SETTINGS}tokens:\n  - name: automation\n    org_uuid: {org_uuid}\n    api_url: {api_url}\n"
+    )
+}
+
+/// The name of the `automation` token's check.
+const TOKEN_CHECK: &str = "token exchange (automation)";
+
+/// Every check passing, then the `automation` token's with `status`.
+fn all_ok_then_token(status: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut want = ALL_OK.to_vec();
+    want.push((TOKEN_CHECK, status));
+    want
+}
+
+#[test]
+fn a_token_without_a_persona_mapping_fails_naming_the_mapping_to_create() {
+    let world = World::start();
+    let settings = token_settings(&world.org.uuid, &world.dd.url());
+    let yaml = world.datadog_yaml("");
+    let mut env = static_env_with_moto_sts(&world);
+    env.insert("AWS_REGION".into(), "us-east-1".into());
+    let run = doctor_with(&yaml, &settings, &env, &[]);
+    run.assert_statuses(&all_ok_then_token("fail"));
+    assert_eq!(run.code, 1, "a failed token check fails doctor");
+
+    let check = run.check(TOKEN_CHECK);
+    let detail = check["data"]["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        format!(
+            "Authenticated as {} but no persona mapping was found.",
+            caller_arn()
+        )
+    );
+    let finding = check["finding"].as_str().unwrap();
+    assert!(finding.contains(detail), "{finding}");
+    assert!(finding.contains("delegated API token"), "{finding}");
+    let command = format!(
+        "datadog-delegated-auth mapping create --persona --arn-pattern '{PATTERN}' \
+         --account-identifier <service-account-or-user-email>"
+    );
+    let fix = check["fix"].as_str().unwrap();
+    assert!(fix.contains(&command), "{fix}");
+    assert!(fix.contains(&world.org.uuid), "{fix}");
+    assert_eq!(check["data"]["token"], "automation");
+    assert_eq!(check["data"]["org_uuid"], world.org.uuid.as_str());
+    assert_eq!(check["data"]["pattern"], PATTERN);
+    assert_eq!(check["data"]["command"], command.as_str());
+    assert_eq!(check["data"]["error_kind"], "unauthorized");
+    let exchanges = world.dd.token_exchanges();
+    assert_eq!(exchanges.len(), 1, "{exchanges:?}");
+    assert_eq!(exchanges[0].outcome, Outcome::Unmapped);
+
+    // The text report names the same command, under the failed check.
+    let (code, text, _) = doctor_text_with(&yaml, &settings, &env);
+    assert_eq!(code, 1);
+    assert!(text.contains(&format!("[FAIL] {TOKEN_CHECK} ")), "{text}");
+    assert!(text.contains(&command), "{text}");
+    assert!(text.trim_end().ends_with("1 check(s) failed."), "{text}");
+
+    // Following the fix (with a real account for the placeholder) makes doctor pass.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("datadog.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let mut admin = base_env();
+    admin.insert("DD_API_KEY".into(), world.org.api_key.clone());
+    admin.insert("DD_APP_KEY".into(), world.org.app_key.clone());
+    let (code, out, err) = cli(
+        &[
+            "mapping",
+            "create",
+            "--persona",
+            "--arn-pattern",
+            PATTERN,
+            "--account-identifier",
+            "automation@example.com",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &admin,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = doctor_with(&yaml, &settings, &env, &[]);
+    run.assert_statuses(&all_ok_then_token("ok"));
+    assert_eq!(run.code, 0);
+    let mut secrets = world.secrets();
+    secrets.extend(
+        world
+            .dd
+            .issued_tokens(&world.org.uuid)
+            .into_iter()
+            .map(|t| t.token),
+    );
+    run.assert_no_secrets(&secrets);
+}
+
+#[test]
+fn a_mapped_token_passes_with_its_lifetime_and_is_never_printed() {
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    world.dd.set_token_lifetime(Duration::from_secs(3600));
+    let settings = token_settings(&world.org.uuid, &world.dd.url());
+    let yaml = world.datadog_yaml("");
+    let env = static_env_with_moto_sts(&world);
+
+    // --json: the token's check is in the array like the others.
+    let run = doctor_with(&yaml, &settings, &env, &[]);
+    run.assert_statuses(&all_ok_then_token("ok"));
+    assert_eq!(run.code, 0);
+    let check = run.check(TOKEN_CHECK);
+    assert_eq!(check["fix"], Value::Null);
+    assert_eq!(check["data"]["token"], "automation");
+    assert_eq!(check["data"]["org_uuid"], world.org.uuid.as_str());
+    assert_eq!(check["data"]["expiry_assumed"], false);
+    assert_eq!(
+        check["data"]["url"],
+        format!("{}/api/v2/delegated-token", world.dd.url())
+    );
+    let lifetime = check["data"]["lifetime_seconds"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&lifetime), "{lifetime}");
+    let finding = check["finding"].as_str().unwrap();
+    assert!(finding.contains("valid for 1h"), "{finding}");
+    assert!(finding.contains(&world.org.uuid), "{finding}");
+    let issued = world.dd.issued_tokens(&world.org.uuid);
+    assert_eq!(issued.len(), 1, "one test exchange per doctor run");
+    assert_eq!(issued[0].caller_arn, caller_arn());
+
+    // The text report says the same; neither run printed the token.
+    let (code, text, stderr) = doctor_text_with(&yaml, &settings, &env);
+    assert_eq!(code, 0, "{text}{stderr}");
+    assert!(text.contains(&format!("[ok]   {TOKEN_CHECK} ")), "{text}");
+    assert!(text.contains("valid for 1h"), "{text}");
+    assert!(text.trim_end().ends_with("All checks passed."), "{text}");
+    let tokens: Vec<String> = world
+        .dd
+        .issued_tokens(&world.org.uuid)
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    for token in &tokens {
+        for out in [&run.stdout, &run.stderr, &text, &stderr] {
+            assert!(!out.contains(token.as_str()), "the token was printed");
+            // Nor any of its three JWT parts (header and claims are not secret, the signature is).
+            let signature = token.rsplit('.').next().unwrap();
+            assert!(
+                !out.contains(signature),
+                "the token's signature was printed"
+            );
+        }
+    }
+    let mut secrets = world.secrets();
+    secrets.extend(tokens);
+    run.assert_no_secrets(&secrets);
+}
+
+#[test]
+fn a_token_answer_without_expires_passes_saying_the_lifetime_was_assumed() {
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    world
+        .dd
+        .inject_token_fault(sandbox::datadog::Fault::token_without_expiry());
+    let settings = token_settings(&world.org.uuid, &world.dd.url());
+    let run = doctor_with(
+        &world.datadog_yaml(""),
+        &settings,
+        &static_env_with_moto_sts(&world),
+        &[],
+    );
+    run.assert_statuses(&all_ok_then_token("ok"));
+    let check = run.check(TOKEN_CHECK);
+    assert_eq!(check["data"]["expiry_assumed"], true);
+    let finding = check["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("15m") && finding.contains("assumed"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn token_exchange_failures_other_than_a_refusal_get_the_intake_exchanges_fixes() {
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    world
+        .dd
+        .inject_token_fault(sandbox::datadog::Fault::status(429).retry_after("30"));
+    let settings = token_settings(&world.org.uuid, &world.dd.url());
+    let yaml = world.datadog_yaml("");
+    let env = static_env_with_moto_sts(&world);
+    let run = doctor_with(&yaml, &settings, &env, &[]);
+    run.assert_statuses(&all_ok_then_token("fail"));
+    let check = run.check(TOKEN_CHECK);
+    assert_eq!(check["data"]["error_kind"], "throttled");
+    assert!(
+        check["fix"].as_str().unwrap().contains("rate limiting"),
+        "{check}"
+    );
+
+    // Nothing listening at the token's api_url: the network fix names it.
+    let settings = token_settings(&world.org.uuid, "http://127.0.0.1:9");
+    let run = doctor_with(&yaml, &settings, &env, &[]);
+    run.assert_statuses(&all_ok_then_token("fail"));
+    let check = run.check(TOKEN_CHECK);
+    assert_eq!(check["data"]["error_kind"], "unavailable");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("network access to http://127.0.0.1:9"),
+        "{check}"
+    );
+}
+
+#[test]
+fn tokens_without_a_delegated_instance_are_still_tested() {
+    // A static key only: the intake exchange has nothing to test, the token check still runs.
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    let yaml = format!(
+        "api_key: {}\ndd_url: {}\n",
+        world.org.api_key,
+        world.dd.url()
+    );
+    let settings = token_settings(&world.org.uuid, &world.dd.url());
+    let run = doctor_with(&yaml, &settings, &static_env_with_moto_sts(&world), &[]);
+    run.assert_statuses(&[
+        ("config", "ok"),
+        ("environment", "ok"),
+        ("credentials", "ok"),
+        ("region", "ok"),
+        ("clock", "ok"),
+        ("caller", "ok"),
+        ("mapping", "ok"),
+        ("exchange", "skip"),
+        (TOKEN_CHECK, "ok"),
+    ]);
+    assert_eq!(run.code, 0);
+    assert!(world.dd.exchanges().is_empty());
+    assert_eq!(world.dd.issued_tokens(&world.org.uuid).len(), 1);
+}
+
+#[test]
+fn a_refresh_before_over_half_the_lifetime_warns() {
+    let world = World::start();
+    world
+        .dd
+        .add_persona_mapping(&world.org.uuid, PATTERN, "automation@example.com");
+    world.dd.set_token_lifetime(Duration::from_secs(3600));
+    let settings = format!(
+        "{}    refresh_before: 50m\n",
+        token_settings(&world.org.uuid, &world.dd.url())
+    );
+    let run = doctor_with(
+        &world.datadog_yaml(""),
+        &settings,
+        &static_env_with_moto_sts(&world),
+        &[],
+    );
+    run.assert_statuses(&all_ok_then_token("warn"));
+    assert_eq!(run.code, 0, "a warning does not fail doctor");
+    let fix = run.check(TOKEN_CHECK)["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with("refresh_before (50m) is over half the token's lifetime")
+            && fix.contains("in its last 30m"),
+        "{fix}"
+    );
 }
