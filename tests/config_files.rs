@@ -753,6 +753,8 @@ fn shipped_examples_are_valid() {
             "logs_config.additional_endpoints[0][aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee]",
         ]
     );
+    let tokens: Vec<&str> = cfg.tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tokens, vec!["automation"]);
     // The example's api_key is a secret handle: the fallback comes from the key file.
     let api = cfg.instance("api_key").unwrap();
     assert_eq!(
@@ -777,7 +779,7 @@ fn shipped_examples_are_valid() {
     assert_eq!(s.socket.group, Some(IdRef::Name("dd-agent".into())));
     assert_eq!(s.log.format, LogFormat::Text);
     assert_eq!(s.sinks.len(), 1);
-    assert!(s.access.as_ref().is_some_and(|a| a.len() == 2));
+    assert!(s.access.as_ref().is_some_and(|a| a.len() == 3));
 }
 
 #[test]
