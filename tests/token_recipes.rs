@@ -272,3 +272,36 @@ fn exec_token_runs_the_hook_with_the_token_in_its_environment() {
     assert_eq!(event.account, ACCOUNT);
     assert_eq!(event.org_uuid, w.org.uuid);
 }
+
+#[test]
+fn cron_script_without_a_persona_mapping_sends_nothing() {
+    let w = World::start();
+    // No persona mapping: the exchange is refused (401), and there is nothing to serve.
+    let settings = format!(
+        "{SETTINGS}tokens:\n  - name: automation\n    org_uuid: {}\n    api_url: {}\n",
+        w.org.uuid,
+        w.dd.url()
+    );
+    let d = Daemon::start(&w.datadog_yaml(""), &settings, w.static_env());
+    let script = d.path("dd-backup-event");
+    // The doc's script, waiting 2 s instead of 30 s.
+    let text = local(CRON_SCRIPT, &w).replace("--timeout 30s", "--timeout 2s");
+    assert_ne!(text, local(CRON_SCRIPT, &w));
+    std::fs::write(&script, text).unwrap();
+    let trace = d.path("trace-cron");
+    let env = consumer_env(&d, &trace);
+    let (code, out, err) = run("sh", &[script.to_str().unwrap()], &env);
+    assert_ne!(code, 0, "the script failed without a token\nstdout {out}");
+    assert!(
+        err.contains("tokens never fall back to anything"),
+        "token says why: {err}"
+    );
+    assert!(!trace.exists(), "curl never ran");
+    assert!(w.dd.events().is_empty());
+    assert!(
+        w.dd.requests().iter().all(|r| r.path != "/api/v1/events"),
+        "nothing reached the API"
+    );
+    let list = d.json("/v1/tokens");
+    assert_eq!(list[0]["state"], "unavailable", "{list}");
+}
