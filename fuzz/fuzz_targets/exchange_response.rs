@@ -4,14 +4,15 @@
 //!
 //! Input: a response body; the same bytes (as text) are also read as a `Retry-After` value.
 //! Properties: an accepted key or token is non-empty, bounded and header-safe, and a token's
-//! expiry is after "now"; errors never echo the body; details are single-line and bounded; a
+//! expiry is after "now" and at most a day later; errors never echo the body; details are single-line and bounded; a
 //! delay-seconds value always parses.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
 
 use datadog_delegated_auth::exchange::{
-    MAX_TOKEN_BYTES, error_detail, parse_response, parse_retry_after, parse_token_response,
+    MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME, error_detail, parse_response, parse_retry_after,
+    parse_token_response,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -45,6 +46,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!value.is_empty() && value.len() <= MAX_TOKEN_BYTES);
             assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value:?}");
             assert!(token.expires_at > now, "an expired token was accepted");
+            assert!(
+                token.expires_at <= now + MAX_TOKEN_LIFETIME,
+                "an uncapped expiry"
+            );
         }
         Err(err) => {
             let message = err.to_string();

@@ -43,8 +43,8 @@ use zeroize::Zeroizing;
 
 pub use api_base::{ApiBase, api_base, intake_key_url};
 pub use response::{
-    DEFAULT_TOKEN_LIFETIME, DelegatedToken, MAX_TOKEN_BYTES, error_detail, parse_response,
-    parse_retry_after, parse_token_response,
+    DEFAULT_TOKEN_LIFETIME, DelegatedToken, MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME, error_detail,
+    parse_response, parse_retry_after, parse_token_response,
 };
 
 /// Path of the delegated-token endpoint under the API base (wire spec §8.1).

@@ -117,6 +117,11 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// (wire spec §8.1).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// The longest lifetime believed: an `expires` further away is taken as this. Datadog's tokens
+/// live minutes to an hour; a far-off (or absurd: `expires` of 10^30 overflowed the clock
+/// arithmetic, found by fuzzing) expiry would otherwise leave a token unrefreshed for as long.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// A delegated API token, as the exchange answered it.
 #[derive(Clone, Debug)]
 pub struct DelegatedToken {
@@ -131,7 +136,8 @@ pub struct DelegatedToken {
 /// The token in a 200 answer of the delegated-token endpoint (wire spec §8.1):
 /// `{"data":{"type":"delegated_token","attributes":{"access_token":"<JWT>","expires":"<unix
 /// seconds>"}}}`. `expires` is a string of unix seconds; a number is taken too. Missing or
-/// unparseable, it is `now` + [`DEFAULT_TOKEN_LIFETIME`], as the API clients do.
+/// unparseable, it is `now` + [`DEFAULT_TOKEN_LIFETIME`], as the API clients do; further than
+/// [`MAX_TOKEN_LIFETIME`] away, it is that.
 ///
 /// # Errors
 /// [`ExchangeError::InvalidResponse`] for bad JSON, a missing, empty, oversized or non-printable
@@ -178,8 +184,13 @@ pub fn parse_token_response(body: &[u8], now: SystemTime) -> Result<DelegatedTok
         Some(Value::Number(n)) => n.as_u64(),
         _ => None,
     };
+    let latest = now + MAX_TOKEN_LIFETIME;
     let (expires_at, expiry_assumed) = match expires {
-        Some(secs) => (SystemTime::UNIX_EPOCH + Duration::from_secs(secs), false),
+        Some(secs) => (
+            (SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+                .map_or(latest, |at| at.min(latest)),
+            false,
+        ),
         None => (now + DEFAULT_TOKEN_LIFETIME, true),
     };
     if expires_at <= now {
@@ -267,6 +278,25 @@ mod token_tests {
             assert_eq!(t.expires_at, at(NOW + 900), "{attrs}");
             assert!(t.expiry_assumed, "{attrs}");
         }
+    }
+
+    #[test]
+    fn a_far_or_absurd_expiry_is_capped_at_a_day() {
+        for expires in [
+            "1900000000",
+            "00000000000000000000013698302631538697791",
+        ] {
+            let t = parse(&format!(
+                r#"{{"data":{{"attributes":{{"access_token":"x","expires":"{expires}"}}}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(t.expires_at, at(NOW) + MAX_TOKEN_LIFETIME, "{expires}");
+            assert!(!t.expiry_assumed);
+        }
+        let t =
+            parse(r#"{"data":{"attributes":{"access_token":"x","expires":18446744073709551615}}}"#)
+                .unwrap();
+        assert_eq!(t.expires_at, at(NOW) + MAX_TOKEN_LIFETIME);
     }
 
     #[test]
