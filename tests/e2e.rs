@@ -102,19 +102,7 @@ fn ec2_imds_credentials_and_region() {
 #[test]
 fn ecs_task_role_credentials() {
     let w = World::start();
-    let ecs =
-        w.rt.block_on(sandbox::ecs::EcsEmulator::start(sandbox::ecs::EcsOptions {
-            credentials: Some(w.creds.clone()),
-            region: "us-west-2".into(),
-            ..Default::default()
-        }))
-        .unwrap();
-    let mut env = base_env();
-    env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), ecs.full_uri());
-    env.insert(
-        "ECS_CONTAINER_METADATA_URI_V4".into(),
-        ecs.metadata_uri_v4(),
-    );
+    let (_ecs, env) = w.ecs("us-west-2");
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
     let status = detected_status(&d);

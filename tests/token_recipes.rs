@@ -15,11 +15,10 @@ mod common;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::world::{PATTERN, SETTINGS, World, eventually};
-use common::{BIN, Daemon};
+use common::{BIN, Daemon, run};
 
 /// The account the persona mapping of every test names.
 const ACCOUNT: &str = "automation@example.com";
@@ -114,22 +113,6 @@ fn consumer_env(d: &Daemon, trace: &Path) -> HashMap<String, String> {
         ),
         ("CURL_HOME".to_owned(), curl_home.display().to_string()),
     ])
-}
-
-/// Runs `program args` with exactly `env`; returns (exit code, stdout, stderr).
-fn run(program: &str, args: &[&str], env: &HashMap<String, String>) -> (i32, String, String) {
-    let out = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Asserts that curl's trace shows one request with `Authorization: Bearer <token>` and no

@@ -31,50 +31,72 @@ pub const MAX_API_KEY_BYTES: usize = 256;
 /// The message never contains the body: it is parsed into a `serde_json::Value` and walked by
 /// hand, because serde's typed errors quote the offending value.
 pub fn parse_response(body: &[u8]) -> Result<Secret, ExchangeError> {
-    let invalid = |reason: &str| ExchangeError::InvalidResponse {
-        reason: reason.to_owned(),
-    };
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-        // Category and position only; serde_json's syntax errors do not quote input.
-        invalid(&format!(
-            "the 200 answer is not JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let mut value = answer_json(body)?;
     let Some(data) = value.get_mut("data") else {
         return Err(invalid("the 200 answer has no `data` object"));
     };
     let Some(attributes) = data.get_mut("attributes") else {
         return Err(invalid("the 200 answer has no `data.attributes` object"));
     };
-    let key = match attributes.get_mut("api_key").map(Value::take) {
-        Some(Value::String(key)) => Secret::new(key),
-        Some(Value::Null) | None => {
-            return Err(invalid("api_key is empty in response"));
-        }
-        Some(_) => return Err(invalid("`data.attributes.api_key` is not a string")),
-    };
-    if key.is_empty() {
-        return Err(invalid("api_key is empty in response"));
+    take_credential(attributes, "api_key", "an API key", MAX_API_KEY_BYTES)
+}
+
+fn invalid(reason: &str) -> ExchangeError {
+    ExchangeError::InvalidResponse {
+        reason: reason.to_owned(),
     }
-    // Only what an API key can be: it goes into HTTP headers, environment variables (`exec`)
-    // and files, where anything else breaks the consumer (a 600 KB key made exec fail with
-    // E2BIG).
-    if key.expose().len() > MAX_API_KEY_BYTES {
+}
+
+/// A 200 body as JSON. The error names the category and position only: serde_json's syntax
+/// errors do not quote input, and typed deserialisation (which would) is never used on a body
+/// that holds a credential.
+fn answer_json(body: &[u8]) -> Result<Value, ExchangeError> {
+    serde_json::from_slice(body).map_err(|e| {
+        invalid(&format!(
+            "the 200 answer is not JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Takes the credential `data.attributes.<field>` (an API key or a token) out of `attributes`:
+/// a non-empty string of at most `max` printable ASCII bytes. It goes into HTTP headers,
+/// environment variables (`exec`) and files, where anything else breaks the consumer (a 600 KB
+/// key made exec fail with E2BIG). `what` names it in the errors (`an API key`).
+fn take_credential(
+    attributes: &mut Value,
+    field: &str,
+    what: &str,
+    max: usize,
+) -> Result<Secret, ExchangeError> {
+    let empty = || invalid(&format!("{field} is empty in response"));
+    let value = match attributes.get_mut(field).map(Value::take) {
+        Some(Value::String(value)) => Secret::new(value),
+        Some(Value::Null) | None => return Err(empty()),
+        Some(_) => {
+            return Err(invalid(&format!(
+                "`data.attributes.{field}` is not a string"
+            )));
+        }
+    };
+    if value.is_empty() {
+        return Err(empty());
+    }
+    if value.expose().len() > max {
         return Err(invalid(&format!(
-            "`data.attributes.api_key` is {} bytes long; an API key is at most {MAX_API_KEY_BYTES}",
-            key.expose().len()
+            "`data.attributes.{field}` is {} bytes long; {what} is at most {max}",
+            value.expose().len()
         )));
     }
-    if !key.expose().bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "`data.attributes.api_key` contains characters other than printable ASCII \
-             (whitespace, control characters or non-ASCII)",
-        ));
+    if !value.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(&format!(
+            "`data.attributes.{field}` contains characters other than printable ASCII \
+             (whitespace, control characters or non-ASCII)"
+        )));
     }
-    Ok(key)
+    Ok(value)
 }
 
 /// The server-authored messages of an error answer: each `errors[i].detail`, or its `title`
@@ -145,40 +167,11 @@ pub struct DelegatedToken {
 /// consumer; the usual cause is a wrong host clock, which the message names). The body is never
 /// quoted.
 pub fn parse_token_response(body: &[u8], now: SystemTime) -> Result<DelegatedToken, ExchangeError> {
-    let invalid = |reason: &str| ExchangeError::InvalidResponse {
-        reason: reason.to_owned(),
-    };
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-        invalid(&format!(
-            "the 200 answer is not JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let mut value = answer_json(body)?;
     let Some(attributes) = value.get_mut("data").and_then(|d| d.get_mut("attributes")) else {
         return Err(invalid("the 200 answer has no `data.attributes` object"));
     };
-    let token = match attributes.get_mut("access_token").map(Value::take) {
-        Some(Value::String(token)) => Secret::new(token),
-        Some(Value::Null) | None => return Err(invalid("access_token is empty in response")),
-        Some(_) => return Err(invalid("`data.attributes.access_token` is not a string")),
-    };
-    if token.is_empty() {
-        return Err(invalid("access_token is empty in response"));
-    }
-    if token.expose().len() > MAX_TOKEN_BYTES {
-        return Err(invalid(&format!(
-            "`data.attributes.access_token` is {} bytes long; a token is at most {MAX_TOKEN_BYTES}",
-            token.expose().len()
-        )));
-    }
-    if !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "`data.attributes.access_token` contains characters other than printable ASCII \
-             (whitespace, control characters or non-ASCII)",
-        ));
-    }
+    let token = take_credential(attributes, "access_token", "a token", MAX_TOKEN_BYTES)?;
     let expires = match attributes.get("expires") {
         Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
         Some(Value::Number(n)) => n.as_u64(),
@@ -282,10 +275,7 @@ mod token_tests {
 
     #[test]
     fn a_far_or_absurd_expiry_is_capped_at_a_day() {
-        for expires in [
-            "1900000000",
-            "00000000000000000000013698302631538697791",
-        ] {
+        for expires in ["1900000000", "00000000000000000000013698302631538697791"] {
             let t = parse(&format!(
                 r#"{{"data":{{"attributes":{{"access_token":"x","expires":"{expires}"}}}}}}"#
             ))

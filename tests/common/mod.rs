@@ -282,7 +282,12 @@ pub fn write_by_rename(path: &Path, content: &str) {
 
 /// Runs the CLI with args; returns (code, stdout, stderr).
 pub fn cli(args: &[&str], env: &HashMap<String, String>) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    run(BIN, args, env)
+}
+
+/// Runs `program args` with exactly `env` and no stdin; returns (code, stdout, stderr).
+pub fn run(program: &str, args: &[&str], env: &HashMap<String, String>) -> (i32, String, String) {
+    let out = Command::new(program)
         .args(args)
         .env_clear()
         .envs(env)

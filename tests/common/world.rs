@@ -101,8 +101,28 @@ impl World {
         (imds, env)
     }
 
+    /// An ECS container-credentials and task-metadata emulator serving this world's role
+    /// credentials in `region`, and the daemon environment of a task that uses it.
+    pub fn ecs(&self, region: &str) -> (sandbox::ecs::EcsEmulator, HashMap<String, String>) {
+        let ecs = self
+            .rt
+            .block_on(sandbox::ecs::EcsEmulator::start(sandbox::ecs::EcsOptions {
+                credentials: Some(self.creds.clone()),
+                region: region.into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        let mut env = base_env();
+        env.insert("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), ecs.full_uri());
+        env.insert(
+            "ECS_CONTAINER_METADATA_URI_V4".into(),
+            ecs.metadata_uri_v4(),
+        );
+        (ecs, env)
+    }
+
     /// Every secret of this world, for log scans: the role's secret key and token, the org's
-    /// static keys, and every managed key issued so far.
+    /// static keys, and every managed key and delegated API token issued so far.
     pub fn secrets(&self) -> Vec<String> {
         let mut out = vec![
             self.creds.secret_access_key.clone(),
@@ -117,6 +137,12 @@ impl World {
                 .issued_keys(&self.org.uuid)
                 .into_iter()
                 .map(|k| k.key),
+        );
+        out.extend(
+            self.dd
+                .issued_tokens(&self.org.uuid)
+                .into_iter()
+                .map(|t| t.token),
         );
         out.extend(proof_secrets(&self.dd));
         out
