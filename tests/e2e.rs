@@ -149,16 +149,7 @@ fn eks_pod_identity_credentials() {
 #[test]
 fn eks_irsa_web_identity_credentials() {
     let w = World::start();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(
-        &token,
-        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.sig",
-    )
-    .unwrap();
-    // AssumeRoleWithWebIdentity is unsigned; moto only answers unsigned calls it was told to.
-    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
-    let env = irsa_env(&token, "eks-datadog-agent-xyz", &w.moto.url());
+    let (_dir, env) = w.irsa("eks-datadog-agent-xyz");
     let d = Daemon::start(&w.datadog_yaml(""), SETTINGS, env);
     managed_key(&w, &d, "api_key", &w.org.uuid);
     assert_eq!(detected_status(&d)["environment"]["kind"], "eks-irsa");

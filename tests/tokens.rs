@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::world::{PATTERN, SETTINGS, World, eventually};
-use common::{BIN, Daemon, base_env, cli, irsa_env};
+use common::{BIN, Daemon, base_env, cli};
 use http::Method;
 use sandbox::datadog::Fault;
 
@@ -221,16 +221,8 @@ fn ecs_token_is_served_accepted_refreshed_and_never_stale() {
 #[test]
 fn irsa_token_is_served_accepted_refreshed_and_never_stale() {
     let w = World::start();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(
-        &token,
-        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.sig",
-    )
-    .unwrap();
-    // AssumeRoleWithWebIdentity is unsigned; moto only answers unsigned calls it was told to.
-    w.rt.block_on(w.moto.reset_auth(4)).unwrap();
-    token_lifecycle(&w, irsa_env(&token, "eks-automation-xyz", &w.moto.url()));
+    let (_dir, env) = w.irsa("eks-automation-xyz");
+    token_lifecycle(&w, env);
     let arn = w.dd.token_exchanges()[0].caller_arn.clone().unwrap();
     assert!(arn.ends_with("/eks-automation-xyz"), "{arn}");
 }

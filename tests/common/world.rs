@@ -121,6 +121,24 @@ impl World {
         (ecs, env)
     }
 
+    /// An EKS IRSA identity for `session`: a projected service-account token file (in the
+    /// returned directory) and the daemon environment that assumes the world's role with it
+    /// through moto's `AssumeRoleWithWebIdentity`.
+    pub fn irsa(&self, session: &str) -> (tempfile::TempDir, HashMap<String, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(
+            &token,
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.sig",
+        )
+        .unwrap();
+        // AssumeRoleWithWebIdentity is unsigned; moto only answers unsigned calls it was told
+        // to.
+        self.rt.block_on(self.moto.reset_auth(4)).unwrap();
+        let env = super::irsa_env(&token, session, &self.moto.url());
+        (dir, env)
+    }
+
     /// Every secret of this world, for log scans: the role's secret key and token, the org's
     /// static keys, and every managed key and delegated API token issued so far.
     pub fn secrets(&self) -> Vec<String> {
