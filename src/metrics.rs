@@ -190,33 +190,20 @@ impl Metrics {
             self.render_exchanges(&mut out, family);
         }
 
-        out.push_str("# TYPE delegated_auth_config_reloads counter\n");
-        out.push_str("# HELP delegated_auth_config_reloads Configuration reloads, by result.\n");
-        for (result, n) in self
-            .reloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "delegated_auth_config_reloads_total{{result=\"{result}\"}} {n}"
-            );
-        }
-
-        out.push_str("# TYPE delegated_auth_connections_refused counter\n");
-        out.push_str("# HELP delegated_auth_connections_refused Connections closed before any request, by reason (uid_share: the peer's uid held its whole share).\n");
-        for (reason, n) in self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "delegated_auth_connections_refused_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+        counter(
+            &mut out,
+            "delegated_auth_config_reloads",
+            "Configuration reloads, by result.",
+            &self.reloads,
+            |result| Some(format!("result=\"{result}\"")),
+        );
+        counter(
+            &mut out,
+            "delegated_auth_connections_refused",
+            "Connections closed before any request, by reason (uid_share: the peer's uid held its whole share).",
+            &self.refused,
+            |reason| Some(format!("reason=\"{reason}\"")),
+        );
 
         render_state(&mut out, store);
         render_tokens(&mut out, store);
@@ -230,24 +217,18 @@ impl Metrics {
             Family::Keys => ("delegated_auth", "instance", "Key"),
             Family::Tokens => ("delegated_auth_token", "token", "Token"),
         };
-        let _ = writeln!(out, "# TYPE {prefix}_exchanges counter");
-        let _ = writeln!(
+        let by_outcome = |(name, outcome): &(String, &str)| {
+            family
+                .label(name)
+                .map(|name| format!("{label}=\"{name}\",outcome=\"{outcome}\""))
+        };
+        counter(
             out,
-            "# HELP {prefix}_exchanges {what} exchanges with Datadog, by {label} and outcome."
+            &format!("{prefix}_exchanges"),
+            &format!("{what} exchanges with Datadog, by {label} and outcome."),
+            &self.exchanges,
+            by_outcome,
         );
-        for ((name, outcome), n) in self
-            .exchanges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            if let Some(name) = family.label(name) {
-                let _ = writeln!(
-                    out,
-                    "{prefix}_exchanges_total{{{label}=\"{name}\",outcome=\"{outcome}\"}} {n}"
-                );
-            }
-        }
 
         let _ = writeln!(out, "# TYPE {prefix}_exchange_duration_seconds histogram");
         let _ = writeln!(
@@ -286,24 +267,33 @@ impl Metrics {
             );
         }
 
-        let _ = writeln!(out, "# TYPE {prefix}_rejection_reports counter");
-        let _ = writeln!(
+        counter(
             out,
-            "# HELP {prefix}_rejection_reports Consumer reports of a rejected {}, by outcome.",
-            what.to_ascii_lowercase()
+            &format!("{prefix}_rejection_reports"),
+            &format!(
+                "Consumer reports of a rejected {}, by outcome.",
+                what.to_ascii_lowercase()
+            ),
+            &self.rejections,
+            by_outcome,
         );
-        for ((name, outcome), n) in self
-            .rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            if let Some(name) = family.label(name) {
-                let _ = writeln!(
-                    out,
-                    "{prefix}_rejection_reports_total{{{label}=\"{name}\",outcome=\"{outcome}\"}} {n}"
-                );
-            }
+    }
+}
+
+/// One counter family: its `TYPE` and `HELP` lines, then a `_total` sample per entry of `map`
+/// whose key `labels` renders (`None` leaves the entry to another family).
+fn counter<K: Ord>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    map: &Mutex<BTreeMap<K, u64>>,
+    labels: impl Fn(&K) -> Option<String>,
+) {
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    for (key, n) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if let Some(labels) = labels(key) {
+            let _ = writeln!(out, "{name}_total{{{labels}}} {n}");
         }
     }
 }
