@@ -58,30 +58,15 @@ enum Command {
         /// Instance name.
         #[arg(default_value = "api_key")]
         instance: String,
-        /// Wait (up to --timeout) for the daemon to start and a key to be served.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Print the whole JSON answer.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Print a delegated API token (for `Authorization: Bearer`).
     Token {
         /// Token name; may be left out when exactly one token is configured.
         name: Option<String>,
-        /// Wait (up to --timeout) for the daemon to start and a token to be served.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Print the whole JSON answer (`name`, `access_token`, `expires_at`, `generation`,
-        /// `org_uuid`).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Exit 0 when the daemon is live (or, with --ready, ready); for container health checks.
     Health {
@@ -104,6 +89,21 @@ enum Command {
     Exec(crate::exec::Args),
     /// Print the version.
     Version,
+}
+
+/// How `get` and `token` read.
+#[derive(clap::Args, Debug)]
+struct ReadArgs {
+    /// Wait (up to --timeout) for the daemon to start and a key or token to be served.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits; also the bound on one request (at most 10 s without --wait).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the whole JSON answer (a token's: `name`, `access_token`, `expires_at`,
+    /// `generation`, `org_uuid`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Clears the process's dumpable flag before any key is in memory: other processes of the same
@@ -157,30 +157,14 @@ pub fn main() -> ExitCode {
         Command::Status { json } => {
             with_runtime(status(socket_path(&cli.socket, &paths, &env), json))
         }
-        Command::Get {
-            instance,
-            wait,
-            timeout,
-            json,
-        } => with_runtime(get(
+        Command::Get { instance, read: r } => with_runtime(read(
             socket_path(&cli.socket, &paths, &env),
-            instance,
-            wait,
-            timeout,
-            json,
+            Target::Key(instance),
+            r,
         )),
-        Command::Token {
-            name,
-            wait,
-            timeout,
-            json,
-        } => with_runtime(token(
-            socket_path(&cli.socket, &paths, &env),
-            name,
-            wait,
-            timeout,
-            json,
-        )),
+        Command::Token { name, read: r } => {
+            with_runtime(token(socket_path(&cli.socket, &paths, &env), name, r))
+        }
         Command::Health { ready } => {
             with_runtime(health(socket_path(&cli.socket, &paths, &env), ready))
         }
@@ -293,25 +277,15 @@ async fn status(socket: PathBuf, json: bool) -> u8 {
     }
 }
 
-async fn get(socket: PathBuf, instance: String, wait: bool, timeout: Duration, json: bool) -> u8 {
-    read(socket, Target::Key(instance), wait, timeout, json).await
-}
-
-async fn token(
-    socket: PathBuf,
-    name: Option<String>,
-    wait: bool,
-    timeout: Duration,
-    json: bool,
-) -> u8 {
+async fn token(socket: PathBuf, name: Option<String>, args: ReadArgs) -> u8 {
     let name = match name {
         Some(name) => name,
-        None => match only_token(&socket, wait, timeout).await {
+        None => match only_token(&socket, args.wait, args.timeout).await {
             Ok(name) => name,
             Err(code) => return code,
         },
     };
-    read(socket, Target::Token(name), wait, timeout, json).await
+    read(socket, Target::Token(name), args).await
 }
 
 /// The name of the one token the daemon serves, when `token` is given no name.
@@ -368,7 +342,12 @@ async fn only_token(socket: &std::path::Path, wait: bool, timeout: Duration) -> 
 }
 
 /// Prints a key or a token.
-async fn read(socket: PathBuf, target: Target, wait: bool, timeout: Duration, json: bool) -> u8 {
+async fn read(socket: PathBuf, target: Target, args: ReadArgs) -> u8 {
+    let ReadArgs {
+        wait,
+        timeout,
+        json,
+    } = args;
     // Every request and pause fits in what is left of --timeout: a hung daemon costs the
     // caller --timeout, not one more request timeout past it.
     let until = Wait::until(tokio::time::Instant::now() + timeout)
